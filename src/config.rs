@@ -1,0 +1,170 @@
+//! Command line and environment. Every flag is also an environment variable; the names of the
+//! project this replaces still work (PORT, JWT_SECRET, MONGODB_URI, REDIS_URI).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The `flashsale` command line.
+#[derive(Debug, Parser)]
+#[command(name = "flashsale", version, about = "Flash-sale service: gRPC, grpc-web and live feeds")]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `serve`, also accepted without the subcommand.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API (the default).
+    Serve(ServeArgs),
+    /// Print a token signed with the server's secret (for the first admin, or for rehearsals).
+    Token(TokenArgs),
+}
+
+/// Options of `flashsale serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// gRPC and grpc-web port (0 picks a free one; the bound address is printed).
+    #[arg(long, env = "PORT", default_value_t = 50051)]
+    pub port: u16,
+    /// Prometheus metrics port (`GET /metrics`); 0 picks a free one.
+    #[arg(long, env = "METRICS_PORT", default_value_t = 9090)]
+    pub metrics_port: u16,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+/// Options shared by `serve` and `token`: where the data and the signing secret live.
+#[derive(Debug, Clone, Args)]
+pub struct SecretArgs {
+    /// Directory of the embedded store and of the generated JWT secret.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// HS256 signing secret (at least 32 bytes). Without it, one is generated and kept in
+    /// `<data-dir>/jwt_secret` so tokens survive restarts. Never logged.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+}
+
+/// Options of the service itself.
+#[derive(Debug, Clone, Args)]
+pub struct SettingsArgs {
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// Lifetime of issued tokens, in seconds.
+    #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 3600)]
+    pub token_ttl_secs: u64,
+    /// Email of an admin account created (or promoted) at start-up.
+    #[arg(long, env = "ADMIN_EMAIL", requires = "admin_password")]
+    pub admin_email: Option<String>,
+    /// Password of that admin account. Never logged.
+    #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// Shortest interval between two messages of one feed, in milliseconds.
+    #[arg(long, env = "FEED_INTERVAL_MS", default_value_t = 50)]
+    pub feed_interval_ms: u64,
+    /// Purchases per second allowed per buyer (0 = no limit).
+    #[arg(long, env = "BUYER_PURCHASES_PER_SEC", default_value_t = 10)]
+    pub buyer_purchases_per_sec: u32,
+    /// Purchases per second allowed per client address (0 = no limit; a rehearsal from one
+    /// machine sets 0).
+    #[arg(long, env = "IP_PURCHASES_PER_SEC", default_value_t = 2000)]
+    pub ip_purchases_per_sec: u32,
+    /// Logins per second allowed per client address (0 = no limit).
+    #[arg(long, env = "IP_LOGINS_PER_SEC", default_value_t = 20)]
+    pub ip_logins_per_sec: u32,
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+    /// How long open streams and in-flight requests may take to finish at shutdown, in ms.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 5000)]
+    pub shutdown_grace_ms: u64,
+}
+
+/// Options of `flashsale token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// Role of the token: buyer or admin.
+    #[arg(long, default_value = "admin")]
+    pub role: String,
+    /// Subject (user id) of the token.
+    #[arg(long, default_value = "cli-admin")]
+    pub sub: String,
+    /// Display name in the token.
+    #[arg(long, default_value = "Operator")]
+    pub name: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_secs: u64,
+}
+
+/// Everything the service needs besides its listeners and clock; `Default` suits tests.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Directory of the embedded store (and of the generated secret).
+    pub data_dir: PathBuf,
+    /// HS256 secret; generated into `data_dir` when `None`.
+    pub jwt_secret: Option<String>,
+    /// Lifetime of issued tokens.
+    pub token_ttl: Duration,
+    /// Admin account ensured at start-up: (email, password).
+    pub admin: Option<(String, String)>,
+    /// Shortest interval between two messages of one feed.
+    pub feed_interval: Duration,
+    /// Purchases per second per buyer; 0 = unlimited.
+    pub buyer_purchases_per_sec: u32,
+    /// Purchases per second per client address; 0 = unlimited.
+    pub ip_purchases_per_sec: u32,
+    /// Logins per second per client address; 0 = unlimited.
+    pub ip_logins_per_sec: u32,
+    /// Largest request message, in bytes.
+    pub max_message_bytes: usize,
+    /// Bound on draining at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            jwt_secret: None,
+            token_ttl: Duration::from_secs(3600),
+            admin: None,
+            feed_interval: Duration::from_millis(50),
+            buyer_purchases_per_sec: 10,
+            ip_purchases_per_sec: 2000,
+            ip_logins_per_sec: 20,
+            max_message_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl From<SettingsArgs> for Settings {
+    fn from(args: SettingsArgs) -> Self {
+        Self {
+            data_dir: args.secret.data_dir,
+            jwt_secret: args.secret.jwt_secret,
+            token_ttl: Duration::from_secs(args.token_ttl_secs),
+            admin: args.admin_email.zip(args.admin_password),
+            feed_interval: Duration::from_millis(args.feed_interval_ms.max(1)),
+            buyer_purchases_per_sec: args.buyer_purchases_per_sec,
+            ip_purchases_per_sec: args.ip_purchases_per_sec,
+            ip_logins_per_sec: args.ip_logins_per_sec,
+            max_message_bytes: args.max_message_bytes,
+            shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! The pure core: identifiers and validated values, sale rules and lifecycle, leaderboard
+//! ordering. Nothing here knows about gRPC, storage or the runtime.
+
+mod ids;
+mod leaderboard;
+mod sale;
+mod values;
+
+pub use ids::{OrderId, ProductId, SaleId, UserId};
+pub use leaderboard::{Leaderboard, LeaderboardEntry};
+pub use sale::{
+    check_purchase, BuyerSnapshot, EndReason, Transition, PurchaseRefusal, SaleRules,
+    SaleStatus,
+};
+pub use values::{
+    Currency, DisplayName, Email, IdempotencyKey, Money, Password, Quantity, Role, UnixMillis,
+};
+
+/// A field that failed validation: which one, and why (for `google.rpc.BadRequest`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {description}")]
+pub struct FieldViolation {
+    /// The request field's name, as in the proto.
+    pub field: &'static str,
+    /// What is wrong with it, for humans.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            field,
+            description: description.into(),
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Sale rules and the lifecycle state machine: SCHEDULED -> ACTIVE -> ENDED.
+
+use serde::{Deserialize, Serialize};
+
+use super::{FieldViolation, Money, Quantity, UnixMillis};
+
+/// Where a sale is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaleStatus {
+    /// Waiting for its start time.
+    Scheduled,
+    /// Open while now is inside [start, end).
+    Active,
+    /// Closed for good.
+    Ended,
+}
+
+/// Why a sale ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndReason {
+    /// Every allocated unit was sold.
+    SoldOut,
+    /// The end time passed.
+    TimeUp,
+    /// An admin ended it.
+    ByAdmin,
+}
+
+/// What a sale promises, fixed at creation (only `start` moves, when an admin starts it early).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaleRules {
+    /// Units put on sale.
+    pub allocated: i64,
+    /// Most units one buyer may hold; 0 means unlimited.
+    pub per_user_limit: u32,
+    /// Most units one purchase may ask for.
+    pub max_per_purchase: u32,
+    /// Opens at (inclusive).
+    pub start: UnixMillis,
+    /// Closes at (exclusive).
+    pub end: UnixMillis,
+    /// Price of one unit.
+    pub unit_price: Money,
+}
+
+/// Why a purchase was refused. Each maps to one error reason of the API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PurchaseRefusal {
+    /// No such sale.
+    #[error("sale not found")]
+    SaleNotFound,
+    /// Before the start time (or not yet started by the scheduler).
+    #[error("the sale has not started")]
+    NotStarted {
+        /// When it opens.
+        start: UnixMillis,
+    },
+    /// After the end.
+    #[error("the sale has ended")]
+    Ended {
+        /// Why it ended.
+        reason: EndReason,
+    },
+    /// The quantity is outside 1..=max_per_purchase.
+    #[error("invalid quantity: {0}")]
+    InvalidQuantity(FieldViolation),
+    /// The buyer would hold more than the per-user limit.
+    #[error("per-user limit of {limit} reached ({bought} bought)")]
+    UserLimitReached {
+        /// The sale's per-user limit.
+        limit: u32,
+        /// Units the buyer already holds or has in flight.
+        bought: u32,
+    },
+    /// Nothing left.
+    #[error("sold out")]
+    SoldOut,
+    /// Fewer units left than asked for.
+    #[error("only {remaining} units left")]
+    InsufficientStock {
+        /// Units left.
+        remaining: i64,
+    },
+    /// The idempotency key was used before with other parameters.
+    #[error("idempotency key reused with different parameters")]
+    IdempotencyKeyReused,
+}
+
+/// The live facts a purchase is checked against, read atomically with the buyer's count.
+#[derive(Debug, Clone, Copy)]
+pub struct BuyerSnapshot {
+    /// Lifecycle status.
+    pub status: SaleStatus,
+    /// Why it ended, when it has.
+    pub end_reason: Option<EndReason>,
+    /// Units a new purchase may take.
+    pub remaining: i64,
+    /// Units this buyer holds or has in flight.
+    pub bought: u32,
+}
+
+/// Applies purchase rules 1-4 of the design in order: window, quantity, per-user limit, stock.
+/// Pure: the caller holds whatever makes the check and the following write atomic.
+pub fn check_purchase(
+    rules: &SaleRules,
+    live: BuyerSnapshot,
+    now: UnixMillis,
+    quantity: u32,
+) -> Result<Quantity, PurchaseRefusal> {
+    match live.status {
+        SaleStatus::Ended => {
+            return Err(PurchaseRefusal::Ended {
+                reason: live.end_reason.unwrap_or(EndReason::TimeUp),
+            })
+        }
+        SaleStatus::Scheduled => return Err(PurchaseRefusal::NotStarted { start: rules.start }),
+        SaleStatus::Active if now < rules.start => {
+            return Err(PurchaseRefusal::NotStarted { start: rules.start })
+        }
+        SaleStatus::Active if now >= rules.end => {
+            return Err(PurchaseRefusal::Ended {
+                reason: EndReason::TimeUp,
+            })
+        }
+        SaleStatus::Active => {}
+    }
+    let quantity =
+        Quantity::parse(quantity, rules.max_per_purchase).map_err(PurchaseRefusal::InvalidQuantity)?;
+    if rules.per_user_limit != 0 && u64::from(live.bought) + u64::from(quantity.get()) > u64::from(rules.per_user_limit) {
+        return Err(PurchaseRefusal::UserLimitReached {
+            limit: rules.per_user_limit,
+            bought: live.bought,
+        });
+    }
+    if live.remaining <= 0 {
+        return Err(PurchaseRefusal::SoldOut);
+    }
+    if i64::from(quantity.get()) > live.remaining {
+        return Err(PurchaseRefusal::InsufficientStock {
+            remaining: live.remaining,
+        });
+    }
+    Ok(quantity)
+}
+
+/// A time-driven step of the lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// SCHEDULED -> ACTIVE.
+    Activate,
+    /// -> ENDED with TIME_UP.
+    TimeUp,
+}
+
+impl SaleRules {
+    /// The transition due at `now` for a sale in `status`, if any.
+    pub fn due_transition(&self, status: SaleStatus, now: UnixMillis) -> Option<Transition> {
+        match status {
+            SaleStatus::Ended => None,
+            _ if now >= self.end => Some(Transition::TimeUp),
+            SaleStatus::Scheduled if now >= self.start => Some(Transition::Activate),
+            _ => None,
+        }
+    }
+
+    /// When the next time-driven transition of a sale in `status` is due.
+    pub fn next_deadline(&self, status: SaleStatus) -> Option<UnixMillis> {
+        match status {
+            SaleStatus::Scheduled => Some(self.start.min(self.end)),
+            SaleStatus::Active => Some(self.end),
+            SaleStatus::Ended => None,
+        }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> SaleRules {
+        SaleRules {
+            allocated: 10,
+            per_user_limit: 3,
+            max_per_purchase: 2,
+            start: UnixMillis(100),
+            end: UnixMillis(200),
+            unit_price: Money::parse(500, "USD").unwrap(),
+        }
+    }
+
+    fn live(remaining: i64, bought: u32) -> BuyerSnapshot {
+        BuyerSnapshot { status: SaleStatus::Active, end_reason: None, remaining, bought }
+    }
+
+    #[test]
+    fn window_is_start_inclusive_end_exclusive() {
+        let r = rules();
+        assert!(matches!(check_purchase(&r, live(10, 0), UnixMillis(99), 1), Err(PurchaseRefusal::NotStarted { .. })));
+        assert!(check_purchase(&r, live(10, 0), UnixMillis(100), 1).is_ok());
+        assert!(check_purchase(&r, live(10, 0), UnixMillis(199), 1).is_ok());
+        assert_eq!(
+            check_purchase(&r, live(10, 0), UnixMillis(200), 1),
+            Err(PurchaseRefusal::Ended { reason: EndReason::TimeUp })
+        );
+        let scheduled = BuyerSnapshot { status: SaleStatus::Scheduled, ..live(10, 0) };
+        assert!(matches!(check_purchase(&r, scheduled, UnixMillis(150), 1), Err(PurchaseRefusal::NotStarted { .. })));
+        let ended = BuyerSnapshot { status: SaleStatus::Ended, end_reason: Some(EndReason::SoldOut), ..live(0, 0) };
+        assert_eq!(check_purchase(&r, ended, UnixMillis(150), 1), Err(PurchaseRefusal::Ended { reason: EndReason::SoldOut }));
+    }
+
+    #[test]
+    fn rules_apply_in_order_quantity_limit_stock() {
+        let r = rules();
+        let now = UnixMillis(150);
+        assert!(matches!(check_purchase(&r, live(10, 0), now, 0), Err(PurchaseRefusal::InvalidQuantity(_))));
+        assert!(matches!(check_purchase(&r, live(10, 0), now, 3), Err(PurchaseRefusal::InvalidQuantity(_))));
+        assert_eq!(
+            check_purchase(&r, live(0, 2), now, 2),
+            Err(PurchaseRefusal::UserLimitReached { limit: 3, bought: 2 })
+        );
+        assert_eq!(check_purchase(&r, live(0, 0), now, 1), Err(PurchaseRefusal::SoldOut));
+        assert_eq!(check_purchase(&r, live(1, 0), now, 2), Err(PurchaseRefusal::InsufficientStock { remaining: 1 }));
+        assert_eq!(check_purchase(&r, live(2, 1), now, 2).unwrap().get(), 2);
+    }
+
+    #[test]
+    fn zero_limit_means_unlimited() {
+        let r = SaleRules { per_user_limit: 0, ..rules() };
+        assert!(check_purchase(&r, live(10, 1_000_000), UnixMillis(150), 2).is_ok());
+    }
+
+    #[test]
+    fn transitions_follow_the_clock() {
+        let r = rules();
+        assert_eq!(r.due_transition(SaleStatus::Scheduled, UnixMillis(99)), None);
+        assert_eq!(r.due_transition(SaleStatus::Scheduled, UnixMillis(100)), Some(Transition::Activate));
+        assert_eq!(r.due_transition(SaleStatus::Scheduled, UnixMillis(200)), Some(Transition::TimeUp));
+        assert_eq!(r.due_transition(SaleStatus::Active, UnixMillis(199)), None);
+        assert_eq!(r.due_transition(SaleStatus::Active, UnixMillis(200)), Some(Transition::TimeUp));
+        assert_eq!(r.due_transition(SaleStatus::Ended, UnixMillis(500)), None);
+        assert_eq!(r.next_deadline(SaleStatus::Scheduled), Some(UnixMillis(100)));
+        assert_eq!(r.next_deadline(SaleStatus::Active), Some(UnixMillis(200)));
+    }
+}

@@ -1,0 +1,283 @@
+//! `spawn_app()`: the server on 127.0.0.1:0 with the embedded backend in a temp dir, plus typed
+//! client helpers. Logs stay silent unless `TEST_LOG` is set.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use flashsale::clock::{Clock, ManualClock, SystemClock};
+use flashsale::domain::{Role, UnixMillis};
+use flashsale::pb;
+use flashsale::pb::admin_service_client::AdminServiceClient;
+use flashsale::pb::auth_service_client::AuthServiceClient;
+use flashsale::pb::feeds_service_client::FeedsServiceClient;
+use flashsale::pb::purchase_service_client::PurchaseServiceClient;
+use flashsale::Settings;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub const SECRET: &str = "integration-test-secret-of-32-bytes-at-least";
+
+/// A running server and what a test needs to talk to it.
+pub struct TestApp {
+    /// gRPC / grpc-web address.
+    pub addr: SocketAddr,
+    /// Prometheus `/metrics` address.
+    pub metrics_addr: SocketAddr,
+    /// A channel to `addr` (HTTP/2).
+    pub channel: Channel,
+    /// Signs tokens with the server's secret, as `flashsale token` does.
+    pub keys: flashsale::auth::JwtKeys,
+    /// The data directory (deleted on drop).
+    pub data_dir: Arc<tempfile::TempDir>,
+    /// Set when built with a manual clock.
+    pub clock: Option<Arc<ManualClock>>,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Options for [`spawn_app_with`].
+pub struct AppOptions {
+    /// Settings as the server sees them; `data_dir` and `jwt_secret` are filled in.
+    pub settings: Settings,
+    /// Start a manual clock at this instant instead of the system clock.
+    pub manual_clock: Option<UnixMillis>,
+    /// Reuse this data directory (restart tests).
+    pub data_dir: Option<Arc<tempfile::TempDir>>,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            settings: Settings {
+                // Rehearsals come from one address and hammer one buyer: no rate limits unless a
+                // test asks for them.
+                buyer_purchases_per_sec: 0,
+                ip_purchases_per_sec: 0,
+                ip_logins_per_sec: 0,
+                feed_interval: Duration::from_millis(20),
+                shutdown_grace: Duration::from_secs(2),
+                ..Settings::default()
+            },
+            manual_clock: None,
+            data_dir: None,
+        }
+    }
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_test_writer()
+                .init();
+        }
+    });
+}
+
+/// The server with default test options (system clock, no rate limits).
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+/// The server with the given options.
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    init_logs();
+    let data_dir = options
+        .data_dir
+        .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("temp dir")));
+    let mut settings = options.settings;
+    settings.data_dir = data_dir.path().to_path_buf();
+    settings.jwt_secret = Some(SECRET.to_owned());
+
+    let manual = options.manual_clock.map(|start| Arc::new(ManualClock::new(start)));
+    let clock: Arc<dyn Clock> = match &manual {
+        Some(clock) => clock.clone(),
+        None => Arc::new(SystemClock),
+    };
+
+    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+    let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
+    let addr = grpc.local_addr().unwrap();
+    let metrics_addr = metrics.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let listeners = flashsale::server::Listeners { grpc, metrics: Some(metrics) };
+    let server = tokio::spawn(flashsale::server::run(listeners, settings, clock, shutdown.clone()));
+
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the test server");
+    TestApp {
+        addr,
+        metrics_addr,
+        channel,
+        keys: flashsale::auth::JwtKeys::new(SECRET.as_bytes()),
+        data_dir,
+        clock: manual,
+        shutdown,
+        server: Some(server),
+    }
+}
+
+/// `msg` with `authorization: Bearer <token>` metadata.
+pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(msg);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// The `google.rpc.ErrorInfo` reason of an error status ("" when there is none).
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status.get_error_details().error_info().map(|info| info.reason.clone()).unwrap_or_default()
+}
+
+impl TestApp {
+    /// The clock's now (manual or system).
+    pub fn now(&self) -> UnixMillis {
+        match &self.clock {
+            Some(clock) => clock.now(),
+            None => SystemClock.now(),
+        }
+    }
+
+    /// A token for a new admin.
+    pub fn admin_token(&self) -> String {
+        self.keys
+            .issue("test-admin", "Admin", Role::Admin, SystemClock.now(), Duration::from_secs(3600))
+            .0
+    }
+
+    /// A token for buyer `id` named `name` (minted like `flashsale token`, no registration).
+    pub fn buyer_token(&self, id: &str, name: &str) -> String {
+        self.keys
+            .issue(id, name, Role::Buyer, SystemClock.now(), Duration::from_secs(3600))
+            .0
+    }
+
+    pub fn auth(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.channel.clone())
+    }
+
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+    }
+
+    pub fn purchase(&self) -> PurchaseServiceClient<Channel> {
+        PurchaseServiceClient::new(self.channel.clone())
+    }
+
+    pub fn feeds(&self) -> FeedsServiceClient<Channel> {
+        FeedsServiceClient::new(self.channel.clone())
+    }
+
+    /// Creates a product holding `inventory` units.
+    pub async fn create_product(&self, inventory: i64) -> pb::Product {
+        self.admin()
+            .create_product(authed(
+                pb::CreateProductRequest {
+                    name: "Test sneaker".into(),
+                    description: "limited".into(),
+                    initial_inventory: inventory,
+                },
+                &self.admin_token(),
+            ))
+            .await
+            .expect("create product")
+            .into_inner()
+    }
+
+    /// Creates a sale of `allocated` units that is ACTIVE now and ends in an hour.
+    pub async fn active_sale(&self, allocated: i64, per_user_limit: u32, max_per_purchase: u32) -> pb::Sale {
+        let product = self.create_product(allocated).await;
+        self.create_sale(pb::CreateSaleRequest {
+            product_id: product.id,
+            allocated,
+            unit_price: Some(pb::Money { amount_minor: 1999, currency: "USD".into() }),
+            per_user_limit,
+            max_per_purchase,
+            start_time: None,
+            end_time: Some(timestamp(UnixMillis(self.now().0 + 3_600_000))),
+        })
+        .await
+    }
+
+    /// Creates a sale as given.
+    pub async fn create_sale(&self, request: pb::CreateSaleRequest) -> pb::Sale {
+        self.admin()
+            .create_sale(authed(request, &self.admin_token()))
+            .await
+            .expect("create sale")
+            .into_inner()
+    }
+
+    /// Reads a sale through the Admin API.
+    pub async fn get_sale(&self, sale_id: &str) -> pb::Sale {
+        self.admin()
+            .get_sale(authed(pb::GetSaleRequest { sale_id: sale_id.into() }, &self.admin_token()))
+            .await
+            .expect("get sale")
+            .into_inner()
+    }
+
+    /// One purchase by `token`.
+    pub async fn buy(&self, token: &str, sale_id: &str, quantity: u32, key: &str) -> Result<pb::PurchaseResponse, tonic::Status> {
+        self.purchase()
+            .purchase(authed(
+                pb::PurchaseRequest { sale_id: sale_id.into(), quantity, idempotency_key: key.into() },
+                token,
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Moves the manual clock forward (panics without one).
+    pub fn advance(&self, by: Duration) {
+        self.clock.as_ref().expect("built with a manual clock").advance(by);
+    }
+
+    /// Polls `probe` until it returns `Some`, for at most 10 s of real time.
+    pub async fn eventually<T, F, Fut>(&self, what: &str, mut probe: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(value) = probe().await {
+                return value;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Graceful shutdown; returns the server's result.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.server.take().unwrap().await.expect("server task panicked")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A protobuf timestamp for `at`.
+pub fn timestamp(at: UnixMillis) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.0.div_euclid(1000), nanos: (at.0.rem_euclid(1000) * 1_000_000) as i32 }
+}

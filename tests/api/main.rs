@@ -1,0 +1,3 @@
+//! Integration tests: the real server on a real socket, one test binary.
+
+mod helpers;
