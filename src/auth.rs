@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::Rng;
@@ -144,10 +145,8 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 /// Hashes a password with Argon2id (PHC string) on the blocking pool.
 pub async fn hash_password(password: Password) -> anyhow::Result<String> {
     tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate();
-        Argon2::default()
-            .hash_password(password.expose().as_bytes(), &salt)
-            .map(|hash| hash.to_string())
+        let hash: Result<PasswordHash, _> = Argon2::default().hash_password(password.expose().as_bytes());
+        hash.map(|hash| hash.to_string())
             .map_err(|e| anyhow::anyhow!("hashing password: {e}"))
     })
     .await?
@@ -156,7 +155,7 @@ pub async fn hash_password(password: Password) -> anyhow::Result<String> {
 /// Checks a password against a PHC hash on the blocking pool.
 pub async fn verify_password(password: Password, phc: String) -> anyhow::Result<bool> {
     tokio::task::spawn_blocking(move || {
-        let hash = argon2::password_hash::phc::PasswordHash::new(&phc)
+        let hash = PasswordHash::new(&phc)
             .map_err(|e| anyhow::anyhow!("stored hash is malformed: {e}"))?;
         Ok(Argon2::default().verify_password(password.expose().as_bytes(), &hash).is_ok())
     })

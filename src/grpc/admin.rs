@@ -1,0 +1,134 @@
+//! AdminService: products, stock and sales (admin token required).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::domain::{ProductId, SaleId, SaleRules, UnixMillis};
+use crate::pb;
+use crate::service::{App, NewSale};
+
+use super::convert::{millis, money, Violations};
+use super::require_admin;
+
+/// The AdminService implementation.
+pub struct AdminApi {
+    /// The application.
+    pub app: Arc<App>,
+}
+
+fn product_id(raw: &str) -> Result<ProductId, Status> {
+    ProductId::parse(raw).map_err(|v| crate::service::ServiceError::from(v).into())
+}
+
+fn sale_id(raw: &str) -> Result<SaleId, Status> {
+    SaleId::parse(raw).map_err(|v| crate::service::ServiceError::from(v).into())
+}
+
+impl TryFrom<pb::CreateSaleRequest> for NewSale {
+    type Error = crate::service::ServiceError;
+
+    fn try_from(req: pb::CreateSaleRequest) -> Result<Self, Self::Error> {
+        let mut v = Violations::default();
+        let product_id = v.check(ProductId::parse(&req.product_id));
+        v.require(req.allocated >= 1, "allocated", "must be at least 1");
+        v.require(req.max_per_purchase >= 1, "max_per_purchase", "must be at least 1");
+        let unit_price = v.check(money(req.unit_price.as_ref()));
+        if let Some(price) = unit_price {
+            let total = price.amount_minor.checked_mul(i64::from(req.max_per_purchase.max(req.per_user_limit)));
+            v.require(total.is_some(), "unit_price.amount_minor", "is too large");
+        }
+        let start_now = req.start_time.is_none();
+        let start = match &req.start_time {
+            Some(at) => v.check(millis("start_time", Some(at))),
+            None => Some(UnixMillis(0)),
+        };
+        let end = v.check(millis("end_time", req.end_time.as_ref()));
+        let parsed = (|| Some((product_id?, unit_price?, start?, end?)))();
+        let (product_id, unit_price, start, end) = v.finish(parsed)?;
+        Ok(NewSale {
+            product_id,
+            rules: SaleRules {
+                allocated: req.allocated,
+                per_user_limit: req.per_user_limit,
+                max_per_purchase: req.max_per_purchase,
+                start,
+                end,
+                unit_price,
+            },
+            start_now,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for AdminApi {
+    async fn create_product(&self, request: Request<pb::CreateProductRequest>) -> Result<Response<pb::Product>, Status> {
+        require_admin(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let name = req.name.trim().to_owned();
+        v.require((1..=200).contains(&name.chars().count()), "name", "must be 1 to 200 characters");
+        v.require(req.description.chars().count() <= 2000, "description", "must be at most 2000 characters");
+        v.require(req.initial_inventory >= 0, "initial_inventory", "must not be negative");
+        v.finish(Some(()))?;
+        let product = self.app.create_product(name, req.description, req.initial_inventory).await?;
+        Ok(Response::new((&product).into()))
+    }
+
+    async fn list_products(&self, request: Request<pb::ListProductsRequest>) -> Result<Response<pb::ListProductsResponse>, Status> {
+        require_admin(&request)?;
+        let products = self.app.list_products().await?;
+        Ok(Response::new(pb::ListProductsResponse { products: products.iter().map(Into::into).collect() }))
+    }
+
+    async fn get_product(&self, request: Request<pb::GetProductRequest>) -> Result<Response<pb::Product>, Status> {
+        require_admin(&request)?;
+        let id = product_id(&request.get_ref().product_id)?;
+        Ok(Response::new((&self.app.get_product(&id).await?).into()))
+    }
+
+    async fn add_stock(&self, request: Request<pb::AddStockRequest>) -> Result<Response<pb::Product>, Status> {
+        require_admin(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let id = v.check(ProductId::parse(&req.product_id));
+        v.require(req.units >= 1, "units", "must be at least 1");
+        let id = v.finish(id)?;
+        Ok(Response::new((&self.app.add_stock(&id, req.units).await?).into()))
+    }
+
+    async fn create_sale(&self, request: Request<pb::CreateSaleRequest>) -> Result<Response<pb::Sale>, Status> {
+        require_admin(&request)?;
+        let new = NewSale::try_from(request.into_inner())?;
+        Ok(Response::new((&self.app.create_sale(new).await?).into()))
+    }
+
+    async fn start_sale(&self, request: Request<pb::StartSaleRequest>) -> Result<Response<pb::Sale>, Status> {
+        require_admin(&request)?;
+        let id = sale_id(&request.get_ref().sale_id)?;
+        Ok(Response::new((&self.app.start_sale(&id).await?).into()))
+    }
+
+    async fn end_sale(&self, request: Request<pb::EndSaleRequest>) -> Result<Response<pb::Sale>, Status> {
+        require_admin(&request)?;
+        let id = sale_id(&request.get_ref().sale_id)?;
+        Ok(Response::new((&self.app.end_sale(&id).await?).into()))
+    }
+
+    async fn get_sale(&self, request: Request<pb::GetSaleRequest>) -> Result<Response<pb::Sale>, Status> {
+        require_admin(&request)?;
+        let id = sale_id(&request.get_ref().sale_id)?;
+        Ok(Response::new((&self.app.sale_view(&id).await?).into()))
+    }
+
+    async fn list_sales(&self, request: Request<pb::ListSalesRequest>) -> Result<Response<pb::ListSalesResponse>, Status> {
+        require_admin(&request)?;
+        let filter = match request.get_ref().product_id.as_str() {
+            "" => None,
+            raw => Some(product_id(raw)?),
+        };
+        let sales = self.app.list_sales(filter.as_ref()).await?;
+        Ok(Response::new(pb::ListSalesResponse { sales: sales.iter().map(Into::into).collect() }))
+    }
+}

@@ -1,0 +1,168 @@
+//! Conversions between protobuf messages and domain/store types. Requests are validated here:
+//! every violation is collected, so a client learns all its bad fields at once.
+
+use prost_types::Timestamp;
+
+use crate::domain::{EndReason, FieldViolation, Money, SaleStatus, UnixMillis};
+use crate::pb;
+use crate::service::ServiceError;
+use crate::store::{OrderRecord, ProductRecord, SaleView};
+
+/// Collects field violations while a request is converted.
+#[derive(Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// The value, or `None` after recording why not.
+    pub fn check<T>(&mut self, result: Result<T, FieldViolation>) -> Option<T> {
+        result.map_err(|v| self.0.push(v)).ok()
+    }
+
+    /// Records a violation when `ok` is false.
+    pub fn require(&mut self, ok: bool, field: &'static str, description: &str) {
+        if !ok {
+            self.0.push(FieldViolation::new(field, description));
+        }
+    }
+
+    /// The converted value when nothing was recorded, else INVALID_ARGUMENT with every
+    /// violation. `value` is `None` exactly when some check failed.
+    pub fn finish<T>(self, value: Option<T>) -> Result<T, ServiceError> {
+        match value {
+            Some(value) if self.0.is_empty() => Ok(value),
+            _ => Err(ServiceError::InvalidArgument(self.0)),
+        }
+    }
+}
+
+/// A protobuf timestamp.
+pub fn timestamp(at: UnixMillis) -> Timestamp {
+    Timestamp { seconds: at.0.div_euclid(1000), nanos: (at.0.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+/// A required timestamp field, to millisecond precision.
+pub fn millis(field: &'static str, at: Option<&Timestamp>) -> Result<UnixMillis, FieldViolation> {
+    let at = at.ok_or_else(|| FieldViolation::new(field, "is required"))?;
+    if !(0..1_000_000_000).contains(&at.nanos) || !(0..=253_402_300_799).contains(&at.seconds) {
+        return Err(FieldViolation::new(field, "is not a valid timestamp"));
+    }
+    Ok(UnixMillis(at.seconds * 1000 + i64::from(at.nanos / 1_000_000)))
+}
+
+/// A Money field.
+pub fn money(field_present: Option<&pb::Money>) -> Result<Money, FieldViolation> {
+    let money = field_present.ok_or_else(|| FieldViolation::new("unit_price", "is required"))?;
+    Money::parse(money.amount_minor, &money.currency)
+}
+
+fn pb_money(money: Money) -> pb::Money {
+    pb::Money { amount_minor: money.amount_minor, currency: money.currency.as_str().to_owned() }
+}
+
+/// The API's status enum.
+pub fn pb_status(status: SaleStatus) -> pb::SaleStatus {
+    match status {
+        SaleStatus::Scheduled => pb::SaleStatus::Scheduled,
+        SaleStatus::Active => pb::SaleStatus::Active,
+        SaleStatus::Ended => pb::SaleStatus::Ended,
+    }
+}
+
+fn pb_end_reason(reason: Option<EndReason>) -> pb::EndReason {
+    match reason {
+        None => pb::EndReason::Unspecified,
+        Some(EndReason::SoldOut) => pb::EndReason::SoldOut,
+        Some(EndReason::TimeUp) => pb::EndReason::TimeUp,
+        Some(EndReason::ByAdmin) => pb::EndReason::ByAdmin,
+    }
+}
+
+impl From<&ProductRecord> for pb::Product {
+    fn from(p: &ProductRecord) -> Self {
+        Self {
+            id: p.id.to_string(),
+            name: p.name.clone(),
+            description: p.description.clone(),
+            inventory: p.inventory,
+            created_at: Some(timestamp(p.created_at)),
+        }
+    }
+}
+
+impl From<&SaleView> for pb::Sale {
+    fn from(v: &SaleView) -> Self {
+        Self {
+            id: v.sale_id.to_string(),
+            product_id: v.product_id.to_string(),
+            allocated: v.rules.allocated,
+            sold: v.sold,
+            remaining: v.remaining,
+            unit_price: Some(pb_money(v.rules.unit_price)),
+            per_user_limit: v.rules.per_user_limit,
+            max_per_purchase: v.rules.max_per_purchase,
+            start_time: Some(timestamp(v.rules.start)),
+            end_time: Some(timestamp(v.rules.end)),
+            status: pb_status(v.status).into(),
+            end_reason: pb_end_reason(v.end_reason).into(),
+            ended_at: v.ended_at.map(timestamp),
+            created_at: None,
+        }
+    }
+}
+
+/// The WatchSale message for a view, stamped with the server's time.
+pub fn snapshot(v: &SaleView, server_time: UnixMillis) -> pb::SaleSnapshot {
+    pb::SaleSnapshot {
+        sale_id: v.sale_id.to_string(),
+        version: v.version,
+        status: pb_status(v.status).into(),
+        end_reason: pb_end_reason(v.end_reason).into(),
+        allocated: v.rules.allocated,
+        sold: v.sold,
+        remaining: v.remaining,
+        unit_price: Some(pb_money(v.rules.unit_price)),
+        per_user_limit: v.rules.per_user_limit,
+        max_per_purchase: v.rules.max_per_purchase,
+        start_time: Some(timestamp(v.rules.start)),
+        end_time: Some(timestamp(v.rules.end)),
+        ended_at: v.ended_at.map(timestamp),
+        server_time: Some(timestamp(server_time)),
+        product_id: v.product_id.to_string(),
+    }
+}
+
+/// The Leaderboard message for a view, cut to `top_n` entries.
+pub fn leaderboard(v: &SaleView, top_n: usize) -> pb::LeaderboardSnapshot {
+    pb::LeaderboardSnapshot {
+        sale_id: v.sale_id.to_string(),
+        version: v.version,
+        entries: v
+            .leaderboard
+            .iter()
+            .take(top_n)
+            .map(|e| pb::LeaderboardEntry {
+                rank: e.rank,
+                display_name: e.display_name.to_string(),
+                units: e.units,
+                first_purchase_at: Some(timestamp(e.first_purchase_at)),
+            })
+            .collect(),
+        total_buyers: v.total_buyers,
+        status: pb_status(v.status).into(),
+    }
+}
+
+impl From<&OrderRecord> for pb::Order {
+    fn from(o: &OrderRecord) -> Self {
+        Self {
+            id: o.id.to_string(),
+            sale_id: o.sale_id.to_string(),
+            buyer_id: o.buyer_id.to_string(),
+            quantity: o.quantity,
+            unit_price: Some(pb_money(o.unit_price)),
+            total: Some(pb_money(o.unit_price.times(o.quantity))),
+            idempotency_key: o.idempotency_key.as_str().to_owned(),
+            created_at: Some(timestamp(o.created_at)),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! FeedsService: WatchSale and Leaderboard streams (no token needed). Each stream follows the
+//! sale's `watch` channel (see [`crate::feeds`]): the current state at once, then the newest
+//! state on each change, ending after the ENDED snapshot or at shutdown.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::clock::Clock;
+use crate::domain::{SaleId, SaleStatus};
+use crate::pb;
+use crate::service::{App, ServiceError};
+use crate::store::{SaleView, LEADERBOARD_MAX};
+
+use super::convert::{leaderboard, snapshot};
+
+/// The FeedsService implementation.
+pub struct FeedsApi {
+    /// The application.
+    pub app: Arc<App>,
+    /// Stamps `server_time` on snapshots.
+    pub clock: Arc<dyn Clock>,
+    /// Ends every open stream at shutdown.
+    pub shutdown: CancellationToken,
+}
+
+type FeedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Counts open watchers in the `flashsale_watchers` gauge while alive.
+struct WatcherGauge(&'static str);
+
+impl WatcherGauge {
+    fn new(feed: &'static str) -> Self {
+        metrics::gauge!("flashsale_watchers", "feed" => feed).increment(1.0);
+        Self(feed)
+    }
+}
+
+impl Drop for WatcherGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("flashsale_watchers", "feed" => self.0).decrement(1.0);
+    }
+}
+
+/// The current view, then the newest view after each change; ends after an ENDED view or at
+/// shutdown.
+fn follow(receiver: watch::Receiver<Arc<SaleView>>, shutdown: CancellationToken, feed: &'static str) -> impl Stream<Item = Arc<SaleView>> + Send {
+    let state = (receiver, true, WatcherGauge::new(feed));
+    futures::stream::unfold(Some(state), move |state| {
+        let shutdown = shutdown.clone();
+        async move {
+            let (mut receiver, first, gauge) = state?;
+            if !first {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    changed = receiver.changed() => changed.ok()?,
+                }
+            }
+            let view = receiver.borrow_and_update().clone();
+            let next = (view.status != SaleStatus::Ended).then_some((receiver, false, gauge));
+            Some((view, next))
+        }
+    })
+}
+
+fn sale_id(raw: &str) -> Result<SaleId, Status> {
+    SaleId::parse(raw).map_err(|v| ServiceError::from(v).into())
+}
+
+#[tonic::async_trait]
+impl pb::feeds_service_server::FeedsService for FeedsApi {
+    type WatchSaleStream = FeedStream<pb::SaleSnapshot>;
+    type LeaderboardStream = FeedStream<pb::LeaderboardSnapshot>;
+
+    async fn watch_sale(&self, request: Request<pb::WatchSaleRequest>) -> Result<Response<Self::WatchSaleStream>, Status> {
+        let id = sale_id(&request.get_ref().sale_id)?;
+        let receiver = self.app.watch(&id).await?;
+        let clock = self.clock.clone();
+        let stream = follow(receiver, self.shutdown.clone(), "watch_sale").map(move |view| Ok(snapshot(&view, clock.now())));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn leaderboard(&self, request: Request<pb::LeaderboardRequest>) -> Result<Response<Self::LeaderboardStream>, Status> {
+        let req = request.into_inner();
+        let id = sale_id(&req.sale_id)?;
+        let top_n = match req.top_n {
+            0 => 10,
+            n if n as usize <= LEADERBOARD_MAX => n as usize,
+            _ => {
+                return Err(ServiceError::from(crate::domain::FieldViolation::new(
+                    "top_n",
+                    format!("must be at most {LEADERBOARD_MAX}"),
+                ))
+                .into())
+            }
+        };
+        let receiver = self.app.watch(&id).await?;
+        // Send only when this watcher's top N or the status changed.
+        let mut last: Option<pb::LeaderboardSnapshot> = None;
+        let stream = follow(receiver, self.shutdown.clone(), "leaderboard").filter_map(move |view| {
+            let board = leaderboard(&view, top_n);
+            let changed = last.as_ref().is_none_or(|prev| {
+                prev.entries != board.entries || prev.status != board.status || prev.total_buyers != board.total_buyers
+            });
+            if changed {
+                last = Some(board.clone());
+            }
+            futures::future::ready(changed.then_some(Ok(board)))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

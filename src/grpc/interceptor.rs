@@ -1,0 +1,38 @@
+//! Authentication: an interceptor on AdminService and PurchaseService checks the bearer token
+//! and puts the [`Caller`] into the request's extensions. Auth, Feeds, health and reflection
+//! are served without it.
+
+use tonic::{Request, Status};
+
+use crate::auth::{Caller, JwtKeys};
+use crate::domain::Role;
+use crate::service::ServiceError;
+
+/// The interceptor: refuses requests without a valid token (UNAUTHENTICATED), otherwise stores
+/// the caller for the handler. The token itself is never logged.
+pub fn authenticate(keys: JwtKeys) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request: Request<()>| {
+        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let caller = keys.verify_header(header).map_err(ServiceError::from)?;
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+}
+
+/// The caller the interceptor stored.
+pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| ServiceError::from(crate::auth::TokenError::Missing).into())
+}
+
+/// The caller, who must be an admin.
+pub fn require_admin<T>(request: &Request<T>) -> Result<Caller, Status> {
+    let caller = caller(request)?;
+    match caller.role {
+        Role::Admin => Ok(caller),
+        Role::Buyer => Err(ServiceError::AdminRequired.into()),
+    }
+}

@@ -1,0 +1,128 @@
+//! Wires the service onto bound listeners: tonic with grpc-web (HTTP/1.1 accepted) and CORS,
+//! reflection v1 and v1alpha, grpc.health.v1, the auth interceptor, message size limits, and
+//! Prometheus metrics on their own HTTP port. Shutdown is one cancellation token; open streams
+//! end at once and draining is bounded by `Settings::shutdown_grace`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use http::{header::HeaderName, Method};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::grpc::{authenticate, AdminApi, AuthApi, FeedsApi, PurchaseApi, RateLimits};
+use crate::pb;
+use crate::pb::admin_service_server::AdminServiceServer;
+use crate::pb::auth_service_server::AuthServiceServer;
+use crate::pb::feeds_service_server::FeedsServiceServer;
+use crate::pb::purchase_service_server::PurchaseServiceServer;
+use crate::service::App;
+
+/// The sockets the server serves on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    /// gRPC and grpc-web.
+    pub grpc: TcpListener,
+    /// Prometheus `GET /metrics`; none to serve no metrics endpoint.
+    pub metrics: Option<TcpListener>,
+}
+
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers(
+            ["content-type", "x-grpc-web", "x-user-agent", "grpc-timeout", "authorization"].map(HeaderName::from_static),
+        )
+        .expose_headers(["grpc-status", "grpc-message", "grpc-status-details-bin"].map(HeaderName::from_static))
+        .max_age(Duration::from_secs(24 * 3600))
+}
+
+/// Serves until `shutdown` is cancelled, then drains for at most the grace period.
+pub async fn run(listeners: Listeners, settings: Settings, clock: Arc<dyn Clock>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = crate::metrics::handle();
+    let app = App::open(&settings, clock.clone(), shutdown.clone()).await?;
+    let limits = Arc::new(RateLimits::new(&settings));
+    let max = settings.max_message_bytes;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AuthServiceServer<AuthApi>>().await;
+    health.set_serving::<AdminServiceServer<AdminApi>>().await;
+    health.set_serving::<PurchaseServiceServer<PurchaseApi>>().await;
+    health.set_serving::<FeedsServiceServer<FeedsApi>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+
+    let auth = AuthServiceServer::new(AuthApi { app: app.clone(), limits: limits.clone() }).max_decoding_message_size(max);
+    let admin = AdminServiceServer::new(AdminApi { app: app.clone() }).max_decoding_message_size(max);
+    let purchase = PurchaseServiceServer::new(PurchaseApi { app: app.clone(), limits: limits.clone() }).max_decoding_message_size(max);
+    let feeds = FeedsServiceServer::new(FeedsApi { app: app.clone(), clock, shutdown: shutdown.clone() }).max_decoding_message_size(max);
+    let interceptor = authenticate(app.keys().clone());
+
+    let grpc = Server::builder()
+        .accept_http1(true)
+        .layer(cors())
+        .layer(tonic_web::GrpcWebLayer::new())
+        .add_service(health_service)
+        .add_service(reflection().build_v1().context("building reflection v1")?)
+        .add_service(reflection().build_v1alpha().context("building reflection v1alpha")?)
+        .add_service(auth)
+        .add_service(InterceptedService::new(admin, interceptor.clone()))
+        .add_service(InterceptedService::new(purchase, interceptor))
+        .add_service(feeds)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), {
+            let shutdown = shutdown.clone();
+            let health = health.clone();
+            async move {
+                shutdown.cancelled().await;
+                health.set_not_serving::<PurchaseServiceServer<PurchaseApi>>().await;
+            }
+        });
+
+    let metrics_server = async {
+        let Some(listener) = listeners.metrics else { return Ok(()) };
+        let router = axum::Router::new().route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())));
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await
+    };
+
+    let housekeeping = {
+        let (limits, shutdown) = (limits.clone(), shutdown.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {
+                        limits.forget_idle();
+                        crate::metrics::handle().run_upkeep();
+                    }
+                }
+            }
+        }
+    };
+    tokio::spawn(housekeeping);
+
+    let serving = async { tokio::join!(grpc, metrics_server) };
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(settings.shutdown_grace).await;
+    };
+    tokio::select! {
+        (grpc, metrics) = serving => {
+            grpc.context("gRPC server failed")?;
+            metrics.context("metrics server failed")?;
+            tracing::info!("server stopped");
+        }
+        _ = grace => tracing::warn!(grace = ?settings.shutdown_grace, "connections still open after the grace period; stopping anyway"),
+    }
+    Ok(())
+}

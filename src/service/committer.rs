@@ -1,0 +1,118 @@
+//! Group commit: purchases hand their order to one writer task, which takes every order waiting
+//! in the queue and makes them durable in one record transaction (one fsync for the batch).
+//! A purchase is acknowledged only when its order's outcome comes back.
+//!
+//! Sale ends go through the same queue, so every order reserved before an end is committed
+//! before the end computes the unsold units.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::{EndReason, SaleId, UnixMillis};
+use crate::store::{CommitOutcome, OrderRecord, RecordStore, SaleRecord, StoreError};
+
+/// Most orders in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// Queue capacity: when this many jobs wait, purchases wait to enqueue (backpressure on the
+/// hot path instead of unbounded memory).
+const QUEUE: usize = 16 * 1024;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Job {
+    Order(OrderRecord, Reply<CommitOutcome>),
+    EndSale { sale: SaleId, reason: EndReason, at: UnixMillis, reply: Reply<(SaleRecord, bool)> },
+}
+
+/// Handle to the writer task; the task stops when every handle is dropped.
+pub(super) struct Committer {
+    jobs: mpsc::Sender<Job>,
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the record writer has stopped".into())
+}
+
+impl Committer {
+    pub(super) fn start(records: Arc<dyn RecordStore>) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(write_loop(records, queue));
+        Self { jobs }
+    }
+
+    /// Makes `order` durable together with whatever else is waiting.
+    pub(super) async fn commit(&self, order: OrderRecord) -> Result<CommitOutcome, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.jobs.send(Job::Order(order, reply)).await.map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+
+    /// Ends a sale after every order queued before it.
+    pub(super) async fn end_sale(&self, sale: SaleId, reason: EndReason, at: UnixMillis) -> Result<(SaleRecord, bool), StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.jobs.send(Job::EndSale { sale, reason, at, reply }).await.map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+}
+
+async fn write_loop(records: Arc<dyn RecordStore>, mut queue: mpsc::Receiver<Job>) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    let mut orders = Vec::with_capacity(MAX_BATCH);
+    let mut replies = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        for job in jobs.drain(..) {
+            match job {
+                Job::Order(order, reply) => {
+                    orders.push(order);
+                    replies.push(reply);
+                }
+                Job::EndSale { sale, reason, at, reply } => {
+                    flush(&*records, &mut orders, &mut replies).await;
+                    // The caller may have gone (client cancelled): nothing to tell then.
+                    let _ = reply.send(records.end_sale(&sale, reason, at).await);
+                }
+            }
+        }
+        flush(&*records, &mut orders, &mut replies).await;
+    }
+}
+
+async fn flush(records: &dyn RecordStore, orders: &mut Vec<OrderRecord>, replies: &mut Vec<Reply<CommitOutcome>>) {
+    if orders.is_empty() {
+        return;
+    }
+    metrics::histogram!("flashsale_commit_batch_orders").record(orders.len() as f64);
+    match records.commit_orders(orders).await {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.drain(..).zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(error) => {
+            tracing::error!(error = ?error, orders = orders.len(), "order batch failed; nothing of it was written");
+            let shared = Arc::new(error);
+            for reply in replies.drain(..) {
+                let _ = reply.send(Err(StoreError::Unavailable(Box::new(SharedError(shared.clone())))));
+            }
+        }
+    }
+    orders.clear();
+}
+
+/// One batch failure reported to every purchase of the batch.
+#[derive(Debug)]
+struct SharedError(Arc<StoreError>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "order batch failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}

@@ -1,0 +1,53 @@
+//! Time-driven transitions: sales start at their start time and end at their end time on their
+//! own. The task sleeps until the next deadline (on the injected clock) or until a sale's
+//! deadlines change, and stops with the shutdown token.
+
+use std::sync::Arc;
+
+use crate::domain::{EndReason, Transition, UnixMillis};
+
+use super::App;
+
+pub(super) async fn run(app: Arc<App>) {
+    loop {
+        let now = app.clock.now();
+        let sales = match app.hot.open_sales().await {
+            Ok(sales) => sales,
+            Err(error) => {
+                tracing::warn!(error = ?error, "scheduler could not list sales");
+                Vec::new()
+            }
+        };
+        let mut next = None;
+        for (id, rules, status) in sales {
+            let result = match rules.due_transition(status, now) {
+                Some(Transition::Activate) => app.activate(&id, rules.start).await,
+                Some(Transition::TimeUp) => app.end_sale_now(&id, EndReason::TimeUp).await,
+                None => {
+                    next = earliest(next, rules.next_deadline(status));
+                    Ok(())
+                }
+            };
+            if let Err(error) = result {
+                tracing::warn!(sale = %id, error = ?error, "scheduled transition failed; retrying in a second");
+                next = earliest(next, Some(UnixMillis(now.0 + 1000)));
+            }
+        }
+        let sleep = match next {
+            Some(at) => app.clock.sleep_until(at),
+            None => Box::pin(futures::future::pending()),
+        };
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = app.schedule_changed.notified() => {}
+            _ = sleep => {}
+        }
+    }
+}
+
+fn earliest(a: Option<UnixMillis>, b: Option<UnixMillis>) -> Option<UnixMillis> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

@@ -1,0 +1,256 @@
+//! In-process hot state: one [`SaleState`] per sale behind its own mutex.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use crate::domain::{
+    check_purchase, BuyerSnapshot, EndReason, IdempotencyKey, Leaderboard, ProductId,
+    PurchaseRefusal, SaleId, SaleRules, SaleStatus, UnixMillis, UserId,
+};
+use crate::store::{
+    tally, Confirmed, HotError, HotStore, OrderRecord, Reservation, ReserveRequest, SaleRecord,
+    SaleView, Settled, LEADERBOARD_MAX,
+};
+
+/// Hot state of every loaded sale.
+#[derive(Default)]
+pub struct MemoryHot {
+    /// std RwLock: held only to find or insert a sale's `Arc`, never across an `.await`; reads
+    /// (every purchase) do not contend with each other.
+    sales: RwLock<HashMap<SaleId, Arc<HotSale>>>,
+}
+
+struct HotSale {
+    /// std Mutex: the critical section is a few map operations (the whole atomic purchase
+    /// step), never held across an `.await`, so a blocking lock is cheaper than tokio's.
+    state: Mutex<SaleState>,
+    /// Woken whenever an in-flight order of this sale settles; waiters re-check their key.
+    settled: Notify,
+}
+
+#[derive(Debug)]
+struct SaleState {
+    product_id: ProductId,
+    rules: SaleRules,
+    status: SaleStatus,
+    end_reason: Option<EndReason>,
+    ended_at: Option<UnixMillis>,
+    /// Units a new purchase may take: allocated - sold - in flight.
+    remaining: i64,
+    /// Units in durable orders.
+    sold: i64,
+    /// Units of reservations not yet confirmed or released.
+    in_flight: i64,
+    /// Units each buyer holds or has in flight.
+    buyers: HashMap<UserId, u32>,
+    /// Every order by (buyer, key), with whether it is durable yet.
+    keys: HashMap<(UserId, IdempotencyKey), KeyEntry>,
+    board: Leaderboard,
+    version: u64,
+}
+
+#[derive(Debug)]
+struct KeyEntry {
+    order: OrderRecord,
+    durable: bool,
+}
+
+impl MemoryHot {
+    fn sale(&self, id: &SaleId) -> Option<Arc<HotSale>> {
+        self.sales.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    fn sale_or_refuse(&self, id: &SaleId) -> Result<Arc<HotSale>, HotError> {
+        self.sale(id).ok_or(HotError::Refused(PurchaseRefusal::SaleNotFound))
+    }
+}
+
+impl HotSale {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SaleState> {
+        // A panic while holding the lock cannot leave a half-applied purchase (every step
+        // checks before it writes), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl HotStore for MemoryHot {
+    async fn load_sale(&self, sale: &SaleRecord, orders: &[OrderRecord]) -> Result<(), HotError> {
+        let (board, buyers, sold) = tally(orders);
+        let keys = orders
+            .iter()
+            .map(|o| {
+                let key = (o.buyer_id.clone(), o.idempotency_key.clone());
+                (key, KeyEntry { order: o.clone(), durable: true })
+            })
+            .collect();
+        let state = SaleState {
+            product_id: sale.product_id.clone(),
+            rules: sale.rules,
+            status: sale.status,
+            end_reason: sale.end_reason,
+            ended_at: sale.ended_at,
+            remaining: sale.rules.allocated - sold,
+            sold,
+            in_flight: 0,
+            buyers,
+            keys,
+            board,
+            version: 1,
+        };
+        let hot = Arc::new(HotSale { state: Mutex::new(state), settled: Notify::new() });
+        // Never replace a loaded sale: its in-flight reservations live only here.
+        self.sales.write().unwrap_or_else(|e| e.into_inner()).entry(sale.id.clone()).or_insert(hot);
+        Ok(())
+    }
+
+    async fn has_sale(&self, sale: &SaleId) -> Result<bool, HotError> {
+        Ok(self.sale(sale).is_some())
+    }
+
+    async fn reserve(&self, request: &ReserveRequest) -> Result<Reservation, HotError> {
+        let sale = self.sale_or_refuse(&request.sale_id)?;
+        let mut state = sale.lock();
+        let key = (request.buyer_id.clone(), request.idempotency_key.clone());
+        // Rule 5 first: a retry gets its first answer even after the sale ended.
+        if let Some(entry) = state.keys.get(&key) {
+            if entry.order.quantity != request.quantity {
+                return Err(PurchaseRefusal::IdempotencyKeyReused.into());
+            }
+            return Ok(Reservation::Existing { order: entry.order.clone(), settled: entry.durable });
+        }
+        let bought = state.buyers.get(&request.buyer_id).copied().unwrap_or(0);
+        let live = BuyerSnapshot {
+            status: state.status,
+            end_reason: state.end_reason,
+            remaining: state.remaining,
+            bought,
+        };
+        let quantity = check_purchase(&state.rules, live, request.now, request.quantity)?;
+        let order = OrderRecord {
+            id: request.new_order_id.clone(),
+            sale_id: request.sale_id.clone(),
+            buyer_id: request.buyer_id.clone(),
+            buyer_name: request.buyer_name.to_string(),
+            quantity: quantity.get(),
+            unit_price: state.rules.unit_price,
+            idempotency_key: request.idempotency_key.clone(),
+            created_at: request.now,
+        };
+        let units = i64::from(quantity.get());
+        state.remaining -= units;
+        state.in_flight += units;
+        *state.buyers.entry(request.buyer_id.clone()).or_insert(0) += quantity.get();
+        state.keys.insert(key, KeyEntry { order: order.clone(), durable: false });
+        state.version += 1;
+        Ok(Reservation::New(order))
+    }
+
+    async fn confirm(&self, order: &OrderRecord) -> Result<Confirmed, HotError> {
+        let sale = self.sale_or_refuse(&order.sale_id)?;
+        let confirmed = {
+            let mut state = sale.lock();
+            let key = (order.buyer_id.clone(), order.idempotency_key.clone());
+            if let Some(entry) = state.keys.get_mut(&key) {
+                entry.durable = true;
+            }
+            let units = i64::from(order.quantity);
+            state.in_flight -= units;
+            state.sold += units;
+            let name: Arc<str> = order.buyer_name.as_str().into();
+            state.board.record(&order.buyer_id, &name, units, order.created_at);
+            state.version += 1;
+            Confirmed { sold_out: state.sold >= state.rules.allocated }
+        };
+        sale.settled.notify_waiters();
+        Ok(confirmed)
+    }
+
+    async fn release(&self, order: &OrderRecord) -> Result<(), HotError> {
+        let sale = self.sale_or_refuse(&order.sale_id)?;
+        {
+            let mut state = sale.lock();
+            let key = (order.buyer_id.clone(), order.idempotency_key.clone());
+            if state.keys.get(&key).is_some_and(|e| e.order.id == order.id && !e.durable) {
+                state.keys.remove(&key);
+                let units = i64::from(order.quantity);
+                state.in_flight -= units;
+                state.remaining += units;
+                if let Some(held) = state.buyers.get_mut(&order.buyer_id) {
+                    *held = held.saturating_sub(order.quantity);
+                }
+                state.version += 1;
+            }
+        }
+        sale.settled.notify_waiters();
+        Ok(())
+    }
+
+    async fn wait_settled(&self, order: &OrderRecord) -> Result<Settled, HotError> {
+        let sale = self.sale_or_refuse(&order.sale_id)?;
+        let key = (order.buyer_id.clone(), order.idempotency_key.clone());
+        loop {
+            // Created before the check: `notify_waiters` wakes futures created before it runs.
+            let notified = sale.settled.notified();
+            match sale.lock().keys.get(&key) {
+                Some(entry) if entry.order.id == order.id && entry.durable => return Ok(Settled::Confirmed),
+                Some(entry) if entry.order.id == order.id => {}
+                _ => return Ok(Settled::Released),
+            }
+            notified.await;
+        }
+    }
+
+    async fn set_status(&self, sale: &SaleRecord) -> Result<(), HotError> {
+        let hot = self.sale_or_refuse(&sale.id)?;
+        let mut state = hot.lock();
+        state.status = sale.status;
+        state.end_reason = sale.end_reason;
+        state.ended_at = sale.ended_at;
+        state.rules.start = sale.rules.start;
+        state.version += 1;
+        Ok(())
+    }
+
+    async fn view(&self, sale: &SaleId) -> Result<Option<SaleView>, HotError> {
+        let Some(hot) = self.sale(sale) else { return Ok(None) };
+        let state = hot.lock();
+        Ok(Some(SaleView {
+            sale_id: sale.clone(),
+            product_id: state.product_id.clone(),
+            version: state.version,
+            rules: state.rules,
+            status: state.status,
+            end_reason: state.end_reason,
+            ended_at: state.ended_at,
+            sold: state.sold,
+            remaining: if state.status == SaleStatus::Ended {
+                state.rules.allocated - state.sold
+            } else {
+                state.remaining
+            },
+            leaderboard: state.board.top(LEADERBOARD_MAX),
+            total_buyers: state.board.len() as u64,
+        }))
+    }
+
+    async fn open_sales(&self) -> Result<Vec<(SaleId, SaleRules, SaleStatus)>, HotError> {
+        let sales: Vec<_> = self
+            .sales
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, hot)| (id.clone(), hot.clone()))
+            .collect();
+        Ok(sales
+            .into_iter()
+            .filter_map(|(id, hot)| {
+                let state = hot.lock();
+                (state.status != SaleStatus::Ended).then(|| (id, state.rules, state.status))
+            })
+            .collect())
+    }
+}

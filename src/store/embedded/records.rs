@@ -1,0 +1,409 @@
+//! The durable record in redb: one file, ACID write transactions, each commit fsynced
+//! (`Durability::Immediate`, redb's default). Records are JSON values; secondary indexes are
+//! tables of composite keys. Every call runs on the blocking pool.
+//!
+//! Tables: `users` (id -> user), `users_by_email` (email -> id), `products` (id -> product),
+//! `sales` (id -> sale), `orders` (id -> order), `orders_by_sale` ((sale, order) -> ()),
+//! `orders_by_buyer` ((buyer, order) -> ()), `order_keys` ((buyer, sale, key) -> order id).
+//! Ids are UUIDv7, so key order is creation order.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::domain::{EndReason, Email, IdempotencyKey, OrderId, ProductId, SaleId, SaleStatus, UnixMillis, UserId};
+use crate::store::{
+    CommitOutcome, CommitRefusal, OrderRecord, ProductRecord, RecordStore, SaleRecord, StoreError,
+    UserRecord,
+};
+
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+const USERS_BY_EMAIL: TableDefinition<&str, &str> = TableDefinition::new("users_by_email");
+const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
+const SALES: TableDefinition<&str, &[u8]> = TableDefinition::new("sales");
+const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+const ORDERS_BY_SALE: TableDefinition<(&str, &str), ()> = TableDefinition::new("orders_by_sale");
+const ORDERS_BY_BUYER: TableDefinition<(&str, &str), ()> = TableDefinition::new("orders_by_buyer");
+const ORDER_KEYS: TableDefinition<(&str, &str, &str), &str> = TableDefinition::new("order_keys");
+
+/// Sorts after every id character (`[A-Za-z0-9_-]`): the upper bound of a prefix range.
+const ID_MAX: &str = "\u{7f}";
+
+/// The redb-backed record store.
+#[derive(Clone)]
+pub struct RedbRecords {
+    db: Arc<Database>,
+}
+
+macro_rules! internal_from {
+    ($($error:ty),*) => {$(
+        impl From<$error> for StoreError {
+            fn from(e: $error) -> Self {
+                StoreError::Internal(Box::new(e))
+            }
+        }
+    )*};
+}
+internal_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    serde_json::Error
+);
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    Ok(serde_json::to_vec(value)?)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+fn get<T: DeserializeOwned>(table: &impl ReadableTable<&'static str, &'static [u8]>, id: &str) -> Result<Option<T>, StoreError> {
+    table.get(id)?.map(|v| decode(v.value())).transpose()
+}
+
+impl RedbRecords {
+    /// Opens (or creates) `<data_dir>/flashsale.redb` and its tables.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        let path = data_dir.join("flashsale.redb");
+        let db = Database::create(&path).with_context(|| format!("opening {}", path.display()))?;
+        let txn = db.begin_write()?;
+        txn.open_table(USERS)?;
+        txn.open_table(USERS_BY_EMAIL)?;
+        txn.open_table(PRODUCTS)?;
+        txn.open_table(SALES)?;
+        txn.open_table(ORDERS)?;
+        txn.open_table(ORDERS_BY_SALE)?;
+        txn.open_table(ORDERS_BY_BUYER)?;
+        txn.open_table(ORDER_KEYS)?;
+        txn.commit()?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    async fn blocking<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || work(&db))
+            .await
+            .map_err(|e| StoreError::Internal(Box::new(e)))?
+    }
+
+    async fn update_sale<F>(&self, id: &SaleId, change: F) -> Result<(SaleRecord, bool), StoreError>
+    where
+        F: FnOnce(&mut SaleRecord, &redb::WriteTransaction) -> Result<bool, StoreError> + Send + 'static,
+    {
+        let id = id.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            let (sale, changed) = {
+                let mut sales = txn.open_table(SALES)?;
+                let mut sale: SaleRecord = get(&sales, id.as_str())?.ok_or(StoreError::NotFound)?;
+                let changed = change(&mut sale, &txn)?;
+                if changed {
+                    sales.insert(id.as_str(), encode(&sale)?.as_slice())?;
+                }
+                (sale, changed)
+            };
+            if changed {
+                txn.commit()?;
+            }
+            Ok((sale, changed))
+        })
+        .await
+    }
+}
+
+fn orders_in<'a>(
+    index: &impl ReadableTable<(&'static str, &'static str), ()>,
+    orders: &impl ReadableTable<&'static str, &'static [u8]>,
+    owner: &'a str,
+    sale: Option<&'a SaleId>,
+) -> Result<Vec<OrderRecord>, StoreError> {
+    let mut found = Vec::new();
+    for entry in index.range((owner, "")..(owner, ID_MAX))? {
+        let (key, _) = entry?;
+        let (_, order_id) = key.value();
+        if let Some(order) = get::<OrderRecord>(orders, order_id)? {
+            if sale.is_none_or(|s| *s == order.sale_id) {
+                found.push(order);
+            }
+        }
+    }
+    Ok(found)
+}
+
+#[async_trait]
+impl RecordStore for RedbRecords {
+    async fn create_user(&self, user: UserRecord) -> Result<(), StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut by_email = txn.open_table(USERS_BY_EMAIL)?;
+                if by_email.get(user.email.as_str())?.is_some() {
+                    return Err(StoreError::EmailTaken);
+                }
+                by_email.insert(user.email.as_str(), user.id.as_str())?;
+                txn.open_table(USERS)?.insert(user.id.as_str(), encode(&user)?.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn upsert_user_by_email(&self, mut user: UserRecord) -> Result<UserRecord, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut by_email = txn.open_table(USERS_BY_EMAIL)?;
+                let existing = by_email.get(user.email.as_str())?.map(|id| id.value().to_owned());
+                match existing {
+                    Some(id) => user.id = UserId::parse(&id).map_err(|e| StoreError::Internal(Box::new(e)))?,
+                    None => {
+                        by_email.insert(user.email.as_str(), user.id.as_str())?;
+                    }
+                }
+                txn.open_table(USERS)?.insert(user.id.as_str(), encode(&user)?.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(user)
+        })
+        .await
+    }
+
+    async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError> {
+        let email = email.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let Some(id) = txn.open_table(USERS_BY_EMAIL)?.get(email.as_str())?.map(|v| v.value().to_owned()) else {
+                return Ok(None);
+            };
+            get(&txn.open_table(USERS)?, &id)
+        })
+        .await
+    }
+
+    async fn create_product(&self, product: ProductRecord) -> Result<(), StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(PRODUCTS)?.insert(product.id.as_str(), encode(&product)?.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_products(&self) -> Result<Vec<ProductRecord>, StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(PRODUCTS)?;
+            let mut products = Vec::new();
+            for entry in table.iter()? {
+                products.push(decode(entry?.1.value())?);
+            }
+            Ok(products)
+        })
+        .await
+    }
+
+    async fn get_product(&self, id: &ProductId) -> Result<Option<ProductRecord>, StoreError> {
+        let id = id.clone();
+        self.blocking(move |db| get(&db.begin_read()?.open_table(PRODUCTS)?, id.as_str())).await
+    }
+
+    async fn add_stock(&self, id: &ProductId, units: i64) -> Result<ProductRecord, StoreError> {
+        let id = id.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            let product = {
+                let mut products = txn.open_table(PRODUCTS)?;
+                let mut product: ProductRecord = get(&products, id.as_str())?.ok_or(StoreError::NotFound)?;
+                product.inventory = product.inventory.saturating_add(units);
+                products.insert(id.as_str(), encode(&product)?.as_slice())?;
+                product
+            };
+            txn.commit()?;
+            Ok(product)
+        })
+        .await
+    }
+
+    async fn create_sale(&self, sale: SaleRecord) -> Result<SaleRecord, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut products = txn.open_table(PRODUCTS)?;
+                let mut product: ProductRecord =
+                    get(&products, sale.product_id.as_str())?.ok_or(StoreError::NotFound)?;
+                if product.inventory < sale.rules.allocated {
+                    return Err(StoreError::InsufficientInventory { inventory: product.inventory });
+                }
+                product.inventory -= sale.rules.allocated;
+                products.insert(product.id.as_str(), encode(&product)?.as_slice())?;
+                txn.open_table(SALES)?.insert(sale.id.as_str(), encode(&sale)?.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(sale)
+        })
+        .await
+    }
+
+    async fn get_sale(&self, id: &SaleId) -> Result<Option<SaleRecord>, StoreError> {
+        let id = id.clone();
+        self.blocking(move |db| get(&db.begin_read()?.open_table(SALES)?, id.as_str())).await
+    }
+
+    async fn list_sales(&self, product: Option<&ProductId>) -> Result<Vec<SaleRecord>, StoreError> {
+        let product = product.cloned();
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(SALES)?;
+            let mut sales = Vec::new();
+            for entry in table.iter()?.rev() {
+                let sale: SaleRecord = decode(entry?.1.value())?;
+                if product.as_ref().is_none_or(|p| *p == sale.product_id) {
+                    sales.push(sale);
+                }
+            }
+            Ok(sales)
+        })
+        .await
+    }
+
+    async fn open_sales(&self) -> Result<Vec<SaleRecord>, StoreError> {
+        let mut sales = self.list_sales(None).await?;
+        sales.retain(|s| s.status != SaleStatus::Ended);
+        Ok(sales)
+    }
+
+    async fn activate_sale(&self, id: &SaleId, start: UnixMillis) -> Result<(SaleRecord, bool), StoreError> {
+        self.update_sale(id, move |sale, _| match sale.status {
+            SaleStatus::Scheduled => {
+                sale.status = SaleStatus::Active;
+                sale.rules.start = start;
+                Ok(true)
+            }
+            SaleStatus::Active => Ok(false),
+            SaleStatus::Ended => Err(StoreError::WrongStatus(SaleStatus::Ended)),
+        })
+        .await
+    }
+
+    async fn end_sale(&self, id: &SaleId, reason: EndReason, at: UnixMillis) -> Result<(SaleRecord, bool), StoreError> {
+        self.update_sale(id, move |sale, txn| {
+            if sale.status == SaleStatus::Ended {
+                return Ok(false);
+            }
+            sale.status = SaleStatus::Ended;
+            sale.end_reason = Some(reason);
+            sale.ended_at = Some(at);
+            let unsold = sale.rules.allocated - sale.sold;
+            let mut products = txn.open_table(PRODUCTS)?;
+            let mut product: ProductRecord =
+                get(&products, sale.product_id.as_str())?.ok_or(StoreError::NotFound)?;
+            product.inventory += unsold;
+            products.insert(product.id.as_str(), encode(&product)?.as_slice())?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn commit_orders(&self, batch: &[OrderRecord]) -> Result<Vec<CommitOutcome>, StoreError> {
+        let batch = batch.to_vec();
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            let mut outcomes = Vec::with_capacity(batch.len());
+            {
+                let mut sales = txn.open_table(SALES)?;
+                let mut orders = txn.open_table(ORDERS)?;
+                let mut by_sale = txn.open_table(ORDERS_BY_SALE)?;
+                let mut by_buyer = txn.open_table(ORDERS_BY_BUYER)?;
+                let mut keys = txn.open_table(ORDER_KEYS)?;
+                // Sales touched by this batch, read once and written back once.
+                let mut touched: std::collections::HashMap<SaleId, SaleRecord> = Default::default();
+                for order in &batch {
+                    let sale = match touched.entry(order.sale_id.clone()) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            let sale = get(&sales, order.sale_id.as_str())?.ok_or(StoreError::NotFound)?;
+                            e.insert(sale)
+                        }
+                    };
+                    let key = (order.buyer_id.as_str(), order.sale_id.as_str(), order.idempotency_key.as_str());
+                    let outcome = if sale.status == SaleStatus::Ended {
+                        Err(CommitRefusal::SaleEnded)
+                    } else if sale.sold + i64::from(order.quantity) > sale.rules.allocated {
+                        Err(CommitRefusal::WouldOversell)
+                    } else if keys.get(key)?.is_some() {
+                        Err(CommitRefusal::Duplicate)
+                    } else {
+                        sale.sold += i64::from(order.quantity);
+                        orders.insert(order.id.as_str(), encode(order)?.as_slice())?;
+                        by_sale.insert((order.sale_id.as_str(), order.id.as_str()), ())?;
+                        by_buyer.insert((order.buyer_id.as_str(), order.id.as_str()), ())?;
+                        keys.insert(key, order.id.as_str())?;
+                        Ok(())
+                    };
+                    outcomes.push(outcome);
+                }
+                for sale in touched.values() {
+                    sales.insert(sale.id.as_str(), encode(sale)?.as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn get_order(&self, id: &OrderId) -> Result<Option<OrderRecord>, StoreError> {
+        let id = id.clone();
+        self.blocking(move |db| get(&db.begin_read()?.open_table(ORDERS)?, id.as_str())).await
+    }
+
+    async fn orders_of_buyer(&self, buyer: &UserId, sale: Option<&SaleId>) -> Result<Vec<OrderRecord>, StoreError> {
+        let (buyer, sale) = (buyer.clone(), sale.cloned());
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            orders_in(&txn.open_table(ORDERS_BY_BUYER)?, &txn.open_table(ORDERS)?, buyer.as_str(), sale.as_ref())
+        })
+        .await
+    }
+
+    async fn orders_of_sale(&self, sale: &SaleId) -> Result<Vec<OrderRecord>, StoreError> {
+        let sale = sale.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            orders_in(&txn.open_table(ORDERS_BY_SALE)?, &txn.open_table(ORDERS)?, sale.as_str(), None)
+        })
+        .await
+    }
+
+    async fn order_by_key(&self, buyer: &UserId, sale: &SaleId, key: &IdempotencyKey) -> Result<Option<OrderRecord>, StoreError> {
+        let (buyer, sale, key) = (buyer.clone(), sale.clone(), key.clone());
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let Some(id) = txn
+                .open_table(ORDER_KEYS)?
+                .get((buyer.as_str(), sale.as_str(), key.as_str()))?
+                .map(|v| v.value().to_owned())
+            else {
+                return Ok(None);
+            };
+            get(&txn.open_table(ORDERS)?, &id)
+        })
+        .await
+    }
+}
