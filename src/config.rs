@@ -89,6 +89,25 @@ pub struct SettingsArgs {
     /// How long open streams and in-flight requests may take to finish at shutdown, in ms.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 5000)]
     pub shutdown_grace_ms: u64,
+    #[command(flatten)]
+    pub backends: BackendArgs,
+}
+
+/// Production backends; without them the embedded backend serves from `--data-dir`.
+#[derive(Debug, Clone, Args)]
+pub struct BackendArgs {
+    /// Redis for the hot path and feed fan-out between nodes, e.g. redis://127.0.0.1:6379.
+    #[arg(long, env = "REDIS_URI", hide_env_values = true)]
+    pub redis_uri: Option<String>,
+    /// Prefix of every Redis key (several deployments may share one Redis).
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "flashsale:")]
+    pub redis_key_prefix: String,
+    /// MongoDB replica set for the durable record, e.g. mongodb://mongo:27017/?replicaSet=rs0.
+    #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
+    pub mongodb_uri: Option<String>,
+    /// MongoDB database name.
+    #[arg(long, env = "MONGODB_DATABASE", default_value = "flashsale")]
+    pub mongodb_database: String,
 }
 
 /// Options of `flashsale token`.
@@ -133,6 +152,14 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// Bound on draining at shutdown.
     pub shutdown_grace: Duration,
+    /// Redis URI: the hot path and feed fan-out go to Redis when set.
+    pub redis_uri: Option<String>,
+    /// Prefix of every Redis key.
+    pub redis_key_prefix: String,
+    /// MongoDB URI: the durable record goes to MongoDB when set.
+    pub mongodb_uri: Option<String>,
+    /// MongoDB database name.
+    pub mongodb_database: String,
 }
 
 impl Default for Settings {
@@ -148,6 +175,10 @@ impl Default for Settings {
             ip_logins_per_sec: 20,
             max_message_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(5),
+            redis_uri: None,
+            redis_key_prefix: "flashsale:".into(),
+            mongodb_uri: None,
+            mongodb_database: "flashsale".into(),
         }
     }
 }
@@ -165,6 +196,10 @@ impl From<SettingsArgs> for Settings {
             ip_logins_per_sec: args.ip_logins_per_sec,
             max_message_bytes: args.max_message_bytes,
             shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+            redis_uri: args.backends.redis_uri,
+            redis_key_prefix: args.backends.redis_key_prefix,
+            mongodb_uri: args.backends.mongodb_uri,
+            mongodb_database: args.backends.mongodb_database,
         }
     }
 }

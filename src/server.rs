@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -60,6 +61,8 @@ pub async fn run(listeners: Listeners, settings: Settings, clock: Arc<dyn Clock>
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc.ErrorInfo and friends, so grpcurl can print error details.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
 
     let auth = AuthServiceServer::new(AuthApi { app: app.clone(), limits: limits.clone() }).max_decoding_message_size(max);
@@ -68,17 +71,23 @@ pub async fn run(listeners: Listeners, settings: Settings, clock: Arc<dyn Clock>
     let feeds = FeedsServiceServer::new(FeedsApi { app: app.clone(), clock, shutdown: shutdown.clone() }).max_decoding_message_size(max);
     let interceptor = authenticate(app.keys().clone());
 
-    let grpc = Server::builder()
-        .accept_http1(true)
-        .layer(cors())
-        .layer(tonic_web::GrpcWebLayer::new())
+    let mut routes = Routes::builder();
+    routes
         .add_service(health_service)
         .add_service(reflection().build_v1().context("building reflection v1")?)
         .add_service(reflection().build_v1alpha().context("building reflection v1alpha")?)
         .add_service(auth)
         .add_service(InterceptedService::new(admin, interceptor.clone()))
         .add_service(InterceptedService::new(purchase, interceptor))
-        .add_service(feeds)
+        .add_service(feeds);
+    // Plain HTTP routes (the browser page) share the port with gRPC and grpc-web.
+    // grpc-web wraps the gRPC routes only: it answers 400 to any other HTTP/1.1 request, the page's GETs included.
+    let router = routes.routes().into_axum_router().layer(tonic_web::GrpcWebLayer::new()).merge(crate::web::router());
+
+    let grpc = Server::builder()
+        .accept_http1(true)
+        .layer(cors())
+        .add_routes(Routes::from(router))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), {
             let shutdown = shutdown.clone();
             let health = health.clone();
