@@ -1,0 +1,342 @@
+"""A Python client of the flashsale gRPC API, generated from ../../proto: a library and a CLI.
+
+Library:
+
+    from flashsale_client import Client, FlashsaleError
+
+    with Client("localhost:50051") as client:
+        client.login("ann@example.com", "correct horse")       # keeps the token
+        for snapshot in client.watch(sale_id):                  # ends after the ENDED snapshot
+            print(snapshot.sold, snapshot.remaining)
+        try:
+            order = client.buy(sale_id, 2).order                # retried with the same key
+        except FlashsaleError as error:
+            print(error.reason)                                 # e.g. "USER_LIMIT_REACHED"
+
+Command line (`--server`/FLASHSALE_SERVER, `--token`/FLASHSALE_TOKEN):
+
+    python flashsale_client.py register ann@example.com Ann     # prints a token
+    export FLASHSALE_TOKEN=$(python flashsale_client.py login ann@example.com)
+    python flashsale_client.py watch SALE                       # one line per snapshot
+    python flashsale_client.py buy SALE 2                       # prints the order
+    python flashsale_client.py orders [SALE]
+
+Errors are printed with their machine-readable reason (google.rpc.ErrorInfo, decoded from the
+`grpc-status-details-bin` trailer) and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import generate
+
+generate.ensure()
+
+import grpc  # noqa: E402  (after the generated code is on sys.path)
+from google.rpc import error_details_pb2  # noqa: E402
+from grpc_status import rpc_status  # noqa: E402
+
+from flashsale.v1 import (  # noqa: E402
+    admin_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    common_pb2,
+    feeds_pb2,
+    feeds_pb2_grpc,
+    purchase_pb2,
+    purchase_pb2_grpc,
+)
+
+DEFAULT_SERVER = "localhost:50051"
+
+
+@dataclass(eq=False)
+class FlashsaleError(Exception):
+    """A failed call: the gRPC status and the details the server attached to it."""
+
+    code: grpc.StatusCode
+    message: str
+    # `google.rpc.ErrorInfo.reason`: a value name of `flashsale.v1.ErrorReason`, e.g.
+    # "SOLD_OUT"; None when the status carried no ErrorInfo (e.g. the server was unreachable).
+    reason: str | None = None
+    # `ErrorInfo.metadata`, e.g. {"limit": "3", "bought": "2"} for USER_LIMIT_REACHED.
+    metadata: dict[str, str] = field(default_factory=dict)
+    # `google.rpc.BadRequest` field violations, as (field, description).
+    field_violations: list[tuple[str, str]] = field(default_factory=list)
+    # `google.rpc.RetryInfo.retry_delay` in seconds (RATE_LIMITED).
+    retry_delay: float | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.reason or self.code.name}: {self.message}"
+        if self.reason:
+            text += f" ({self.code.name})"
+        extras = [f"{key}={value}" for key, value in sorted(self.metadata.items())]
+        extras += [f"{name}: {why}" for name, why in self.field_violations]
+        if self.retry_delay is not None:
+            extras.append(f"retry after {self.retry_delay:g}s")
+        return text + "".join(f"\n  {extra}" for extra in extras)
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> FlashsaleError:
+        """Decodes the status details (ErrorInfo, BadRequest, RetryInfo) of a failed call."""
+        code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+        message = error.details() if hasattr(error, "details") else str(error)
+        result = cls(code=code, message=message or "")
+        try:
+            status = rpc_status.from_call(error)
+        except (ValueError, AttributeError):
+            # A details trailer that contradicts the status: keep what the status says.
+            status = None
+        for detail in status.details if status else []:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                result.reason = info.reason
+                result.metadata = dict(info.metadata)
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                result.field_violations = [(v.field, v.description) for v in bad.field_violations]
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                result.retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
+        return result
+
+
+def new_idempotency_key() -> str:
+    """A fresh key for one intended purchase; every retry of that purchase must reuse it."""
+    return str(uuid.uuid4())
+
+
+class Client:
+    """The flashsale API over one channel. Calls raise `FlashsaleError`."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_SERVER,
+        token: str | None = None,
+        *,
+        timeout: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        # Plaintext HTTP/2, as the server speaks it; put TLS in front with a proxy if needed.
+        self.channel = grpc.insecure_channel(target)
+        self.token = token
+        self.timeout = timeout
+        self._sleep = sleep
+        self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.purchases = purchase_pb2_grpc.PurchaseServiceStub(self.channel)
+        self.feeds = feeds_pb2_grpc.FeedsServiceStub(self.channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def metadata(self) -> list[tuple[str, str]]:
+        """The `authorization: Bearer` metadata of calls that need a token."""
+        if not self.token:
+            raise FlashsaleError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no token: log in first (or pass --token / FLASHSALE_TOKEN)",
+                reason="TOKEN_MISSING",
+            )
+        return [("authorization", f"Bearer {self.token}")]
+
+    def register(self, email: str, display_name: str, password: str) -> auth_pb2.AuthResponse:
+        """Creates a buyer account; the client keeps its token."""
+        request = auth_pb2.RegisterRequest(email=email, display_name=display_name, password=password)
+        response = self._call(self.auth.Register, request, auth=False)
+        self.token = response.access_token
+        return response
+
+    def login(self, email: str, password: str) -> auth_pb2.AuthResponse:
+        """Exchanges credentials for a token; the client keeps it."""
+        request = auth_pb2.LoginRequest(email=email, password=password)
+        response = self._call(self.auth.Login, request, auth=False)
+        self.token = response.access_token
+        return response
+
+    def watch(self, sale_id: str) -> Iterator[feeds_pb2.SaleSnapshot]:
+        """The sale's snapshots: the full state at once, then each change (coalesced by the
+        server). Ends after the snapshot that shows the sale ENDED; closing the iterator early
+        cancels the stream."""
+        stream = self.feeds.WatchSale(feeds_pb2.WatchSaleRequest(sale_id=sale_id))
+        try:
+            yield from stream
+        except grpc.RpcError as error:
+            raise FlashsaleError.from_rpc_error(error) from error
+        finally:
+            stream.cancel()
+
+    def buy(
+        self,
+        sale_id: str,
+        quantity: int,
+        idempotency_key: str | None = None,
+        *,
+        attempts: int = 5,
+        backoff: float = 0.1,
+    ) -> purchase_pb2.PurchaseResponse:
+        """Buys `quantity` units, all or nothing, and returns the durable order.
+
+        Every attempt carries the same idempotency key (a new one unless given), so retrying
+        cannot buy twice: a retry of a purchase that did go through returns the same order with
+        `replayed` set. Retried: UNAVAILABLE (a backend is down, or the response was lost),
+        after `backoff` seconds doubling each time, and RATE_LIMITED, after the server's
+        RetryInfo delay; up to `attempts` calls in all.
+        """
+        request = purchase_pb2.PurchaseRequest(
+            sale_id=sale_id,
+            quantity=quantity,
+            idempotency_key=idempotency_key or new_idempotency_key(),
+        )
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._call(self.purchases.Purchase, request)
+            except FlashsaleError as error:
+                if attempt == attempts:
+                    raise
+                if error.code == grpc.StatusCode.UNAVAILABLE:
+                    self._sleep(backoff * 2 ** (attempt - 1))
+                elif error.reason == "RATE_LIMITED":
+                    self._sleep(error.retry_delay if error.retry_delay is not None else backoff)
+                else:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def orders(self, sale_id: str = "") -> list[common_pb2.Order]:
+        """The caller's orders, oldest first; only those of `sale_id` when given."""
+        request = purchase_pb2.ListMyOrdersRequest(sale_id=sale_id)
+        return list(self._call(self.purchases.ListMyOrders, request).orders)
+
+    def _call(self, method, request, *, auth: bool = True):
+        metadata = self.metadata() if auth else None
+        try:
+            return method(request, metadata=metadata, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise FlashsaleError.from_rpc_error(error) from error
+
+
+# Currencies whose minor unit is not the hundredth (ISO 4217); the rest have two decimals.
+_DECIMALS = {
+    **dict.fromkeys(["BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF",
+                     "UGX", "VND", "VUV", "XAF", "XOF", "XPF"], 0),
+    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
+}
+
+
+def format_money(money: common_pb2.Money) -> str:
+    """E.g. "19.99 USD" for 1999 minor units."""
+    decimals = _DECIMALS.get(money.currency, 2)
+    sign = "-" if money.amount_minor < 0 else ""
+    whole, fraction = divmod(abs(money.amount_minor), 10**decimals)
+    amount = f"{whole}.{fraction:0{decimals}d}" if decimals else str(whole)
+    return f"{sign}{amount} {money.currency}"
+
+
+def format_snapshot(snapshot: feeds_pb2.SaleSnapshot) -> str:
+    """One line: version, status, sold / allocated, remaining."""
+    status = common_pb2.SaleStatus.Name(snapshot.status).removeprefix("SALE_STATUS_")
+    if snapshot.status == common_pb2.SALE_STATUS_ENDED:
+        status += f" ({common_pb2.EndReason.Name(snapshot.end_reason).removeprefix('END_REASON_')})"
+    return (
+        f"v{snapshot.version} {status} sold {snapshot.sold}/{snapshot.allocated} "
+        f"remaining {snapshot.remaining}"
+    )
+
+
+def format_order(order: common_pb2.Order) -> str:
+    """One line: id, quantity, unit price, total, key."""
+    return (
+        f"order {order.id}: {order.quantity} x {format_money(order.unit_price)} = "
+        f"{format_money(order.total)} (sale {order.sale_id}, key {order.idempotency_key})"
+    )
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password is not None:
+        return args.password
+    if os.environ.get("FLASHSALE_PASSWORD"):
+        return os.environ["FLASHSALE_PASSWORD"]
+    return getpass.getpass("password: ")
+
+
+def _print_login(response: auth_pb2.AuthResponse) -> None:
+    user = response.user
+    expires = response.expires_at.ToDatetime().isoformat(timespec="seconds")
+    print(f"token for {user.display_name} <{user.email}> until {expires}Z", file=sys.stderr)
+    print(response.access_token)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="flashsale_client.py", description="A buyer's client of the flashsale gRPC API."
+    )
+    parser.add_argument("--server", default=os.environ.get("FLASHSALE_SERVER", DEFAULT_SERVER),
+                        help="host:port of the gRPC API (env FLASHSALE_SERVER; default %(default)s)")
+    parser.add_argument("--token", default=os.environ.get("FLASHSALE_TOKEN"),
+                        help="token for buy and orders (env FLASHSALE_TOKEN), as printed by login")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    register = commands.add_parser("register", help="create a buyer account; prints its token")
+    register.add_argument("email")
+    register.add_argument("display_name")
+    register.add_argument("--password", help="else FLASHSALE_PASSWORD, else asked")
+
+    login = commands.add_parser("login", help="log in; prints the token")
+    login.add_argument("email")
+    login.add_argument("--password", help="else FLASHSALE_PASSWORD, else asked")
+
+    watch = commands.add_parser("watch", help="print the sale's snapshots until it ended")
+    watch.add_argument("sale_id")
+
+    buy = commands.add_parser("buy", help="buy units; prints the order")
+    buy.add_argument("sale_id")
+    buy.add_argument("quantity", type=int)
+    buy.add_argument("--key", help="idempotency key (default: a new one); reuse it to retry")
+
+    orders = commands.add_parser("orders", help="list my orders")
+    orders.add_argument("sale_id", nargs="?", default="")
+
+    args = parser.parse_args(argv)
+    with Client(args.server, args.token) as client:
+        try:
+            if args.command == "register":
+                _print_login(client.register(args.email, args.display_name, _password(args)))
+            elif args.command == "login":
+                _print_login(client.login(args.email, _password(args)))
+            elif args.command == "watch":
+                for snapshot in client.watch(args.sale_id):
+                    print(format_snapshot(snapshot), flush=True)
+            elif args.command == "buy":
+                response = client.buy(args.sale_id, args.quantity, args.key)
+                replayed = " (replayed: bought before with this key; nothing changed)"
+                print(format_order(response.order) + (replayed if response.replayed else ""))
+            elif args.command == "orders":
+                for order in client.orders(args.sale_id):
+                    print(format_order(order))
+        except FlashsaleError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""The Python client against the real flashsale binary: register, log in, watch, buy, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import grpc
+import pytest
+
+import generate
+from flashsale_client import Client, FlashsaleError, format_snapshot
+from flashsale_server import running_server
+from flashsale.v1 import admin_pb2, common_pb2
+
+HERE = Path(__file__).resolve().parent
+PASSWORD = "correct horse battery"
+WAIT_SECS = 15
+
+
+def new_sale(server, *, allocated=10, per_user_limit=3, max_per_purchase=2, price=1999):
+    """An ACTIVE sale of a new product, made with an admin token; returns its id."""
+    with Client(server.addr, server.token("admin")) as admin:
+        product = admin.admin.CreateProduct(
+            admin_pb2.CreateProductRequest(name="Sneaker", initial_inventory=allocated + 5),
+            metadata=admin.metadata(), timeout=10,
+        )
+        request = admin_pb2.CreateSaleRequest(
+            product_id=product.id,
+            allocated=allocated,
+            unit_price=common_pb2.Money(amount_minor=price, currency="USD"),
+            per_user_limit=per_user_limit,
+            max_per_purchase=max_per_purchase,
+        )
+        request.end_time.FromDatetime(datetime.now(timezone.utc) + timedelta(hours=1))
+        sale = admin.admin.CreateSale(request, metadata=admin.metadata(), timeout=10)
+    assert sale.status == common_pb2.SALE_STATUS_ACTIVE
+    return sale.id
+
+
+def admin_call(server, method: str, **fields):
+    """One AdminService call with an admin token, e.g. admin_call(s, "EndSale", sale_id=...)."""
+    with Client(server.addr, server.token("admin")) as admin:
+        request = getattr(admin_pb2, f"{method}Request")(**fields)
+        return getattr(admin.admin, method)(request, metadata=admin.metadata(), timeout=10)
+
+
+def new_email(name: str) -> str:
+    return f"{name}.{uuid.uuid4().hex[:12]}@example.com"
+
+
+def wait_for(condition, what: str):
+    """Polls `condition` until it holds, failing after WAIT_SECS."""
+    deadline = time.monotonic() + WAIT_SECS
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class Watcher(threading.Thread):
+    """Watches a sale through the client in a thread, keeping every snapshot it receives."""
+
+    def __init__(self, addr: str, sale_id: str):
+        super().__init__(daemon=True)
+        self.client = Client(addr)
+        self.sale_id = sale_id
+        self.snapshots = []
+        self.error: BaseException | None = None
+
+    def run(self):
+        try:
+            for snapshot in self.client.watch(self.sale_id):
+                self.snapshots.append(snapshot)
+        except BaseException as error:  # reported by the test, not lost in the thread
+            self.error = error
+        finally:
+            self.client.close()
+
+
+def test_a_buyer_registers_logs_in_watches_and_buys(server):
+    sale_id = new_sale(server, allocated=10, per_user_limit=3, max_per_purchase=2)
+    email = new_email("ann")
+
+    with Client(server.addr) as newcomer:
+        registered = newcomer.register(email, "Ann", PASSWORD)
+    assert registered.access_token and registered.user.display_name == "Ann"
+
+    watcher = Watcher(server.addr, sale_id)
+    watcher.start()
+    try:
+        wait_for(lambda: watcher.snapshots or watcher.error, "the first snapshot")
+        assert watcher.error is None, watcher.error
+        first = watcher.snapshots[0]
+        assert (first.status, first.sold, first.remaining) == (common_pb2.SALE_STATUS_ACTIVE, 0, 10)
+
+        with Client(server.addr) as buyer:
+            login = buyer.login(email.upper(), PASSWORD)
+            assert login.user.id == registered.user.id
+            assert buyer.token == login.access_token
+
+            bought = buyer.buy(sale_id, 2, "ann-1")
+            order = bought.order
+            assert not bought.replayed
+            assert (order.sale_id, order.buyer_id, order.quantity) == (sale_id, registered.user.id, 2)
+            assert (order.total.amount_minor, order.total.currency) == (3998, "USD")
+            assert order.idempotency_key == "ann-1"
+
+            # The watcher sees the purchase without asking again.
+            wait_for(lambda: any(s.sold == 2 for s in watcher.snapshots), "a snapshot with sold 2")
+            seen = [s.sold for s in watcher.snapshots]
+            assert seen[0] == 0 and seen == sorted(seen), seen
+            latest = watcher.snapshots[-1]
+            assert (latest.sold, latest.remaining) == (2, 8)
+
+            # A retry with the same key returns the same order and buys nothing more.
+            again = buyer.buy(sale_id, 2, "ann-1")
+            assert again.replayed and again.order.id == order.id
+
+            # Two more would exceed the limit of 3: the reason is decoded from the status details.
+            with pytest.raises(FlashsaleError) as refused:
+                buyer.buy(sale_id, 2)
+            assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert refused.value.reason == "USER_LIMIT_REACHED"
+            assert refused.value.metadata == {"limit": "3", "bought": "2"}
+
+            assert [o.id for o in buyer.orders(sale_id)] == [order.id]
+
+        # The stream ends by itself after the ENDED snapshot.
+        admin_call(server, "EndSale", sale_id=sale_id)
+        watcher.join(WAIT_SECS)
+        assert not watcher.is_alive(), "the watch did not end after the sale ended"
+        assert watcher.error is None, watcher.error
+        last = watcher.snapshots[-1]
+        assert (last.status, last.end_reason, last.sold) == (
+            common_pb2.SALE_STATUS_ENDED, common_pb2.END_REASON_BY_ADMIN, 2)
+        assert format_snapshot(last).endswith("ENDED (BY_ADMIN) sold 2/10 remaining 8")
+    finally:
+        watcher.client.close()  # ends the stream if an assertion failed before the sale ended
+        watcher.join(WAIT_SECS)
+
+
+def test_errors_carry_their_reason(server):
+    with Client(server.addr) as client:
+        with pytest.raises(FlashsaleError) as invalid:
+            client.register("not-an-email", "Ann", "short")
+        assert invalid.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert invalid.value.reason == "INVALID_FIELD"
+        assert {name for name, _ in invalid.value.field_violations} == {"email", "password"}
+
+        email = new_email("bea")
+        client.register(email, "Bea", PASSWORD)
+        with pytest.raises(FlashsaleError) as taken:
+            client.register(email, "Bea", PASSWORD)
+        assert taken.value.reason == "EMAIL_TAKEN"
+        with pytest.raises(FlashsaleError) as wrong:
+            client.login(email, "not the password")
+        assert (wrong.value.code, wrong.value.reason) == (grpc.StatusCode.UNAUTHENTICATED,
+                                                          "BAD_CREDENTIALS")
+
+        # An error on a stream is decoded too.
+        with pytest.raises(FlashsaleError) as missing:
+            next(client.watch(str(uuid.uuid4())))
+        assert missing.value.reason == "SALE_NOT_FOUND"
+
+        client.token = None
+        with pytest.raises(FlashsaleError) as anonymous:
+            client.buy(new_sale(server), 1)
+        assert anonymous.value.reason == "TOKEN_MISSING"
+
+
+class LostResponse(grpc.RpcError):
+    """What a client sees when the connection drops after the server took the request."""
+
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return "connection reset"
+
+    def trailing_metadata(self):
+        return ()
+
+
+def test_buy_retries_unavailable_with_the_same_key(server):
+    sale_id = new_sale(server, allocated=4, per_user_limit=0, max_per_purchase=5)
+    slept = []
+    with Client(server.addr, sleep=slept.append) as buyer:
+        buyer.register(new_email("cy"), "Cy", PASSWORD)
+        real_purchase = buyer.purchases.Purchase
+        requests = []
+
+        def flaky_purchase(request, **kwargs):
+            requests.append(request)
+            response = real_purchase(request, **kwargs)
+            if len(requests) < 3:
+                raise LostResponse()  # the order was made, but its answer never arrived
+            return response
+
+        buyer.purchases.Purchase = flaky_purchase
+        bought = buyer.buy(sale_id, 3)
+
+        assert len(requests) == 3
+        assert len({r.idempotency_key for r in requests}) == 1, "every retry reuses the key"
+        assert bought.replayed, "the retries found the order the first attempt made"
+        assert bought.order.idempotency_key == requests[0].idempotency_key
+        assert slept == [0.1, 0.2]
+        assert [o.id for o in buyer.orders(sale_id)] == [bought.order.id]
+        assert admin_call(server, "GetSale", sale_id=sale_id).sold == 3, "bought once"
+
+        # Errors that a retry cannot fix are raised at once.
+        buyer.purchases.Purchase = real_purchase
+        with pytest.raises(FlashsaleError) as too_many:
+            buyer.buy(sale_id, 2)
+        assert too_many.value.reason == "INSUFFICIENT_STOCK"
+        assert too_many.value.metadata["remaining"] == "1"
+        assert slept == [0.1, 0.2]
+
+
+def test_buy_waits_out_rate_limits(tmp_path):
+    limits = ("--buyer-purchases-per-sec", "1", "--ip-purchases-per-sec", "0",
+              "--ip-logins-per-sec", "0")
+    with running_server(tmp_path / "limited", limits) as server:
+        sale_id = new_sale(server, allocated=10, per_user_limit=0, max_per_purchase=1)
+        slept = []
+
+        def sleep(seconds):
+            slept.append(seconds)
+            time.sleep(seconds)
+
+        with Client(server.addr, sleep=sleep) as buyer:
+            buyer.register(new_email("dee"), "Dee", PASSWORD)
+            buyer.buy(sale_id, 1)
+            second = buyer.buy(sale_id, 1)  # within the same second: RATE_LIMITED first
+            assert not second.replayed
+            assert len(slept) >= 1 and 0 < slept[0] <= 1.5, slept
+            assert len(buyer.orders(sale_id)) == 2
+
+
+def run_cli(server, *args, token=None, check=True):
+    env = {**os.environ, "FLASHSALE_SERVER": server.addr, "FLASHSALE_PASSWORD": PASSWORD}
+    env.pop("FLASHSALE_TOKEN", None)
+    if token:
+        env["FLASHSALE_TOKEN"] = token
+    result = subprocess.run([sys.executable, str(HERE / "flashsale_client.py"), *args], env=env,
+                            capture_output=True, text=True, timeout=60)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_the_command_line(server):
+    sale_id = new_sale(server, allocated=10, per_user_limit=3, max_per_purchase=2)
+    email = new_email("eve")
+
+    registered = run_cli(server, "register", email, "Eve").stdout.strip()
+    token = run_cli(server, "login", email).stdout.strip()
+    assert registered.count(".") == 2 and token.count(".") == 2, "prints a JWT and nothing else"
+
+    env = {**os.environ, "FLASHSALE_SERVER": server.addr}
+    watch = subprocess.Popen([sys.executable, str(HERE / "flashsale_client.py"), "watch", sale_id],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watch.stdout.readline().startswith("v"), "the first snapshot comes at once"
+
+        bought = run_cli(server, "buy", sale_id, "2", "--key", "eve-1", token=token).stdout
+        assert bought.startswith("order ") and "2 x 19.99 USD = 39.98 USD" in bought, bought
+        assert "key eve-1" in bought and "replayed" not in bought
+        assert "replayed" in run_cli(server, "buy", sale_id, "2", "--key", "eve-1",
+                                     token=token).stdout
+
+        refused = run_cli(server, "buy", sale_id, "2", token=token, check=False)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("error: USER_LIMIT_REACHED"), refused.stderr
+        assert "limit=3" in refused.stderr and "bought=2" in refused.stderr
+
+        orders = run_cli(server, "orders", sale_id, token=token).stdout.splitlines()
+        assert len(orders) == 1 and "key eve-1" in orders[0]
+
+        admin_call(server, "EndSale", sale_id=sale_id)
+        out, err = watch.communicate(timeout=WAIT_SECS)
+        assert watch.returncode == 0, err
+        assert out.splitlines()[-1].endswith("ENDED (BY_ADMIN) sold 2/10 remaining 8"), out
+    finally:
+        watch.kill()
+        watch.wait()
+
+
+def test_generated_code_matches_the_protos():
+    generate.ensure()
+    assert generate.is_current()
+    assert {p.name for p in (generate.OUT / "flashsale" / "v1").glob("*_pb2*.py*")} >= {
+        "purchase_pb2.py", "purchase_pb2_grpc.py", "purchase_pb2.pyi", "feeds_pb2_grpc.py"}
