@@ -281,3 +281,95 @@ impl Drop for TestApp {
 pub fn timestamp(at: UnixMillis) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: at.0.div_euclid(1000), nanos: (at.0.rem_euclid(1000) * 1_000_000) as i32 }
 }
+
+/// How long a test waits for one stream message (or a whole `read_until`) before it fails.
+pub const STREAM_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The next message of a server stream, `None` once it has ended cleanly. Panics on an error
+/// status or when nothing arrives within [`STREAM_DEADLINE`].
+pub async fn next_message<T>(stream: &mut tonic::Streaming<T>, what: &str) -> Option<T> {
+    match tokio::time::timeout(STREAM_DEADLINE, stream.message()).await {
+        Ok(Ok(message)) => message,
+        Ok(Err(status)) => panic!("{what}: the stream failed: {status:?}"),
+        Err(_) => panic!("{what}: nothing arrived within {STREAM_DEADLINE:?}"),
+    }
+}
+
+/// Reads `stream` until a message satisfies `done`; returns every message read, that one last.
+/// Panics if the stream ends or fails first, or after [`STREAM_DEADLINE`] in all.
+pub async fn read_until<T: std::fmt::Debug>(
+    stream: &mut tonic::Streaming<T>,
+    what: &str,
+    mut done: impl FnMut(&T) -> bool,
+) -> Vec<T> {
+    let deadline = tokio::time::Instant::now() + STREAM_DEADLINE;
+    let mut seen = Vec::new();
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.message()).await;
+        match next {
+            Ok(Ok(Some(message))) => {
+                let stop = done(&message);
+                seen.push(message);
+                if stop {
+                    return seen;
+                }
+            }
+            Ok(Ok(None)) => panic!("{what}: the stream ended first; last of {} seen: {:?}", seen.len(), seen.last()),
+            Ok(Err(status)) => panic!("{what}: the stream failed: {status:?}"),
+            Err(_) => panic!("{what}: not seen within {STREAM_DEADLINE:?}; last of {} seen: {:?}", seen.len(), seen.last()),
+        }
+    }
+}
+
+/// The error a server-streaming call ends with before any message: either the call itself
+/// fails or its stream fails first. Panics if a message arrives instead.
+pub async fn stream_refusal<T: std::fmt::Debug>(
+    call: impl std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+) -> tonic::Status {
+    let mut stream = match call.await {
+        Err(status) => return status,
+        Ok(response) => response.into_inner(),
+    };
+    match tokio::time::timeout(STREAM_DEADLINE, stream.message()).await {
+        Ok(Err(status)) => status,
+        other => panic!("expected the stream to be refused, got {other:?}"),
+    }
+}
+
+impl TestApp {
+    /// Opens `WatchSale` (no token, as any watcher).
+    pub async fn watch(&self, sale_id: &str) -> tonic::Streaming<pb::SaleSnapshot> {
+        self.feeds()
+            .watch_sale(pb::WatchSaleRequest { sale_id: sale_id.into() })
+            .await
+            .expect("watch sale")
+            .into_inner()
+    }
+
+    /// Opens `Leaderboard` with `top_n` entries per message (no token).
+    pub async fn leaderboard(&self, sale_id: &str, top_n: u32) -> tonic::Streaming<pb::LeaderboardSnapshot> {
+        self.feeds()
+            .leaderboard(pb::LeaderboardRequest { sale_id: sale_id.into(), top_n })
+            .await
+            .expect("open leaderboard")
+            .into_inner()
+    }
+
+    /// Reads a product (its inventory) through the Admin API.
+    pub async fn get_product(&self, product_id: &str) -> pb::Product {
+        self.admin()
+            .get_product(authed(pb::GetProductRequest { product_id: product_id.into() }, &self.admin_token()))
+            .await
+            .expect("get product")
+            .into_inner()
+    }
+
+    /// Ends a sale through the Admin API.
+    pub async fn end_sale(&self, sale_id: &str) -> pb::Sale {
+        self.admin()
+            .end_sale(authed(pb::EndSaleRequest { sale_id: sale_id.into() }, &self.admin_token()))
+            .await
+            .expect("end sale")
+            .into_inner()
+    }
+}

@@ -1,3 +1,8 @@
 //! Integration tests: the real server on a real socket, one test binary.
 
 mod helpers;
+mod feeds;
+mod lifecycle;
+mod crash;
+mod grpcurl;
+mod server;

@@ -1,0 +1,378 @@
+//! The real binary killed with SIGKILL in the middle of a rush, then restarted on the same data
+//! directory: every acknowledged order is still there, once, and the sale carries on.
+
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flashsale::clock::{Clock, SystemClock};
+use flashsale::domain::{Role, UnixMillis};
+use flashsale::pb;
+use flashsale::pb::admin_service_client::AdminServiceClient;
+use flashsale::pb::purchase_service_client::PurchaseServiceClient;
+use futures::StreamExt;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::helpers::{authed, reason, timestamp};
+
+const SECRET: &str = "crash-test-secret-that-is-long-enough-for-hs256";
+const ALLOCATED: i64 = 3_000;
+const PER_USER_LIMIT: u32 = 3;
+const BUYERS: usize = 600;
+/// Acknowledged orders after which the server is killed.
+const KILL_AFTER: usize = 500;
+const RUSH_WORKERS: usize = 32;
+
+/// The `flashsale` binary serving on free ports; killed (SIGKILL) when dropped, so a failing
+/// test never leaves it behind.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `flashsale serve` on `data_dir` and waits for its "listening" line.
+    fn start(data_dir: &Path) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale"));
+        command
+            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--data-dir"])
+            .arg(data_dir)
+            .args(["--jwt-secret", SECRET, "--buyer-purchases-per-sec", "0", "--ip-purchases-per-sec", "0"]);
+        clean_env(&mut command);
+        command.stdin(Stdio::null()).stdout(Stdio::piped());
+        command.stderr(if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() });
+        let mut child = command.spawn().expect("start flashsale");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut server = ServerProcess { child, addr: "0.0.0.0:0".parse().unwrap() };
+
+        // A thread reads stdout to its end, so the server never blocks on a full pipe.
+        let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    // Nobody listens any more; keep draining.
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = lines_rx
+                .recv_timeout(left)
+                .expect("flashsale should print its listening line (set TEST_LOG to see its log)");
+            if let Some(rest) = line.strip_prefix("flashsale listening ") {
+                let grpc = rest
+                    .split_whitespace()
+                    .find_map(|part| part.strip_prefix("grpc="))
+                    .unwrap_or_else(|| panic!("no grpc= in {line:?}"));
+                assert!(rest.contains("metrics="), "no metrics= in {line:?}");
+                server.addr = grpc.parse().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+                return server;
+            }
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to flashsale")
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing.
+    fn kill(&mut self) {
+        self.child.kill().expect("kill -9 flashsale");
+        self.child.wait().expect("reap flashsale");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Keeps the test's environment (backends, ports, secrets) from reaching the server.
+fn clean_env(command: &mut Command) {
+    command.env_clear();
+    for keep in ["PATH", "RUST_LOG", "RUST_BACKTRACE"] {
+        if let Some(value) = std::env::var_os(keep) {
+            command.env(keep, value);
+        }
+    }
+}
+
+/// An admin token printed by `flashsale token`, as an operator would get it.
+fn admin_token_from_cli(data_dir: &Path) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale"));
+    command.args(["token", "--role", "admin", "--jwt-secret", SECRET, "--data-dir"]).arg(data_dir);
+    clean_env(&mut command);
+    let output = command.output().expect("run flashsale token");
+    assert!(output.status.success(), "flashsale token failed: {}", String::from_utf8_lossy(&output.stderr));
+    let token = String::from_utf8(output.stdout).expect("utf-8 token").trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token:?}");
+    token
+}
+
+fn buyer_id(i: usize) -> String {
+    format!("crash-buyer-{i}")
+}
+
+/// Quantities of buyer `i`'s purchases, 3 units in all (the per-user limit).
+fn plan(i: usize) -> &'static [u32] {
+    if i % 2 == 0 { &[1, 1, 1] } else { &[2, 1] }
+}
+
+/// A purchase the server acknowledged, or one in flight when it died (outcome unknown).
+#[derive(Debug, Clone)]
+struct Attempt {
+    buyer: usize,
+    key: String,
+    quantity: u32,
+    order_id: Option<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_orders_survive_kill_9() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let keys = flashsale::auth::JwtKeys::new(SECRET.as_bytes());
+    let tokens: Arc<Vec<String>> = Arc::new(
+        (0..=BUYERS)
+            .map(|i| keys.issue(&buyer_id(i), &format!("Crash buyer {i}"), Role::Buyer, SystemClock.now(), Duration::from_secs(3600)).0)
+            .collect(),
+    );
+
+    let dir = data_dir.path().to_path_buf();
+    let mut server = tokio::task::spawn_blocking(move || ServerProcess::start(&dir)).await.unwrap();
+    let admin = admin_token_from_cli(data_dir.path());
+    let channel = server.channel().await;
+    let mut admin_api = AdminServiceClient::new(channel.clone());
+    let product = admin_api
+        .create_product(authed(
+            pb::CreateProductRequest { name: "Crash sneaker".into(), description: String::new(), initial_inventory: ALLOCATED },
+            &admin,
+        ))
+        .await
+        .expect("create product")
+        .into_inner();
+    let sale = admin_api
+        .create_sale(authed(
+            pb::CreateSaleRequest {
+                product_id: product.id.clone(),
+                allocated: ALLOCATED,
+                unit_price: Some(pb::Money { amount_minor: 4999, currency: "USD".into() }),
+                per_user_limit: PER_USER_LIMIT,
+                max_per_purchase: 3,
+                start_time: None,
+                end_time: Some(timestamp(UnixMillis(SystemClock.now().0 + 3_600_000))),
+            },
+            &admin,
+        ))
+        .await
+        .expect("create sale")
+        .into_inner();
+
+    // The rush: workers take buyers in turn; each buyer makes its purchases one after another.
+    let next_buyer = Arc::new(AtomicUsize::new(0));
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(Mutex::new(Vec::<Attempt>::new()));
+    let mut rush = tokio::task::JoinSet::new();
+    for _ in 0..RUSH_WORKERS {
+        let (next_buyer, acknowledged, stop, attempts) =
+            (next_buyer.clone(), acknowledged.clone(), stop.clone(), attempts.clone());
+        let (tokens, sale_id) = (tokens.clone(), sale.id.clone());
+        let mut purchase = PurchaseServiceClient::new(channel.clone());
+        rush.spawn(async move {
+            'buyers: while !stop.load(Ordering::SeqCst) {
+                let buyer = next_buyer.fetch_add(1, Ordering::SeqCst);
+                if buyer >= BUYERS {
+                    break;
+                }
+                for (n, &quantity) in plan(buyer).iter().enumerate() {
+                    let key = format!("{}-purchase-{n}", buyer_id(buyer));
+                    let request = pb::PurchaseRequest { sale_id: sale_id.clone(), quantity, idempotency_key: key.clone() };
+                    let outcome = purchase.purchase(authed(request, &tokens[buyer])).await;
+                    let order_id = match outcome {
+                        Ok(response) => {
+                            let order = response.into_inner().order.expect("an order");
+                            acknowledged.fetch_add(1, Ordering::SeqCst);
+                            Some(order.id)
+                        }
+                        Err(_) => None,
+                    };
+                    let failed = order_id.is_none();
+                    attempts.lock().unwrap().push(Attempt { buyer, key, quantity, order_id });
+                    if failed {
+                        break 'buyers; // the server is gone
+                    }
+                }
+            }
+        });
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while acknowledged.load(Ordering::SeqCst) < KILL_AFTER {
+        assert!(tokio::time::Instant::now() < deadline, "the rush stalled before {KILL_AFTER} orders");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill();
+    stop.store(true, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(60), rush.join_all())
+        .await
+        .expect("the rush's calls fail once the server is gone");
+    drop(channel);
+
+    let attempts = std::mem::take(&mut *attempts.lock().unwrap());
+    let acked: Vec<&Attempt> = attempts.iter().filter(|a| a.order_id.is_some()).collect();
+    let in_flight: Vec<&Attempt> = attempts.iter().filter(|a| a.order_id.is_none()).collect();
+    let planned: usize = (0..BUYERS).map(|i| plan(i).len()).sum();
+    assert!(acked.len() >= KILL_AFTER);
+    assert!(acked.len() < planned, "the kill should come mid-rush ({} of {planned} acknowledged)", acked.len());
+
+    // Restart on the same data directory.
+    let dir = data_dir.path().to_path_buf();
+    let server = tokio::task::spawn_blocking(move || ServerProcess::start(&dir)).await.unwrap();
+    let channel = server.channel().await;
+    let purchase = PurchaseServiceClient::new(channel.clone());
+    let mut admin_api = AdminServiceClient::new(channel.clone());
+
+    let sale_id: &str = &sale.id;
+
+    // Every acknowledged order is there, as acknowledged.
+    let checks = futures::stream::iter(acked.iter().map(|attempt| {
+        let mut purchase = purchase.clone();
+        let token = tokens[attempt.buyer].clone();
+        async move {
+            let order_id = attempt.order_id.clone().unwrap();
+            let order = purchase
+                .get_order(authed(pb::GetOrderRequest { order_id: order_id.clone() }, &token))
+                .await
+                .unwrap_or_else(|e| panic!("acknowledged order {order_id} of {} is lost: {e:?}", buyer_id(attempt.buyer)))
+                .into_inner();
+            assert_eq!(order.id, order_id);
+            assert_eq!(order.sale_id, sale_id);
+            assert_eq!(order.buyer_id, buyer_id(attempt.buyer));
+            assert_eq!(order.quantity, attempt.quantity);
+            assert_eq!(order.idempotency_key, attempt.key);
+        }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<()>>();
+    checks.await;
+
+    // Retrying an acknowledged purchase answers the first order and changes nothing.
+    let retries = futures::stream::iter(acked.iter().map(|attempt| {
+        let mut purchase = purchase.clone();
+        let token = tokens[attempt.buyer].clone();
+        let sale_id = sale.id.clone();
+        async move {
+            let request = pb::PurchaseRequest { sale_id, quantity: attempt.quantity, idempotency_key: attempt.key.clone() };
+            let response = purchase
+                .purchase(authed(request, &token))
+                .await
+                .unwrap_or_else(|e| panic!("retry of {} failed: {e:?}", attempt.key))
+                .into_inner();
+            assert_eq!(response.order.map(|o| o.id), attempt.order_id, "a retry must return the same order");
+            assert!(response.replayed, "a retry of {} must say it was replayed", attempt.key);
+        }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<()>>();
+    retries.await;
+
+    // Purchases whose answer was lost in the crash are safe to retry with the same key: they
+    // were either stored (replayed) or not (made now), never twice.
+    for attempt in &in_flight {
+        let request = pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: attempt.quantity, idempotency_key: attempt.key.clone() };
+        purchase
+            .clone()
+            .purchase(authed(request, &tokens[attempt.buyer]))
+            .await
+            .unwrap_or_else(|e| panic!("retry of in-flight {} failed: {e:?}", attempt.key));
+    }
+
+    // The counters agree with the orders: sold == every buyer's units, remaining == the rest.
+    let touched: HashSet<usize> = attempts.iter().map(|a| a.buyer).collect();
+    let lists = futures::stream::iter(touched.iter().copied().map(|buyer| {
+        let mut purchase = purchase.clone();
+        let token = tokens[buyer].clone();
+        let sale_id = sale.id.clone();
+        async move {
+            let orders = purchase
+                .list_my_orders(authed(pb::ListMyOrdersRequest { sale_id }, &token))
+                .await
+                .expect("list my orders")
+                .into_inner()
+                .orders;
+            (buyer, orders)
+        }
+    }))
+    .buffer_unordered(16)
+    .collect::<HashMap<usize, Vec<pb::Order>>>()
+    .await;
+    let mut units_by_buyer = HashMap::new();
+    for (buyer, orders) in &lists {
+        let keys: HashSet<&str> = orders.iter().map(|o| o.idempotency_key.as_str()).collect();
+        assert_eq!(keys.len(), orders.len(), "an order was stored twice for {}: {orders:?}", buyer_id(*buyer));
+        assert!(orders.iter().all(|o| o.buyer_id == buyer_id(*buyer) && o.sale_id == sale_id));
+        units_by_buyer.insert(*buyer, orders.iter().map(|o| i64::from(o.quantity)).sum::<i64>());
+    }
+    for attempt in &acked {
+        assert!(
+            lists[&attempt.buyer].iter().any(|o| Some(&o.id) == attempt.order_id.as_ref()),
+            "ListMyOrders of {} misses {}",
+            buyer_id(attempt.buyer),
+            attempt.key
+        );
+    }
+    let sold_by_orders: i64 = units_by_buyer.values().sum();
+    let after = admin_api
+        .get_sale(authed(pb::GetSaleRequest { sale_id: sale.id.clone() }, &admin))
+        .await
+        .expect("get sale")
+        .into_inner();
+    assert_eq!(after.status(), pb::SaleStatus::Active);
+    assert_eq!(after.sold, sold_by_orders, "sold must equal the units in every buyer's orders");
+    assert_eq!(after.remaining, ALLOCATED - after.sold);
+
+    // Per-buyer counts were rebuilt: a buyer at the limit stays there.
+    let full: Vec<usize> = units_by_buyer
+        .iter()
+        .filter(|&(_, &units)| units == i64::from(PER_USER_LIMIT))
+        .map(|(&buyer, _)| buyer)
+        .take(20)
+        .collect();
+    assert!(!full.is_empty(), "some buyers should have reached the limit before the kill");
+    for buyer in full {
+        let request = pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: 1, idempotency_key: "one-more".into() };
+        let refused = purchase
+            .clone()
+            .purchase(authed(request, &tokens[buyer]))
+            .await
+            .expect_err("a buyer at the per-user limit cannot buy more after a restart");
+        assert_eq!((refused.code(), reason(&refused).as_str()), (Code::ResourceExhausted, "USER_LIMIT_REACHED"), "{refused:?}");
+    }
+
+    // And the sale keeps selling.
+    let newcomer = &tokens[BUYERS];
+    let request = pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: 2, idempotency_key: "after-restart".into() };
+    let response = purchase.clone().purchase(authed(request, newcomer)).await.expect("the sale sells after a restart");
+    assert!(!response.into_inner().replayed);
+    let last = admin_api
+        .get_sale(authed(pb::GetSaleRequest { sale_id: sale.id.clone() }, &admin))
+        .await
+        .expect("get sale")
+        .into_inner();
+    assert_eq!((last.sold, last.remaining), (after.sold + 2, after.remaining - 2));
+    drop(server);
+}
