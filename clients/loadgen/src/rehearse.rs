@@ -1,0 +1,283 @@
+//! `loadgen rehearse`: set up a sale, get buyers, rush, end, verify, report. The steps are
+//! public so `flood` and `watch` compose the same rehearsal with their own measurements.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use flashsale::pb;
+
+use crate::chart::{self, ChartData};
+use crate::cli::{RehearseArgs, RushOptions};
+use crate::rush::{self, Outcome, RushPlan, RushResult};
+use crate::setup::{self, Buyer, BuyerSource, SaleSpec};
+use crate::stats::{self, per_sec, Figures, Percentiles};
+use crate::target::Session;
+use crate::verdict::{self, Evidence, Verdict};
+
+/// The shape of a rush, whichever subcommand asked for it.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Units allocated.
+    pub units: i64,
+    /// Distinct buyers.
+    pub buyers: usize,
+    /// Total purchase attempts (attempt `j` by buyer `j % buyers`).
+    pub attempts: usize,
+    /// Quantity range of one attempt.
+    pub min_qty: u32,
+    /// Largest quantity; also the sale's max per purchase.
+    pub max_qty: u32,
+    /// The sale's per-user limit.
+    pub per_user_limit: u32,
+    /// Attempts in flight.
+    pub concurrency: usize,
+    /// Rate cap, retries, seed, buyer tokens, figures file.
+    pub options: RushOptions,
+}
+
+impl From<&RehearseArgs> for Scenario {
+    fn from(a: &RehearseArgs) -> Self {
+        Self {
+            units: a.units,
+            buyers: a.buyers,
+            attempts: a.buyers * a.attempts_per_buyer,
+            min_qty: a.min_qty,
+            max_qty: a.max_qty,
+            per_user_limit: a.per_user_limit,
+            concurrency: a.concurrency,
+            options: a.rush.clone(),
+        }
+    }
+}
+
+/// A sale and its buyers, ready for the rush.
+pub struct Prepared {
+    /// The sale as created.
+    pub sale: pb::Sale,
+    /// The buyers.
+    pub buyers: Arc<Vec<Buyer>>,
+    /// How they got their tokens.
+    pub source: BuyerSource,
+    /// This run's tag (in names and idempotency keys).
+    pub tag: String,
+}
+
+/// Creates the sale and the buyers, saying what it did.
+pub async fn prepare(session: &Session, scenario: &Scenario) -> anyhow::Result<Prepared> {
+    anyhow::ensure!(scenario.buyers > 0, "--buyers must be at least 1");
+    anyhow::ensure!(scenario.units > 0, "--units must be at least 1");
+    anyhow::ensure!(scenario.min_qty >= 1 && scenario.min_qty <= scenario.max_qty, "need 1 <= --min-qty <= --max-qty");
+    let tag = setup::run_tag();
+    let spec = SaleSpec {
+        units: scenario.units,
+        per_user_limit: scenario.per_user_limit,
+        max_per_purchase: scenario.max_qty,
+        window: Duration::from_secs(scenario.options.sale_secs),
+    };
+    let sale = setup::create_sale(session, &spec, &tag).await?;
+    println!(
+        "sale {}: {} units, quantity {}..={}, per-user limit {}",
+        sale.id,
+        sale.allocated,
+        scenario.min_qty,
+        scenario.max_qty,
+        if scenario.per_user_limit == 0 { "none".to_string() } else { scenario.per_user_limit.to_string() }
+    );
+    let started = Instant::now();
+    let (buyers, source) =
+        setup::buyers(session, scenario.buyers, scenario.options.mint_tokens, scenario.options.register_concurrency, &tag).await?;
+    println!("buyers: {} {} in {:.1} s", buyers.len(), source, started.elapsed().as_secs_f64());
+    Ok(Prepared { sale, buyers: Arc::new(buyers), source, tag })
+}
+
+/// One WatchSale stream followed to its end: what it saw and when (offsets from `epoch`).
+#[derive(Debug, Default)]
+pub struct FeedLog {
+    /// (arrival, sold, remaining) of each snapshot.
+    pub points: Vec<(Duration, i64, i64)>,
+    /// The last snapshot (the ENDED one when the stream ended cleanly).
+    pub last: Option<pb::SaleSnapshot>,
+    /// Why the stream stopped early, if it did.
+    pub error: Option<String>,
+}
+
+/// Opens WatchSale and follows it in a task until the stream ends; returns once the first
+/// snapshot arrived.
+pub async fn follow_feed(session: &Session, sale_id: &str, epoch: Instant) -> anyhow::Result<tokio::task::JoinHandle<FeedLog>> {
+    let mut stream = session
+        .pool
+        .feeds()
+        .watch_sale(pb::WatchSaleRequest { sale_id: sale_id.into() })
+        .await
+        .context("WatchSale")?
+        .into_inner();
+    let first = stream.message().await.context("WatchSale's first snapshot")?.context("WatchSale ended at once")?;
+    Ok(tokio::spawn(async move {
+        let mut log = FeedLog::default();
+        let mut snapshot = Some(first);
+        loop {
+            if let Some(s) = snapshot.take() {
+                log.points.push((epoch.elapsed(), s.sold, s.remaining));
+                log.last = Some(s);
+            }
+            match stream.message().await {
+                Ok(Some(s)) => snapshot = Some(s),
+                Ok(None) => return log,
+                Err(status) => {
+                    log.error = Some(status.to_string());
+                    return log;
+                }
+            }
+        }
+    }))
+}
+
+/// Runs the rush with a progress bar.
+pub async fn run_rush(session: &Session, scenario: &Scenario, prepared: &Prepared, epoch: Instant) -> RushResult {
+    let quantities = rush::draw_quantities(scenario.attempts, scenario.min_qty, scenario.max_qty, scenario.options.seed);
+    let plan = RushPlan {
+        sale_id: prepared.sale.id.clone(),
+        buyers: prepared.buyers.clone(),
+        quantities,
+        concurrency: scenario.concurrency,
+        rate: scenario.options.rate,
+        max_retries: scenario.options.max_retries,
+        key_prefix: format!("lg-{}", prepared.tag),
+    };
+    let progress = stats::progress_bar(scenario.attempts as u64, "purchasing");
+    let result = rush::run(session.pool.clone(), plan, epoch, &progress).await;
+    progress.finish_and_clear();
+    result
+}
+
+/// After the rush: the sale ended (EndSale when it did not sell out), read back and judged.
+pub struct Finished {
+    /// GetSale after the end.
+    pub sale: pb::Sale,
+    /// The feed followed through the rush.
+    pub feed: FeedLog,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+/// Ends the sale if still open, waits for the feed's ENDED snapshot, lists every buyer's orders
+/// and judges.
+pub async fn finish(session: &Session, scenario: &Scenario, prepared: &Prepared, rush: &RushResult, feed: tokio::task::JoinHandle<FeedLog>) -> anyhow::Result<Finished> {
+    let sale_id = prepared.sale.id.as_str();
+    let ended = setup::end_sale_if_open(session, sale_id).await?;
+    if ended.end_reason() != pb::EndReason::SoldOut {
+        println!("the sale did not sell out; ended it ({:?})", ended.end_reason());
+    }
+    let feed = match tokio::time::timeout(Duration::from_secs(30), feed).await {
+        Ok(log) => log.context("the feed task panicked")?,
+        Err(_) => FeedLog { error: Some("no ENDED snapshot within 30 s of the end".into()), ..FeedLog::default() },
+    };
+    let sale = setup::get_sale(session, sale_id).await?;
+    let listed = setup::list_orders(session, &prepared.buyers, sale_id, scenario.concurrency.clamp(1, 256)).await?;
+    let final_snapshot = feed.last.as_ref().filter(|s| s.status() == pb::SaleStatus::Ended);
+    let verdict = verdict::judge(&Evidence {
+        records: &rush.records,
+        buyers: &prepared.buyers,
+        per_user_limit: scenario.per_user_limit,
+        sale: &sale,
+        final_snapshot,
+        listed: &listed,
+    });
+    Ok(Finished { sale, feed, verdict })
+}
+
+/// What a subcommand hands back: the verdict, the final sale and the figures.
+pub struct Report {
+    /// Did every check hold.
+    pub verdict: Verdict,
+    /// GetSale at the end.
+    pub sale: pb::Sale,
+    /// Every figure, by name.
+    pub figures: Figures,
+}
+
+/// Throughput and latency of a rush: printed, and added to `figures`.
+pub fn rush_figures(rush: &RushResult, figures: &mut Figures) {
+    let mut acked = stats::histogram();
+    let mut refused = stats::histogram();
+    let mut all = stats::histogram();
+    let (mut acks, mut retries) = (0u64, 0u64);
+    for r in &rush.records {
+        stats::record(&mut all, r.latency());
+        retries += u64::from(r.calls.saturating_sub(1));
+        match r.outcome {
+            Outcome::Acked { .. } => {
+                acks += 1;
+                stats::record(&mut acked, r.latency());
+            }
+            _ => stats::record(&mut refused, r.latency()),
+        }
+    }
+    let attempts = rush.records.len() as u64;
+    let (ack_rate, attempt_rate) = (per_sec(acks, rush.elapsed), per_sec(attempts, rush.elapsed));
+    println!(
+        "throughput: {ack_rate:.0} acknowledged purchases/s, {attempt_rate:.0} attempts/s ({attempts} attempts, {acks} acknowledged, {retries} retries, in {:.3} s)",
+        rush.elapsed.as_secs_f64()
+    );
+    let (acked, refused, all) = (Percentiles::of(&acked), Percentiles::of(&refused), Percentiles::of(&all));
+    println!("latency, acknowledged: {}", acked.line());
+    println!("latency, refused:      {}", refused.line());
+    println!("latency, all attempts: {}", all.line());
+    figures.add("attempts", attempts);
+    figures.add("acknowledged", acks);
+    figures.add("retries", retries);
+    figures.add("elapsed_s", format!("{:.4}", rush.elapsed.as_secs_f64()));
+    figures.add("purchases_per_sec", format!("{ack_rate:.1}"));
+    figures.add("attempts_per_sec", format!("{attempt_rate:.1}"));
+    acked.add_to(figures, "acked_latency");
+    refused.add_to(figures, "refused_latency");
+    all.add_to(figures, "latency");
+}
+
+/// Prints the verdict and the final numbers; adds them to `figures`.
+pub fn verdict_figures(finished: &Finished, figures: &mut Figures) {
+    print!("{}", finished.verdict.render());
+    figures.add("sold", finished.sale.sold);
+    figures.add("remaining", finished.sale.remaining);
+    figures.add("verdict", if finished.verdict.passed() { "pass" } else { "fail" });
+}
+
+/// Writes the chart of a rehearsal.
+pub fn write_chart(path: &std::path::Path, title: String, rush: &RushResult, feed: &FeedLog, allocated: i64) -> anyhow::Result<()> {
+    let start = rush.records.iter().map(|r| r.start).min().unwrap_or_default();
+    let secs = |d: Duration| d.saturating_sub(start).as_secs_f64();
+    let remaining: Vec<(f64, i64)> = feed.points.iter().map(|&(t, _, remaining)| (secs(t), remaining)).collect();
+    let acks: Vec<f64> = rush.records.iter().filter(|r| r.acked_units() > 0).map(|r| secs(r.end)).collect();
+    chart::write(path, &ChartData { title, remaining: &remaining, acks: &acks, allocated })?;
+    println!("chart: {}", path.display());
+    Ok(())
+}
+
+/// `loadgen rehearse`.
+pub async fn run(args: RehearseArgs) -> anyhow::Result<Report> {
+    let session = Session::open(&args.target).await?;
+    println!("server: {}", session.addr);
+    let scenario = Scenario::from(&args);
+    let prepared = prepare(&session, &scenario).await?;
+    let epoch = Instant::now();
+    let feed = follow_feed(&session, &prepared.sale.id, epoch).await?;
+    let rush = run_rush(&session, &scenario, &prepared, epoch).await;
+    let finished = finish(&session, &scenario, &prepared, &rush, feed).await?;
+
+    let mut figures = Figures::default();
+    figures.add("buyers_source", if prepared.source == BuyerSource::Minted { "minted" } else { "registered" });
+    rush_figures(&rush, &mut figures);
+    verdict_figures(&finished, &mut figures);
+    if let Some(path) = &args.chart {
+        let title = format!("rehearsal: {} buyers, {} units, concurrency {}", scenario.buyers, scenario.units, scenario.concurrency);
+        write_chart(path, title, &rush, &finished.feed, finished.sale.allocated)?;
+    }
+    if let Some(path) = &scenario.options.figures {
+        figures.write(path)?;
+    }
+    if let Some(server) = session.server {
+        server.stop().await;
+    }
+    Ok(Report { verdict: finished.verdict, sale: finished.sale, figures })
+}
