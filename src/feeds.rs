@@ -49,6 +49,10 @@ impl FeedHub {
     pub fn subscribe(&self, current: SaleView) -> watch::Receiver<Arc<SaleView>> {
         let mut upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(upstream) = upstreams.get(&current.sale_id) {
+            // `current` was read just now; the last published value may be up to one interval
+            // old. A new watcher must start from the newest state (e.g. ENDED right after an
+            // end), so publish `current` first when it is newer.
+            publish_if_newer(&upstream.latest, current);
             return upstream.latest.subscribe();
         }
         let sale = current.sale_id.clone();
@@ -72,15 +76,7 @@ async fn publish(upstream: Arc<Upstream>, sale: SaleId, hot: Arc<dyn HotStore>, 
             _ = upstream.dirty.notified() => {}
         }
         match hot.view(&sale).await {
-            Ok(Some(view)) => {
-                upstream.latest.send_if_modified(|latest| {
-                    let newer = view.version > latest.version || view.status != latest.status;
-                    if newer {
-                        *latest = Arc::new(view);
-                    }
-                    newer
-                });
-            }
+            Ok(Some(view)) => publish_if_newer(&upstream.latest, view),
             Ok(None) => return,
             Err(e) => tracing::warn!(error = %e, %sale, "feed could not read the sale; retrying"),
         }
@@ -89,4 +85,16 @@ async fn publish(upstream: Arc<Upstream>, sale: SaleId, hot: Arc<dyn HotStore>, 
             _ = tokio::time::sleep(interval) => {}
         }
     }
+}
+
+/// Replaces the published view when `view` is newer (higher version, or the sale ended).
+fn publish_if_newer(latest: &watch::Sender<Arc<SaleView>>, view: SaleView) {
+    latest.send_if_modified(|published| {
+        let newer = view.version > published.version
+            || (view.status == SaleStatus::Ended && published.status != SaleStatus::Ended);
+        if newer {
+            *published = Arc::new(view);
+        }
+        newer
+    });
 }
