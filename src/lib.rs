@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod web;
 
 pub use config::Settings;
 
