@@ -282,6 +282,111 @@ pub fn timestamp(at: UnixMillis) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: at.0.div_euclid(1000), nanos: (at.0.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
+/// Asserts that `status` carries `code` and the ErrorInfo reason `expected_reason`, with the
+/// status in the panic message so a failure says what the server answered.
+pub fn assert_refused(status: &tonic::Status, code: tonic::Code, expected_reason: &str) {
+    assert_eq!(
+        (status.code(), reason(status).as_str()),
+        (code, expected_reason),
+        "unexpected refusal: {status:?}"
+    );
+}
+
+/// The error of `result`, panicking with the value when the call succeeded.
+pub fn refusal<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Status {
+    match result {
+        Ok(value) => panic!("expected an error status, got {value:?}"),
+        Err(status) => status,
+    }
+}
+
+/// One entry of the `google.rpc.ErrorInfo` metadata of an error status.
+pub fn error_metadata(status: &tonic::Status, key: &str) -> Option<String> {
+    use tonic_types::StatusExt;
+    status.get_error_details().error_info().and_then(|info| info.metadata.get(key).cloned())
+}
+
+/// The fields named by the `google.rpc.BadRequest` violations of an error status.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|bad| bad.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// True when a purchase was refused because no stock is left: SOLD_OUT, or SALE_ENDED once the
+/// sell-out has closed the sale (its `end_reason` metadata names SOLD_OUT).
+pub fn is_sold_out(status: &tonic::Status) -> bool {
+    match (status.code(), reason(status).as_str()) {
+        (tonic::Code::ResourceExhausted, "SOLD_OUT") => true,
+        (tonic::Code::FailedPrecondition, "SALE_ENDED") => {
+            error_metadata(status, "end_reason").is_some_and(|r| r.contains("SOLD_OUT"))
+        }
+        _ => false,
+    }
+}
+
+const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Unpadded base64url, as in JWTs.
+pub fn base64url_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 4 / 3 + 3);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(BASE64URL[(n >> (18 - 6 * i)) as usize & 63] as char);
+        }
+    }
+    out
+}
+
+/// Decodes unpadded base64url; `None` on a character outside the alphabet.
+pub fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    let (mut bits, mut count, mut out) = (0u32, 0u32, Vec::with_capacity(text.len() * 3 / 4));
+    for c in text.bytes() {
+        let value = BASE64URL.iter().position(|&x| x == c)? as u32;
+        bits = (bits << 6) | value;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// The claims of a JWT, read without checking its signature.
+pub fn jwt_claims(token: &str) -> serde_json::Value {
+    let payload = token.split('.').nth(1).expect("a JWT has three parts");
+    serde_json::from_slice(&base64url_decode(payload).expect("base64url claims")).expect("JSON claims")
+}
+
+impl TestApp {
+    /// The caller's orders, in one sale when `sale_id` is not empty.
+    pub async fn my_orders(&self, token: &str, sale_id: &str) -> Vec<pb::Order> {
+        self.purchase()
+            .list_my_orders(authed(pb::ListMyOrdersRequest { sale_id: sale_id.into() }, token))
+            .await
+            .expect("list my orders")
+            .into_inner()
+            .orders
+    }
+
+    /// Polls GetSale until `done` holds for the sale (see [`TestApp::eventually`]).
+    pub async fn wait_for_sale(&self, sale_id: &str, what: &str, done: impl Fn(&pb::Sale) -> bool) -> pb::Sale {
+        let done = &done;
+        self.eventually(what, || async move {
+            let sale = self.get_sale(sale_id).await;
+            done(&sale).then_some(sale)
+        })
+        .await
+    }
+}
+
 /// How long a test waits for one stream message (or a whole `read_until`) before it fails.
 pub const STREAM_DEADLINE: Duration = Duration::from_secs(10);
 
