@@ -1,0 +1,251 @@
+//! Accounts and tokens: registration and login, email normalisation, refused credentials and
+//! tokens, and who may call what.
+
+use std::time::Duration;
+
+use flashsale::auth::JwtKeys;
+use flashsale::domain::{Role, UnixMillis};
+use flashsale::pb;
+use prost::Message;
+use tonic::Code;
+
+use crate::helpers::{
+    assert_refused, authed, base64url_encode, jwt_claims, refusal, spawn_app, TestApp,
+};
+
+async fn register(app: &TestApp, email: &str, name: &str, password: &str) -> Result<pb::AuthResponse, tonic::Status> {
+    app.auth()
+        .register(pb::RegisterRequest { email: email.into(), display_name: name.into(), password: password.into() })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn login(app: &TestApp, email: &str, password: &str) -> Result<pb::AuthResponse, tonic::Status> {
+    app.auth()
+        .login(pb::LoginRequest { email: email.into(), password: password.into() })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A purchase by `token` that needs nothing but a valid token to succeed.
+async fn purchase_with(app: &TestApp, token: &str) -> Result<pb::PurchaseResponse, tonic::Status> {
+    let sale = app.active_sale(5, 0, 1).await;
+    app.buy(token, &sale.id, 1, "auth-check").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_user_logs_in_and_buys() {
+    let app = spawn_app().await;
+    let registered = register(&app, "dana@example.com", "Dana", "s3cret-pass").await.expect("register");
+    let user = registered.user.expect("the account");
+    assert_eq!(user.email, "dana@example.com");
+    assert_eq!(user.display_name, "Dana");
+
+    let logged_in = login(&app, "dana@example.com", "s3cret-pass").await.expect("login");
+    assert_eq!(logged_in.user.as_ref().map(|u| &u.id), Some(&user.id), "login speaks for the same account");
+    assert!(logged_in.expires_at.is_some_and(|t| t.seconds * 1000 > app.now().0), "expiry in the future");
+
+    let order = purchase_with(&app, &logged_in.access_token).await.expect("the login token buys").order.expect("order");
+    assert_eq!(order.buyer_id, user.id, "the order belongs to the token's subject");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_are_normalised() {
+    let app = spawn_app().await;
+    let registered = register(&app, " Ann@Example.COM ", "Ann", "ann-password").await.expect("register");
+    assert_eq!(registered.user.expect("user").email, "ann@example.com");
+
+    login(&app, "ann@example.com", "ann-password").await.expect("login with the normalised email");
+    login(&app, "  ANN@example.com", "ann-password").await.expect("login ignores case and spaces");
+
+    let status = refusal(register(&app, "ANN@example.com", "Ann Again", "another-password").await);
+    assert_refused(&status, Code::AlreadyExists, "EMAIL_TAKEN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_never_say_which_part_was_wrong() {
+    let app = spawn_app().await;
+    register(&app, "eve@example.com", "Eve", "eve-password").await.expect("register");
+
+    let wrong_password = refusal(login(&app, "eve@example.com", "not-her-password").await);
+    assert_refused(&wrong_password, Code::Unauthenticated, "BAD_CREDENTIALS");
+    let unknown_email = refusal(login(&app, "nobody@example.com", "eve-password").await);
+    assert_refused(&unknown_email, Code::Unauthenticated, "BAD_CREDENTIALS");
+    assert_eq!(wrong_password.message(), unknown_email.message(), "the two refusals read the same");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_needs_a_token() {
+    let app = spawn_app().await;
+    let sale = app.active_sale(5, 0, 1).await;
+    let status = refusal(
+        app.purchase()
+            .purchase(tonic::Request::new(pb::PurchaseRequest {
+                sale_id: sale.id.clone(),
+                quantity: 1,
+                idempotency_key: "anonymous".into(),
+            }))
+            .await,
+    );
+    assert_refused(&status, Code::Unauthenticated, "TOKEN_MISSING");
+    assert_eq!(app.get_sale(&sale.id).await.remaining, 5);
+}
+
+fn tampered(token: &str) -> String {
+    let (signed, signature) = token.rsplit_once('.').expect("a JWT");
+    let mut chars: Vec<char> = signature.chars().collect();
+    // The first character carries six signature bits (the last one carries padding bits too).
+    chars[0] = if chars[0] == 'A' { 'B' } else { 'A' };
+    format!("{signed}.{}", chars.into_iter().collect::<String>())
+}
+
+fn unsigned_admin_token() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let header = base64url_encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let claims = serde_json::json!({ "sub": "intruder", "name": "Intruder", "role": "admin", "iat": now, "exp": now + 3600 });
+    format!("{header}.{}.", base64url_encode(claims.to_string().as_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_expired_tokens_are_refused() {
+    let app = spawn_app().await;
+    let now = app.now();
+    let good = app.buyer_token("honest", "Honest");
+    purchase_with(&app, &good).await.expect("the untouched token is accepted");
+
+    let (expired, _) = app.keys.issue("late", "Late", Role::Buyer, UnixMillis(now.0 - 7_200_000), Duration::from_secs(60));
+    let other_keys = JwtKeys::new(b"some-other-secret-that-is-32-bytes-long!!");
+    let (foreign, _) = other_keys.issue("stranger", "Stranger", Role::Admin, now, Duration::from_secs(3600));
+    let cases = [
+        ("expired", expired),
+        ("tampered signature", tampered(&good)),
+        ("signed with another secret", foreign),
+        ("alg none", unsigned_admin_token()),
+    ];
+    for (what, token) in cases {
+        let status = refusal(purchase_with(&app, &token).await);
+        assert_eq!(
+            (status.code(), crate::helpers::reason(&status).as_str()),
+            (Code::Unauthenticated, "TOKEN_INVALID"),
+            "{what} token: {status:?}"
+        );
+    }
+    let status = refusal(app.admin().list_sales(authed(pb::ListSalesRequest::default(), &unsigned_admin_token())).await);
+    assert_refused(&status, Code::Unauthenticated, "TOKEN_INVALID");
+}
+
+/// Calls every AdminService method with `token`; returns each method's name and outcome.
+async fn call_every_admin_method(app: &TestApp, token: &str) -> Vec<(&'static str, Result<(), tonic::Status>)> {
+    let mut admin = app.admin();
+    let id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".to_string();
+    let product = pb::CreateProductRequest { name: "Forbidden".into(), description: String::new(), initial_inventory: 5 };
+    let sale = pb::CreateSaleRequest {
+        product_id: id.clone(),
+        allocated: 1,
+        unit_price: Some(pb::Money { amount_minor: 100, currency: "USD".into() }),
+        per_user_limit: 0,
+        max_per_purchase: 1,
+        start_time: None,
+        end_time: Some(crate::helpers::timestamp(UnixMillis(app.now().0 + 3_600_000))),
+    };
+    vec![
+        ("CreateProduct", admin.create_product(authed(product, token)).await.map(drop)),
+        ("ListProducts", admin.list_products(authed(pb::ListProductsRequest {}, token)).await.map(drop)),
+        ("GetProduct", admin.get_product(authed(pb::GetProductRequest { product_id: id.clone() }, token)).await.map(drop)),
+        ("AddStock", admin.add_stock(authed(pb::AddStockRequest { product_id: id.clone(), units: 1 }, token)).await.map(drop)),
+        ("CreateSale", admin.create_sale(authed(sale, token)).await.map(drop)),
+        ("StartSale", admin.start_sale(authed(pb::StartSaleRequest { sale_id: id.clone() }, token)).await.map(drop)),
+        ("EndSale", admin.end_sale(authed(pb::EndSaleRequest { sale_id: id.clone() }, token)).await.map(drop)),
+        ("GetSale", admin.get_sale(authed(pb::GetSaleRequest { sale_id: id.clone() }, token)).await.map(drop)),
+        ("ListSales", admin.list_sales(authed(pb::ListSalesRequest::default(), token)).await.map(drop)),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_token_cannot_call_any_admin_method() {
+    let app = spawn_app().await;
+    let token = app.buyer_token("buyer", "Buyer");
+    for (method, outcome) in call_every_admin_method(&app, &token).await {
+        let status = outcome.expect_err(method);
+        assert_eq!(
+            (status.code(), crate::helpers::reason(&status).as_str()),
+            (Code::PermissionDenied, "ADMIN_REQUIRED"),
+            "{method}: {status:?}"
+        );
+    }
+    let products = app
+        .admin()
+        .list_products(authed(pb::ListProductsRequest {}, &app.admin_token()))
+        .await
+        .expect("list products")
+        .into_inner();
+    assert!(products.products.is_empty(), "the refused CreateProduct created nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_user_is_a_buyer() {
+    let app = spawn_app().await;
+    let registered = register(&app, "finn@example.com", "Finn", "finn-password").await.expect("register");
+    assert_eq!(registered.user.as_ref().expect("user").role(), pb::Role::Buyer);
+    let claims = jwt_claims(&registered.access_token);
+    assert_eq!(claims["role"], "buyer");
+    assert_eq!(claims["name"], "Finn");
+    assert_eq!(claims["sub"], registered.user.as_ref().unwrap().id.as_str());
+
+    for (method, outcome) in call_every_admin_method(&app, &registered.access_token).await {
+        let status = outcome.expect_err(method);
+        assert_eq!(
+            (status.code(), crate::helpers::reason(&status).as_str()),
+            (Code::PermissionDenied, "ADMIN_REQUIRED"),
+            "{method}: {status:?}"
+        );
+    }
+    purchase_with(&app, &registered.access_token).await.expect("a buyer may buy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_is_never_echoed() {
+    let app = spawn_app().await;
+    let password = "hunter2-but-longer";
+    let registered = register(&app, "gus@example.com", "Gus", password).await.expect("register");
+    let logged_in = login(&app, "gus@example.com", password).await.expect("login");
+    for response in [&registered, &logged_in] {
+        let bytes = response.encode_to_vec();
+        assert!(!bytes.windows(password.len()).any(|w| w == password.as_bytes()), "the response carries the password");
+        let claims = jwt_claims(&response.access_token).to_string();
+        assert!(!claims.contains(password), "the token carries the password: {claims}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_and_auth_need_no_token() {
+    let app = spawn_app().await;
+    let sale = app.active_sale(5, 0, 1).await;
+
+    let snapshot = app
+        .feeds()
+        .watch_sale(tonic::Request::new(pb::WatchSaleRequest { sale_id: sale.id.clone() }))
+        .await
+        .expect("WatchSale without a token")
+        .into_inner()
+        .message()
+        .await
+        .expect("a first snapshot")
+        .expect("the stream is open");
+    assert_eq!((snapshot.sale_id.as_str(), snapshot.remaining), (sale.id.as_str(), 5));
+
+    let board = app
+        .feeds()
+        .leaderboard(tonic::Request::new(pb::LeaderboardRequest { sale_id: sale.id.clone(), top_n: 3 }))
+        .await
+        .expect("Leaderboard without a token")
+        .into_inner()
+        .message()
+        .await
+        .expect("a first leaderboard")
+        .expect("the stream is open");
+    assert_eq!(board.sale_id, sale.id);
+
+    register(&app, "hal@example.com", "Hal", "hal-password").await.expect("Register without a token");
+    login(&app, "hal@example.com", "hal-password").await.expect("Login without a token");
+}
