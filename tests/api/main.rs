@@ -1,6 +1,7 @@
 //! Integration tests: the real server on a real socket, one test binary.
 
 mod helpers;
+mod purchases;
 mod idempotency;
 mod errors;
 mod auth;
