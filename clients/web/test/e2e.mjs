@@ -43,6 +43,12 @@ const servers = new Set();
 process.on("exit", () => {
   for (const child of servers) child.kill("SIGKILL");
 });
+for (const signal of ["SIGINT", "SIGTERM"]) {
+  process.once(signal, () => {
+    for (const child of servers) child.kill("SIGKILL");
+    process.exit(130);
+  });
+}
 
 async function startServer(dataDir, port, log) {
   const child = spawn(
