@@ -108,6 +108,8 @@ pub fn check_purchase(
     quantity: u32,
 ) -> Result<Quantity, PurchaseRefusal> {
     match live.status {
+        // A sale that ended because it sold out says so: that is what its buyers need to hear.
+        SaleStatus::Ended if live.end_reason == Some(EndReason::SoldOut) => return Err(PurchaseRefusal::SoldOut),
         SaleStatus::Ended => {
             return Err(PurchaseRefusal::Ended {
                 reason: live.end_reason.unwrap_or(EndReason::TimeUp),
@@ -205,8 +207,10 @@ mod tests {
         );
         let scheduled = BuyerSnapshot { status: SaleStatus::Scheduled, ..live(10, 0) };
         assert!(matches!(check_purchase(&r, scheduled, UnixMillis(150), 1), Err(PurchaseRefusal::NotStarted { .. })));
-        let ended = BuyerSnapshot { status: SaleStatus::Ended, end_reason: Some(EndReason::SoldOut), ..live(0, 0) };
-        assert_eq!(check_purchase(&r, ended, UnixMillis(150), 1), Err(PurchaseRefusal::Ended { reason: EndReason::SoldOut }));
+        let ended = BuyerSnapshot { status: SaleStatus::Ended, end_reason: Some(EndReason::ByAdmin), ..live(5, 0) };
+        assert_eq!(check_purchase(&r, ended, UnixMillis(150), 1), Err(PurchaseRefusal::Ended { reason: EndReason::ByAdmin }));
+        let sold_out = BuyerSnapshot { status: SaleStatus::Ended, end_reason: Some(EndReason::SoldOut), ..live(0, 0) };
+        assert_eq!(check_purchase(&r, sold_out, UnixMillis(150), 1), Err(PurchaseRefusal::SoldOut));
     }
 
     #[test]

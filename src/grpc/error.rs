@@ -79,7 +79,7 @@ impl From<ServiceError> for Status {
             }
             ServiceError::SaleNotScheduled(_) => Code::FailedPrecondition,
             ServiceError::Purchase(PurchaseRefusal::NotStarted { start }) => {
-                metadata.insert("start_time_ms".into(), start.0.to_string());
+                metadata.insert("start_time".into(), super::convert::timestamp(*start).to_string());
                 Code::FailedPrecondition
             }
             ServiceError::Purchase(PurchaseRefusal::Ended { reason }) => {
