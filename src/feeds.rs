@@ -7,7 +7,7 @@
 //! that never reads holds one `Arc` and never slows the upstream or the purchases.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
@@ -18,8 +18,10 @@ use crate::store::{HotStore, SaleView};
 
 /// Publishes each sale's live state to its watchers.
 pub struct FeedHub {
-    /// std Mutex: held only to find or insert an upstream, never across an `.await`.
-    upstreams: Mutex<HashMap<SaleId, Arc<Upstream>>>,
+    /// std RwLock: every purchase takes the read side to find its sale's upstream (no
+    /// contention between purchases); the write side only inserts an upstream. Never held
+    /// across an `.await`.
+    upstreams: RwLock<HashMap<SaleId, Arc<Upstream>>>,
     hot: Arc<dyn HotStore>,
     interval: Duration,
     shutdown: CancellationToken,
@@ -34,12 +36,12 @@ struct Upstream {
 impl FeedHub {
     /// A hub reading sale state from `hot`, publishing at most once per `interval` per sale.
     pub fn new(hot: Arc<dyn HotStore>, interval: Duration, shutdown: CancellationToken) -> Self {
-        Self { upstreams: Mutex::default(), hot, interval, shutdown }
+        Self { upstreams: RwLock::default(), hot, interval, shutdown }
     }
 
     /// Marks a sale changed; its watchers see the change within one interval.
     pub fn touch(&self, sale: &SaleId) {
-        if let Some(upstream) = self.upstreams.lock().unwrap_or_else(|e| e.into_inner()).get(sale) {
+        if let Some(upstream) = self.upstreams.read().unwrap_or_else(|e| e.into_inner()).get(sale) {
             upstream.dirty.notify_one();
         }
     }
@@ -47,7 +49,7 @@ impl FeedHub {
     /// Subscribes to a sale whose current view is `current` (the caller loaded it). The
     /// receiver's current value is the newest published state.
     pub fn subscribe(&self, current: SaleView) -> watch::Receiver<Arc<SaleView>> {
-        let mut upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
+        let mut upstreams = self.upstreams.write().unwrap_or_else(|e| e.into_inner());
         if let Some(upstream) = upstreams.get(&current.sale_id) {
             // `current` was read just now; the last published value may be up to one interval
             // old. A new watcher must start from the newest state (e.g. ENDED right after an
