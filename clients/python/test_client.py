@@ -266,6 +266,9 @@ def test_the_command_line(server):
     env = {**os.environ, "FLASHSALE_SERVER": server.addr}
     watch = subprocess.Popen([sys.executable, str(HERE / "flashsale_client.py"), "watch", sale_id],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A watch that never printed would block readline() for good: kill it after a while.
+    guard = threading.Timer(4 * WAIT_SECS, watch.kill)
+    guard.start()
     try:
         assert watch.stdout.readline().startswith("v"), "the first snapshot comes at once"
 
@@ -288,6 +291,7 @@ def test_the_command_line(server):
         assert watch.returncode == 0, err
         assert out.splitlines()[-1].endswith("ENDED (BY_ADMIN) sold 2/10 remaining 8"), out
     finally:
+        guard.cancel()
         watch.kill()
         watch.wait()
 
