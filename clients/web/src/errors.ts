@@ -2,6 +2,7 @@
 // google.rpc.ErrorInfo reason that flashsale attaches to every error status.
 
 import { Code, ConnectError } from "@connectrpc/connect";
+import { countdown } from "./format.js";
 import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 
 export interface Failure {
@@ -87,7 +88,7 @@ export function describe(f: Failure, now: () => number = Date.now): string {
         const at = new Date(start).toLocaleTimeString();
         const wait = start - now();
         return wait > 0
-          ? `The sale has not started yet: it opens at ${at} (in ${seconds(wait)}).`
+          ? `The sale has not started yet: it opens at ${at} (in ${wait < 60_000 ? seconds(wait) : countdown(wait)}).`
           : `The sale has not started yet: it opens at ${at}.`;
       }
       return "The sale has not started yet.";

@@ -291,6 +291,7 @@ function watch(id: string): void {
   board = null;
   ui.saleId.value = saleId;
   ui.saleError.hidden = true;
+  ui.orders.tBodies[0].replaceChildren();
   say("");
   const url = new URL(location.href);
   if (saleId) url.searchParams.set("sale", saleId);

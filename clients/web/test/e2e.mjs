@@ -304,6 +304,27 @@ describe("flashsale web page in headless Chromium", { timeout: 180_000 }, () => 
     await shot(page, "sold-out.png");
   });
 
+  it("counts down to a scheduled sale and says it has not started", async () => {
+    const later = await adminApi.admin.createSale({
+      productId: sale.productId,
+      allocated: 5n,
+      unitPrice: { amountMinor: 1250n, currency: "USD" },
+      perUserLimit: 2,
+      maxPerPurchase: 2,
+      startTime: timestampFromMs(Date.now() + 10 * 60_000),
+      endTime: timestampFromMs(Date.now() + 20 * 60_000),
+    });
+    await page.fill("#sale-id", later.id);
+    await page.click("#sale-form button");
+    await waitText(page, "#status", /^Scheduled$/);
+    await waitText(page, "#countdown", /^Starts in (09:[0-5]\d|10:00)$/);
+    await waitText(page, "#remaining", /^5$/);
+    await page.fill("#quantity", "1");
+    await page.click("#buy");
+    await waitText(page, "#message", /^The sale has not started yet: it opens at .+ \(in (09:[0-5]\d|10:00)\)\.$/);
+    await shot(page, "scheduled.png");
+  });
+
   it("raised no error in the page", () => {
     assert.deepEqual(pageErrors, []);
   });
