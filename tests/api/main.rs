@@ -10,3 +10,4 @@ mod lifecycle;
 mod crash;
 mod grpcurl;
 mod server;
+mod record_contract;

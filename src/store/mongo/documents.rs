@@ -1,0 +1,363 @@
+//! The documents as MongoDB stores them, and their conversion to and from the record types.
+//!
+//! The layout is written down here rather than derived from the record types, so a change to
+//! a domain type's serde form can never silently change what is on disk:
+//!
+//! - every id is a string (`_id` and every cross-reference): a string compares equal in every
+//!   filter, on every server;
+//! - money is `{amount_minor: Int64, currency: "USD"}`, integer minor units, never a double;
+//! - times are Int64 milliseconds since the Unix epoch;
+//! - statuses and reasons are upper-case strings, as in the API (`ACTIVE`, `SOLD_OUT`).
+//!
+//! Integers are written as Int64 and read from Int32 or Int64 alike (serde widens), since
+//! some servers hand small Int64 values back as Int32.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    Currency, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, ProductId, Role,
+    SaleId, SaleRules, SaleStatus, UnixMillis, UserId,
+};
+use crate::store::{OrderRecord, ProductRecord, SaleRecord, StoreError, UserRecord};
+
+/// A stored value that no longer parses as its domain type: the record is corrupt.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {field} in stored {collection} document {id:?}: {reason}")]
+pub(super) struct CorruptDocument {
+    collection: &'static str,
+    id: String,
+    field: &'static str,
+    reason: String,
+}
+
+fn corrupt(collection: &'static str, id: &str, field: &'static str, reason: impl ToString) -> StoreError {
+    StoreError::Internal(Box::new(CorruptDocument {
+        collection,
+        id: id.to_owned(),
+        field,
+        reason: reason.to_string(),
+    }))
+}
+
+/// An amount of money.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct MoneyDoc {
+    amount_minor: i64,
+    currency: String,
+}
+
+impl MoneyDoc {
+    fn new(money: Money) -> Self {
+        Self { amount_minor: money.amount_minor, currency: money.currency.as_str().to_owned() }
+    }
+
+    fn parse(&self, collection: &'static str, id: &str) -> Result<Money, StoreError> {
+        let currency = Currency::parse(&self.currency).map_err(|e| corrupt(collection, id, "currency", e))?;
+        Ok(Money { amount_minor: self.amount_minor, currency })
+    }
+}
+
+/// `users`: one account; `email` is unique.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct UserDoc {
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+    pub(super) email: String,
+    display_name: String,
+    role: String,
+    password_hash: String,
+    created_at: i64,
+}
+
+impl From<&UserRecord> for UserDoc {
+    fn from(user: &UserRecord) -> Self {
+        Self {
+            id: user.id.as_str().to_owned(),
+            email: user.email.as_str().to_owned(),
+            display_name: user.display_name.as_str().to_owned(),
+            role: user.role.as_str().to_owned(),
+            password_hash: user.password_hash.clone(),
+            created_at: user.created_at.0,
+        }
+    }
+}
+
+impl TryFrom<UserDoc> for UserRecord {
+    type Error = StoreError;
+
+    fn try_from(doc: UserDoc) -> Result<Self, StoreError> {
+        let bad = |field, reason: crate::domain::FieldViolation| corrupt("users", &doc.id, field, reason);
+        Ok(UserRecord {
+            id: UserId::parse(&doc.id).map_err(|e| bad("_id", e))?,
+            email: Email::parse(&doc.email).map_err(|e| bad("email", e))?,
+            display_name: DisplayName::parse(&doc.display_name).map_err(|e| bad("display_name", e))?,
+            role: Role::parse(&doc.role).map_err(|e| bad("role", e))?,
+            password_hash: doc.password_hash,
+            created_at: UnixMillis(doc.created_at),
+        })
+    }
+}
+
+/// `products`: a product and the units not allocated to any sale.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct ProductDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    name: String,
+    description: String,
+    pub(super) inventory: i64,
+    created_at: i64,
+}
+
+impl From<&ProductRecord> for ProductDoc {
+    fn from(product: &ProductRecord) -> Self {
+        Self {
+            id: product.id.as_str().to_owned(),
+            name: product.name.clone(),
+            description: product.description.clone(),
+            inventory: product.inventory,
+            created_at: product.created_at.0,
+        }
+    }
+}
+
+impl TryFrom<ProductDoc> for ProductRecord {
+    type Error = StoreError;
+
+    fn try_from(doc: ProductDoc) -> Result<Self, StoreError> {
+        Ok(ProductRecord {
+            id: ProductId::parse(&doc.id).map_err(|e| corrupt("products", &doc.id, "_id", e))?,
+            name: doc.name,
+            description: doc.description,
+            inventory: doc.inventory,
+            created_at: UnixMillis(doc.created_at),
+        })
+    }
+}
+
+/// `sales`: a sale's rules (flat), its sold count and its lifecycle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct SaleDoc {
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+    product_id: String,
+    pub(super) allocated: i64,
+    per_user_limit: i64,
+    max_per_purchase: i64,
+    start_at: i64,
+    end_at: i64,
+    unit_price: MoneyDoc,
+    pub(super) sold: i64,
+    pub(super) status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    end_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ended_at: Option<i64>,
+    created_at: i64,
+}
+
+impl SaleDoc {
+    /// Whether the sale has ended (it takes no more orders).
+    pub(super) fn is_ended(&self) -> bool {
+        self.status == status_name(SaleStatus::Ended)
+    }
+}
+
+/// How a status is stored.
+pub(super) fn status_name(status: SaleStatus) -> &'static str {
+    match status {
+        SaleStatus::Scheduled => "SCHEDULED",
+        SaleStatus::Active => "ACTIVE",
+        SaleStatus::Ended => "ENDED",
+    }
+}
+
+fn parse_status(raw: &str) -> Option<SaleStatus> {
+    match raw {
+        "SCHEDULED" => Some(SaleStatus::Scheduled),
+        "ACTIVE" => Some(SaleStatus::Active),
+        "ENDED" => Some(SaleStatus::Ended),
+        _ => None,
+    }
+}
+
+/// How an end reason is stored.
+pub(super) fn reason_name(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::SoldOut => "SOLD_OUT",
+        EndReason::TimeUp => "TIME_UP",
+        EndReason::ByAdmin => "BY_ADMIN",
+    }
+}
+
+fn parse_reason(raw: &str) -> Option<EndReason> {
+    match raw {
+        "SOLD_OUT" => Some(EndReason::SoldOut),
+        "TIME_UP" => Some(EndReason::TimeUp),
+        "BY_ADMIN" => Some(EndReason::ByAdmin),
+        _ => None,
+    }
+}
+
+impl From<&SaleRecord> for SaleDoc {
+    fn from(sale: &SaleRecord) -> Self {
+        Self {
+            id: sale.id.as_str().to_owned(),
+            product_id: sale.product_id.as_str().to_owned(),
+            allocated: sale.rules.allocated,
+            per_user_limit: i64::from(sale.rules.per_user_limit),
+            max_per_purchase: i64::from(sale.rules.max_per_purchase),
+            start_at: sale.rules.start.0,
+            end_at: sale.rules.end.0,
+            unit_price: MoneyDoc::new(sale.rules.unit_price),
+            sold: sale.sold,
+            status: status_name(sale.status).to_owned(),
+            end_reason: sale.end_reason.map(|r| reason_name(r).to_owned()),
+            ended_at: sale.ended_at.map(|t| t.0),
+            created_at: sale.created_at.0,
+        }
+    }
+}
+
+impl TryFrom<SaleDoc> for SaleRecord {
+    type Error = StoreError;
+
+    fn try_from(doc: SaleDoc) -> Result<Self, StoreError> {
+        let id = &doc.id;
+        let count = |field, value: i64| u32::try_from(value).map_err(|e| corrupt("sales", id, field, e));
+        let end_reason = match &doc.end_reason {
+            None => None,
+            Some(raw) => Some(parse_reason(raw).ok_or_else(|| corrupt("sales", id, "end_reason", raw))?),
+        };
+        Ok(SaleRecord {
+            id: SaleId::parse(id).map_err(|e| corrupt("sales", id, "_id", e))?,
+            product_id: ProductId::parse(&doc.product_id).map_err(|e| corrupt("sales", id, "product_id", e))?,
+            rules: SaleRules {
+                allocated: doc.allocated,
+                per_user_limit: count("per_user_limit", doc.per_user_limit)?,
+                max_per_purchase: count("max_per_purchase", doc.max_per_purchase)?,
+                start: UnixMillis(doc.start_at),
+                end: UnixMillis(doc.end_at),
+                unit_price: doc.unit_price.parse("sales", id)?,
+            },
+            sold: doc.sold,
+            status: parse_status(&doc.status).ok_or_else(|| corrupt("sales", id, "status", &doc.status))?,
+            end_reason,
+            ended_at: doc.ended_at.map(UnixMillis),
+            created_at: UnixMillis(doc.created_at),
+        })
+    }
+}
+
+/// `orders`: one durable order; (buyer_id, sale_id, idempotency_key) is unique.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct OrderDoc {
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+    pub(super) sale_id: String,
+    pub(super) buyer_id: String,
+    buyer_name: String,
+    quantity: i64,
+    unit_price: MoneyDoc,
+    pub(super) idempotency_key: String,
+    created_at: i64,
+}
+
+impl From<&OrderRecord> for OrderDoc {
+    fn from(order: &OrderRecord) -> Self {
+        Self {
+            id: order.id.as_str().to_owned(),
+            sale_id: order.sale_id.as_str().to_owned(),
+            buyer_id: order.buyer_id.as_str().to_owned(),
+            buyer_name: order.buyer_name.clone(),
+            quantity: i64::from(order.quantity),
+            unit_price: MoneyDoc::new(order.unit_price),
+            idempotency_key: order.idempotency_key.as_str().to_owned(),
+            created_at: order.created_at.0,
+        }
+    }
+}
+
+impl TryFrom<OrderDoc> for OrderRecord {
+    type Error = StoreError;
+
+    fn try_from(doc: OrderDoc) -> Result<Self, StoreError> {
+        let id = &doc.id;
+        Ok(OrderRecord {
+            id: OrderId::parse(id).map_err(|e| corrupt("orders", id, "_id", e))?,
+            sale_id: SaleId::parse(&doc.sale_id).map_err(|e| corrupt("orders", id, "sale_id", e))?,
+            buyer_id: UserId::parse(&doc.buyer_id).map_err(|e| corrupt("orders", id, "buyer_id", e))?,
+            buyer_name: doc.buyer_name.clone(),
+            quantity: u32::try_from(doc.quantity).map_err(|e| corrupt("orders", id, "quantity", e))?,
+            unit_price: doc.unit_price.parse("orders", id)?,
+            idempotency_key: IdempotencyKey::parse(&doc.idempotency_key)
+                .map_err(|e| corrupt("orders", id, "idempotency_key", e))?,
+            created_at: UnixMillis(doc.created_at),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mongodb::bson::{self, doc, Bson};
+
+    use super::*;
+
+    fn sale() -> SaleRecord {
+        SaleRecord {
+            id: SaleId::generate(),
+            product_id: ProductId::generate(),
+            rules: SaleRules {
+                allocated: 10,
+                per_user_limit: 2,
+                max_per_purchase: 1,
+                start: UnixMillis(1_700_000_000_000),
+                end: UnixMillis(1_700_000_060_000),
+                unit_price: Money::parse(1999, "EUR").unwrap(),
+            },
+            sold: 3,
+            status: SaleStatus::Ended,
+            end_reason: Some(EndReason::SoldOut),
+            ended_at: Some(UnixMillis(1_700_000_001_000)),
+            created_at: UnixMillis(1_699_999_999_999),
+        }
+    }
+
+    #[test]
+    fn money_and_times_are_int64_and_ids_are_strings() {
+        let document = bson::to_document(&SaleDoc::from(&sale())).unwrap();
+        assert!(matches!(document.get("_id"), Some(Bson::String(_))));
+        assert!(matches!(document.get("product_id"), Some(Bson::String(_))));
+        assert!(matches!(document.get("start_at"), Some(Bson::Int64(1_700_000_000_000))));
+        assert!(matches!(document.get("sold"), Some(Bson::Int64(3))));
+        let price = document.get_document("unit_price").unwrap();
+        assert_eq!(price, &doc! { "amount_minor": 1999_i64, "currency": "EUR" });
+        assert_eq!(document.get_str("status").unwrap(), "ENDED");
+        assert_eq!(document.get_str("end_reason").unwrap(), "SOLD_OUT");
+    }
+
+    #[test]
+    fn small_int64_read_back_as_int32_decodes() {
+        let original = sale();
+        let mut document = bson::to_document(&SaleDoc::from(&original)).unwrap();
+        // What some servers return for small Int64 values.
+        for field in ["allocated", "per_user_limit", "max_per_purchase", "sold"] {
+            let value = document.get_i64(field).unwrap();
+            document.insert(field, Bson::Int32(value as i32));
+        }
+        document.insert("unit_price", doc! { "amount_minor": 1999_i32, "currency": "EUR" });
+        let back = SaleRecord::try_from(bson::from_document::<SaleDoc>(document).unwrap()).unwrap();
+        assert_eq!(back.rules, original.rules);
+        assert_eq!((back.sold, back.status, back.end_reason, back.ended_at), (3, SaleStatus::Ended, Some(EndReason::SoldOut), original.ended_at));
+    }
+
+    #[test]
+    fn a_corrupt_document_is_an_internal_error_naming_the_field() {
+        let mut doc = SaleDoc::from(&sale());
+        doc.status = "PAUSED".into();
+        match SaleRecord::try_from(doc) {
+            Err(StoreError::Internal(source)) => assert!(source.to_string().contains("status"), "{source}"),
+            other => panic!("expected Internal, got {other:?}"),
+        }
+    }
+}
