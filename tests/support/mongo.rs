@@ -21,6 +21,9 @@ use std::time::Duration;
 
 /// How long a launcher may take to listen (python start-up and imports).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// The replica set the server announces, as production's does (flashsale refuses a
+/// standalone server: it has no transactions).
+pub const REPLICA_SET: &str = "rs0";
 
 /// A running test server.
 pub struct MongoTestServer {
@@ -39,6 +42,15 @@ impl MongoTestServer {
     /// Starts a server on `port` (0: any free port); restarting on the port and file of a
     /// stopped server brings its data back.
     pub fn start_on(port: u16, db: Option<&Path>) -> Self {
+        Self::spawn(port, db, Some(REPLICA_SET))
+    }
+
+    /// Starts an in-memory server that announces no replica set, as a standalone mongod.
+    pub fn start_standalone() -> Self {
+        Self::spawn(0, None, None)
+    }
+
+    fn spawn(port: u16, db: Option<&Path>, replica_set: Option<&str>) -> Self {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
         let python = std::env::var_os("MONGO_TEST_PYTHON")
@@ -58,7 +70,19 @@ impl MongoTestServer {
         let db = db.map_or_else(|| "memory".to_owned(), |p| p.display().to_string());
         let mut child = Command::new(&python)
             .arg(&launcher)
-            .args(["--port", &port.to_string(), "--db", &db, "--exit-on-stdin-eof"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--db",
+                &db,
+                "--exit-on-stdin-eof",
+            ])
+            .args(
+                replica_set
+                    .map(|name| ["--replica-set", name])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -75,7 +99,10 @@ impl MongoTestServer {
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             for line in lines.by_ref().map_while(Result::ok) {
-                if let Some(port) = line.strip_prefix("LISTENING ").and_then(|p| p.trim().parse::<u16>().ok()) {
+                if let Some(port) = line
+                    .strip_prefix("LISTENING ")
+                    .and_then(|p| p.trim().parse::<u16>().ok())
+                {
                     let _ = ready.send(port);
                     break;
                 }
@@ -108,7 +135,7 @@ impl MongoTestServer {
     /// makes a transaction wait for its turn while holding a connection.
     pub fn uri(&self) -> String {
         format!(
-            "mongodb://127.0.0.1:{}/?directConnection=true&maxPoolSize=64&serverSelectionTimeoutMS=2000",
+            "mongodb://127.0.0.1:{}/?replicaSet={REPLICA_SET}&maxPoolSize=64&serverSelectionTimeoutMS=2000",
             self.port
         )
     }
