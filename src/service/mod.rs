@@ -144,7 +144,7 @@ impl App {
     /// configured admin, and starts the background tasks (stopped by `shutdown`).
     pub async fn open(settings: &Settings, clock: Arc<dyn Clock>, shutdown: CancellationToken) -> anyhow::Result<Arc<Self>> {
         let secret = crate::auth::load_or_create_secret(settings.jwt_secret.as_deref(), &settings.data_dir)?;
-        let records: Arc<dyn RecordStore> = Arc::new(RedbRecords::open(&settings.data_dir)?);
+        let records = open_records(settings).await?;
         let hot: Arc<dyn HotStore> = Arc::new(MemoryHot::default());
         let app = Arc::new(Self {
             committer: Committer::start(records.clone()),
@@ -182,5 +182,26 @@ impl App {
             tracing::info!(sale = %sale.id, sold = sale.sold, allocated = sale.rules.allocated, "sale restored");
         }
         Ok(())
+    }
+}
+
+/// The durable record: MongoDB when `MONGODB_URI` is set, else redb in the data directory.
+async fn open_records(settings: &Settings) -> anyhow::Result<Arc<dyn RecordStore>> {
+    match &settings.mongodb_uri {
+        Some(uri) => {
+            if settings.jwt_secret.is_none() {
+                tracing::warn!("MONGODB_URI without JWT_SECRET: each node signs with its own generated secret, so tokens from one node fail on another");
+            }
+            let records = crate::store::mongo::connect(uri, &settings.mongodb_database)
+                .await
+                .context("opening the MongoDB record (MONGODB_URI)")?;
+            tracing::info!(database = %settings.mongodb_database, "durable record: MongoDB");
+            Ok(Arc::new(records))
+        }
+        None => {
+            let records = RedbRecords::open(&settings.data_dir).context("opening the embedded record")?;
+            tracing::info!(data_dir = %settings.data_dir.display(), "durable record: embedded (redb)");
+            Ok(Arc::new(records))
+        }
     }
 }
