@@ -146,9 +146,33 @@ pub async fn run_rush(session: &Session, scenario: &Scenario, prepared: &Prepare
         key_prefix: format!("lg-{}", prepared.tag),
     };
     let progress = stats::progress_bar(scenario.attempts as u64, "purchasing");
-    let result = rush::run(session.pool.clone(), plan, epoch, &progress).await;
+    let cpu = CpuMeter::start(session.server_pid);
+    let mut result = rush::run(session.pool.clone(), plan, epoch, &progress).await;
     progress.finish_and_clear();
+    result.cpu = cpu.finish();
     result
+}
+
+/// CPU used by the server (when its pid is known) and by loadgen between two instants.
+struct CpuMeter {
+    server: Option<(u32, Duration)>,
+    ours: Option<Duration>,
+}
+
+impl CpuMeter {
+    fn start(server_pid: Option<u32>) -> Self {
+        Self {
+            server: server_pid.and_then(|pid| crate::target::cpu_time(pid).ok().map(|t| (pid, t))),
+            ours: crate::target::cpu_time(std::process::id()).ok(),
+        }
+    }
+
+    fn finish(self) -> rush::CpuUse {
+        rush::CpuUse {
+            server: self.server.and_then(|(pid, t0)| crate::target::cpu_time(pid).ok().map(|t| t.saturating_sub(t0))),
+            loadgen: self.ours.and_then(|t0| crate::target::cpu_time(std::process::id()).ok().map(|t| t.saturating_sub(t0))),
+        }
+    }
 }
 
 /// After the rush: the sale ended (EndSale when it did not sell out), read back and judged.
@@ -230,6 +254,16 @@ pub fn rush_figures(rush: &RushResult, figures: &mut Figures) {
     figures.add("elapsed_s", format!("{:.4}", rush.elapsed.as_secs_f64()));
     figures.add("purchases_per_sec", format!("{ack_rate:.1}"));
     figures.add("attempts_per_sec", format!("{attempt_rate:.1}"));
+    let cores = |cpu: Option<Duration>| cpu.map(|c| c.as_secs_f64() / rush.elapsed.as_secs_f64().max(1e-9));
+    if let (Some(server), Some(cores)) = (rush.cpu.server, cores(rush.cpu.server)) {
+        println!("cpu during the rush: server {:.2} s ({cores:.2} cores), {:.1} µs per attempt", server.as_secs_f64(), server.as_secs_f64() * 1e6 / attempts.max(1) as f64);
+        figures.add("server_cpu_cores", format!("{cores:.2}"));
+        figures.add("server_cpu_us_per_attempt", format!("{:.1}", server.as_secs_f64() * 1e6 / attempts.max(1) as f64));
+    }
+    if let (Some(ours), Some(cores)) = (rush.cpu.loadgen, cores(rush.cpu.loadgen)) {
+        println!("cpu during the rush: loadgen {:.2} s ({cores:.2} cores)", ours.as_secs_f64());
+        figures.add("loadgen_cpu_cores", format!("{cores:.2}"));
+    }
     acked.add_to(figures, "acked_latency");
     refused.add_to(figures, "refused_latency");
     all.add_to(figures, "latency");

@@ -167,6 +167,17 @@ pub struct RushResult {
     pub epoch: Instant,
     /// From the first attempt's start to the last answer.
     pub elapsed: Duration,
+    /// CPU used during the rush, where it could be read.
+    pub cpu: CpuUse,
+}
+
+/// CPU time used during a rush.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuUse {
+    /// By the server process (its pid must be known).
+    pub server: Option<Duration>,
+    /// By loadgen itself.
+    pub loadgen: Option<Duration>,
 }
 
 /// Runs the plan; `epoch` is the instant record offsets count from (shared with watchers).
@@ -200,7 +211,7 @@ pub async fn run(pool: Arc<Pool>, plan: RushPlan, epoch: Instant, progress: &Pro
     }
     let first = records.iter().map(|r| r.start).min().unwrap_or_default();
     let last = records.iter().map(|r| r.end).max().unwrap_or_default();
-    RushResult { records, epoch, elapsed: last.saturating_sub(first) }
+    RushResult { records, epoch, elapsed: last.saturating_sub(first), cpu: CpuUse::default() }
 }
 
 async fn attempt(pool: &Pool, plan: &RushPlan, j: usize, epoch: Instant) -> AttemptRecord {

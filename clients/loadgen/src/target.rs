@@ -222,6 +222,17 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// CPU time (user + system, every thread) process `pid` has used so far, from /proc/PID/stat.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).context("malformed stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).context("malformed stat");
+    // Fields 14 and 15 are at 11 and 12 after the state (field 3); USER_HZ is 100 on Linux.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,7 +246,10 @@ mod tests {
     }
 
     #[test]
-    fn reads_our_own_rss() {
+    fn reads_our_own_rss_and_cpu() {
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(50) {}
+        assert!(cpu_time(std::process::id()).unwrap() > Duration::ZERO);
     }
 }

@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn each_purchase_is_delivered_by_the_first_snapshot_that_covers_it() {
-        let rush = RushResult { records: vec![ack(10, 2), ack(20, 1), ack(30, 3)], epoch: Instant::now(), elapsed: Duration::from_millis(30) };
+        let rush = RushResult { records: vec![ack(10, 2), ack(20, 1), ack(30, 3)], epoch: Instant::now(), elapsed: Duration::from_millis(30), cpu: Default::default() };
         // Snapshots at 15 ms (sold 2), 50 ms (sold 6).
         let log = WatcherLog { points: vec![(0, Duration::ZERO), (2, Duration::from_millis(15)), (6, Duration::from_millis(50))], saw_end: true, error: None };
         let mut figures = Figures::default();
