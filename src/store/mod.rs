@@ -12,6 +12,7 @@
 //! [`embedded`] implements both in one process: the hot state in memory, the record in redb.
 
 pub mod embedded;
+pub mod redis;
 pub mod mongo;
 
 use async_trait::async_trait;

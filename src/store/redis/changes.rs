@@ -1,0 +1,162 @@
+//! Change notifications between nodes: every script that changes a sale publishes on the sale's
+//! channel; each node runs one subscriber that turns messages into local callbacks (its feeds
+//! then re-read the sale, coalesced as usual).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::SaleId;
+
+use super::{change_channel, open_sales_key, redact};
+
+/// Pause after a failed subscription, doubling up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long connecting and subscribing may take.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often an idle subscription checks that the server is still there (a silently dropped
+/// connection would otherwise never deliver another message nor close).
+const PING_EVERY: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Subscribes to the change channels of every sale under `key_prefix` at `uri` and calls
+/// `on_change(sale)` for each message, until `shutdown`. After connecting, and again after every
+/// reconnection (a restarted Redis, a dropped connection), it also reports every open sale as
+/// changed, since messages published while it was not subscribed are lost. `on_change` runs on
+/// the listener's task: it should only mark the sale dirty (as `FeedHub::touch` does), never
+/// block.
+pub fn spawn_change_listener(
+    uri: &str,
+    key_prefix: &str,
+    on_change: Arc<dyn Fn(SaleId) + Send + Sync>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let uri = uri.to_owned();
+    let listener = Listener { prefix: key_prefix.to_owned(), on_change };
+    tokio::spawn(async move {
+        let client = match ::redis::Client::open(uri.as_str()) {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(uri = %redact(&uri), error = %error, "invalid Redis URI; no change notifications");
+                return;
+            }
+        };
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            match listener.listen(&client, &shutdown, &mut backoff).await {
+                Ok(()) => return,
+                Err(error) => tracing::warn!(
+                    uri = %redact(&uri), error = format!("{error:#}"),
+                    "Redis change notifications interrupted; resubscribing"
+                ),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    })
+}
+
+struct Listener {
+    prefix: String,
+    on_change: Arc<dyn Fn(SaleId) + Send + Sync>,
+}
+
+impl Listener {
+    /// One subscription, until shutdown (`Ok`) or until the connection fails (`Err`). Resets
+    /// `backoff` once subscribed.
+    async fn listen(
+        &self,
+        client: &::redis::Client,
+        shutdown: &CancellationToken,
+        backoff: &mut Duration,
+    ) -> anyhow::Result<()> {
+        let subscribe = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.psubscribe(self.pattern()).await?;
+            Ok::<_, ::redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            subscribed = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe) => subscribed??,
+        };
+        *backoff = MIN_BACKOFF;
+        if let Err(error) = self.report_open_sales(client).await {
+            tracing::warn!(error = %error, "could not list open sales after subscribing");
+        }
+        let (mut sink, mut messages) = pubsub.split();
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.reset();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                message = messages.next() => match message {
+                    Some(message) => {
+                        if let Some(sale) = self.sale_of(message.get_channel_name()) {
+                            (self.on_change)(sale);
+                        }
+                    }
+                    None => anyhow::bail!("the subscription connection closed"),
+                },
+                _ = ping.tick() => {
+                    tokio::time::timeout(PING_TIMEOUT, sink.ping::<::redis::Value>()).await??;
+                }
+            }
+        }
+    }
+
+    /// Calls `on_change` for every listed open sale.
+    async fn report_open_sales(&self, client: &::redis::Client) -> anyhow::Result<()> {
+        let read = async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            ::redis::cmd("SMEMBERS").arg(open_sales_key(&self.prefix)).query_async::<Vec<String>>(&mut conn).await
+        };
+        let listed = tokio::time::timeout(SUBSCRIBE_TIMEOUT, read).await??;
+        for sale in listed.iter().filter_map(|raw| SaleId::parse(raw).ok()) {
+            (self.on_change)(sale);
+        }
+        Ok(())
+    }
+
+    /// The glob matching every sale's channel under this prefix (the prefix's glob characters
+    /// escaped).
+    fn pattern(&self) -> String {
+        let mut pattern = String::new();
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push_str("{sale:*}:changes");
+        pattern
+    }
+
+    /// The sale a channel belongs to, if it is one of ours.
+    fn sale_of(&self, channel: &str) -> Option<SaleId> {
+        let id = channel.strip_prefix(self.prefix.as_str())?.strip_prefix("{sale:")?.strip_suffix("}:changes")?;
+        let sale = SaleId::parse(id).ok()?;
+        (change_channel(&self.prefix, &sale) == channel).then_some(sale)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_map_back_to_their_sale() {
+        let listener = Listener { prefix: "fs*:".into(), on_change: Arc::new(|_| {}) };
+        let sale = SaleId::parse("abc-1").unwrap();
+        assert_eq!(listener.sale_of(&change_channel("fs*:", &sale)), Some(sale));
+        assert_eq!(listener.sale_of("other:{sale:abc-1}:changes"), None);
+        assert_eq!(listener.sale_of("fs*:{sale:a b}:changes"), None);
+        assert_eq!(listener.pattern(), "fs\\*:{sale:*}:changes");
+    }
+}
