@@ -11,3 +11,4 @@ mod crash;
 mod grpcurl;
 mod server;
 mod record_contract;
+mod hot_contract;
