@@ -4,11 +4,13 @@
 //!   background tasks (group committer, lifecycle scheduler).
 //! - `purchase.rs`: the purchase flow (reserve -> group commit -> confirm or release).
 //! - `admin.rs`: products, stock and the sale lifecycle; `users.rs`: accounts and tokens.
-//! - `committer.rs`: group commit; `scheduler.rs`: time-driven transitions.
+//! - `committer.rs`: group commit; `scheduler.rs`: time-driven transitions;
+//!   `reconcile.rs`: brings a shared (Redis) hot state back in line with the record.
 
 mod admin;
 mod committer;
 mod purchase;
+mod reconcile;
 mod scheduler;
 mod users;
 
@@ -145,7 +147,7 @@ impl App {
     pub async fn open(settings: &Settings, clock: Arc<dyn Clock>, shutdown: CancellationToken) -> anyhow::Result<Arc<Self>> {
         let secret = crate::auth::load_or_create_secret(settings.jwt_secret.as_deref(), &settings.data_dir)?;
         let records = open_records(settings).await?;
-        let hot: Arc<dyn HotStore> = Arc::new(MemoryHot::default());
+        let hot = open_hot(settings).await?;
         let app = Arc::new(Self {
             committer: Committer::start(records.clone()),
             feeds: FeedHub::new(hot.clone(), settings.feed_interval, shutdown.clone()),
@@ -160,6 +162,18 @@ impl App {
         app.recover().await.context("rebuilding hot state from the record")?;
         if let Some((email, password)) = &settings.admin {
             app.ensure_admin(email, password).await.context("creating the configured admin")?;
+        }
+        if let Some(uri) = &settings.redis_uri {
+            // Purchases on other nodes reach this node's watchers through Redis pub/sub.
+            let node = Arc::downgrade(&app);
+            let on_change = Arc::new(move |sale: crate::domain::SaleId| {
+                if let Some(app) = node.upgrade() {
+                    app.feeds.touch(&sale);
+                }
+            });
+            crate::store::redis::spawn_change_listener(uri, &settings.redis_key_prefix, on_change, app.shutdown.clone());
+            app.reconcile().await.context("reconciling Redis with the record")?;
+            tokio::spawn(reconcile::run(app.clone()));
         }
         tokio::spawn(scheduler::run(app.clone()));
         Ok(app)
@@ -203,5 +217,19 @@ async fn open_records(settings: &Settings) -> anyhow::Result<Arc<dyn RecordStore
             tracing::info!(data_dir = %settings.data_dir.display(), "durable record: embedded (redb)");
             Ok(Arc::new(records))
         }
+    }
+}
+
+/// The hot path: Redis when `REDIS_URI` is set, else in process.
+async fn open_hot(settings: &Settings) -> anyhow::Result<Arc<dyn HotStore>> {
+    match &settings.redis_uri {
+        Some(uri) => {
+            let hot = crate::store::redis::connect(uri, &settings.redis_key_prefix)
+                .await
+                .context("opening the Redis hot store (REDIS_URI)")?;
+            tracing::info!(prefix = %settings.redis_key_prefix, "hot path: Redis");
+            Ok(Arc::new(hot))
+        }
+        None => Ok(Arc::new(MemoryHot::default())),
     }
 }

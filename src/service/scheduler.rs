@@ -8,6 +8,9 @@ use crate::domain::{EndReason, Transition, UnixMillis};
 
 use super::App;
 
+/// Longest wait before the scheduler re-reads the open sales (real time).
+const RESCAN: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(super) async fn run(app: Arc<App>) {
     loop {
         let now = app.clock.now();
@@ -41,6 +44,8 @@ pub(super) async fn run(app: Arc<App>) {
             _ = app.shutdown.cancelled() => return,
             _ = app.schedule_changed.notified() => {}
             _ = sleep => {}
+            // Sales created on other nodes (shared hot store) wake nobody here: look again.
+            _ = tokio::time::sleep(RESCAN) => {}
         }
     }
 }

@@ -10,6 +10,8 @@
 //!   believes.
 //!
 //! [`embedded`] implements both in one process: the hot state in memory, the record in redb.
+//! [`redis`] (one Lua script per operation, keys hash-tagged per sale) and [`mongo`]
+//! (multi-document transactions) are the production backends shared by many nodes.
 
 pub mod embedded;
 pub mod redis;
@@ -296,6 +298,12 @@ pub trait HotStore: Send + Sync + 'static {
     async fn view(&self, sale: &SaleId) -> Result<Option<SaleView>, HotError>;
     /// Every loaded sale that is not ended: (id, rules, status), for the scheduler.
     async fn open_sales(&self) -> Result<Vec<(SaleId, SaleRules, SaleStatus)>, HotError>;
+    /// Reservations of a sale not yet confirmed or released, oldest first (reconciliation:
+    /// one whose node died is either in the record, and is confirmed, or is released).
+    async fn in_flight(&self, sale: &SaleId) -> Result<Vec<OrderRecord>, HotError>;
+    /// Drops a sale's hot state; its next use rebuilds it from the record. Reconciliation
+    /// uses it when the hot state drifted from the record (e.g. Redis restored an old file).
+    async fn forget_sale(&self, sale: &SaleId) -> Result<(), HotError>;
 }
 
 /// Rebuilds a leaderboard and per-buyer units from durable orders (oldest first).

@@ -154,11 +154,24 @@ impl HotStore for MemoryHot {
         let confirmed = {
             let mut state = sale.lock();
             let key = (order.buyer_id.clone(), order.idempotency_key.clone());
-            if let Some(entry) = state.keys.get_mut(&key) {
-                entry.durable = true;
-            }
             let units = i64::from(order.quantity);
-            state.in_flight -= units;
+            match state.keys.get_mut(&key) {
+                // Confirming twice changes nothing.
+                Some(entry) if entry.order.id == order.id && entry.durable => {
+                    return Ok(Confirmed { sold_out: state.sold >= state.rules.allocated });
+                }
+                Some(entry) if entry.order.id == order.id => {
+                    entry.durable = true;
+                    state.in_flight -= units;
+                }
+                // Released (its commit looked failed) but durable after all: take the units
+                // again and credit the buyer.
+                _ => {
+                    state.keys.insert(key, KeyEntry { order: order.clone(), durable: true });
+                    state.remaining -= units;
+                    *state.buyers.entry(order.buyer_id.clone()).or_insert(0) += order.quantity;
+                }
+            }
             state.sold += units;
             let name: Arc<str> = order.buyer_name.as_str().into();
             state.board.record(&order.buyer_id, &name, units, order.created_at);
@@ -235,6 +248,19 @@ impl HotStore for MemoryHot {
             leaderboard: state.board.top(LEADERBOARD_MAX),
             total_buyers: state.board.len() as u64,
         }))
+    }
+
+    async fn in_flight(&self, sale: &SaleId) -> Result<Vec<OrderRecord>, HotError> {
+        let Some(hot) = self.sale(sale) else { return Ok(Vec::new()) };
+        let state = hot.lock();
+        let mut orders: Vec<_> = state.keys.values().filter(|e| !e.durable).map(|e| e.order.clone()).collect();
+        orders.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(orders)
+    }
+
+    async fn forget_sale(&self, sale: &SaleId) -> Result<(), HotError> {
+        self.sales.write().unwrap_or_else(|e| e.into_inner()).remove(sale);
+        Ok(())
     }
 
     async fn open_sales(&self) -> Result<Vec<(SaleId, SaleRules, SaleStatus)>, HotError> {

@@ -745,6 +745,23 @@ impl HotStore for RedisHot {
         }))
     }
 
+    async fn in_flight(&self, sale: &SaleId) -> Result<Vec<OrderRecord>, HotError> {
+        let mut orders = self.pending_orders(sale).await?;
+        orders.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(orders)
+    }
+
+    async fn forget_sale(&self, sale: &SaleId) -> Result<(), HotError> {
+        let keys = self.keys(sale);
+        // Two slots (the sale's and the open-sales set): a plain pipeline, not a transaction.
+        ::redis::pipe()
+            .del(&keys.keys[..])
+            .srem(open_sales_key(&self.prefix), sale.as_str())
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
     async fn open_sales(&self) -> Result<Vec<(SaleId, SaleRules, SaleStatus)>, HotError> {
         let listed: Vec<String> = ::redis::cmd("SMEMBERS")
             .arg(open_sales_key(&self.prefix))

@@ -1,0 +1,100 @@
+//! Reconciliation of a shared hot state (Redis) with the record, at start-up and every few
+//! seconds on every node. The record is the truth:
+//!
+//! - a reservation in flight for longer than any commit takes belonged to a node that died or
+//!   lost its answer: if its order is in the record it is confirmed, otherwise released (its
+//!   units go back to stock, its key is freed) — never lost, never sold twice;
+//! - a sale whose hot counters or status disagree with the record, with nothing in flight, is
+//!   dropped from the hot state and rebuilt from the record (e.g. Redis restarted from an old
+//!   append-only file, or lost its keys);
+//! - a sale the hot state ended but the record did not (a node died in between) is ended.
+//!
+//! Concurrent reconciliations on several nodes are safe: confirm and release are idempotent,
+//! and a rebuild reads only the record.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::domain::{SaleStatus, UnixMillis};
+use crate::store::SaleRecord;
+
+use super::{App, ServiceError};
+
+/// A reservation older than this (on the service clock) is assumed orphaned.
+const STALE_AFTER_MS: i64 = 30_000;
+/// How often each node reconciles.
+const EVERY: Duration = Duration::from_secs(10);
+
+pub(super) async fn run(app: Arc<App>) {
+    let mut tick = tokio::time::interval(EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = app.reconcile().await {
+            tracing::warn!(error = ?error, "reconciliation failed; retrying later");
+        }
+    }
+}
+
+impl App {
+    /// Reconciles every open sale of the record with the hot state.
+    pub(super) async fn reconcile(&self) -> Result<(), ServiceError> {
+        let now = self.clock.now();
+        for sale in self.records.open_sales().await? {
+            if let Err(error) = self.reconcile_sale(&sale, now).await {
+                tracing::warn!(sale = %sale.id, error = ?error, "could not reconcile the sale");
+            }
+        }
+        Ok(())
+    }
+
+    async fn reconcile_sale(&self, sale: &SaleRecord, now: UnixMillis) -> Result<(), ServiceError> {
+        if !self.hot.has_sale(&sale.id).await? {
+            tracing::warn!(sale = %sale.id, "hot state missing (lost by the hot store): rebuilding from the record");
+            self.load_sale(&sale.id).await?;
+            self.feeds.touch(&sale.id);
+            return Ok(());
+        }
+        let in_flight = self.hot.in_flight(&sale.id).await?;
+        let mut settled = 0;
+        for order in in_flight.iter().filter(|o| o.created_at.0 <= now.0 - STALE_AFTER_MS) {
+            let stored = self.records.order_by_key(&order.buyer_id, &order.sale_id, &order.idempotency_key).await?;
+            if stored.is_some_and(|stored| stored.id == order.id) {
+                tracing::warn!(sale = %sale.id, order = %order.id, "orphaned reservation is durable: confirming it");
+                self.hot.confirm(order).await?;
+            } else {
+                tracing::warn!(sale = %sale.id, order = %order.id, "orphaned reservation was never durable: releasing it");
+                self.hot.release(order).await?;
+            }
+            settled += 1;
+        }
+        if settled > 0 {
+            self.feeds.touch(&sale.id);
+        }
+        if settled < in_flight.len() {
+            // Live purchases are under way: counters legitimately differ until they settle.
+            return Ok(());
+        }
+        let Some(view) = self.hot.view(&sale.id).await? else { return Ok(()) };
+        let record = self.records.get_sale(&sale.id).await?.ok_or(ServiceError::SaleNotFound)?;
+        if view.status == SaleStatus::Ended && record.status != SaleStatus::Ended {
+            let reason = view.end_reason.unwrap_or(crate::domain::EndReason::TimeUp);
+            tracing::warn!(sale = %sale.id, ?reason, "sale ended in the hot state only: ending it in the record");
+            return self.end_sale_now(&sale.id, reason).await;
+        }
+        if view.sold != record.sold || view.status != record.status {
+            tracing::warn!(
+                sale = %sale.id, hot_sold = view.sold, record_sold = record.sold,
+                hot_status = ?view.status, record_status = ?record.status,
+                "hot state drifted from the record: rebuilding it"
+            );
+            self.hot.forget_sale(&sale.id).await?;
+            self.load_sale(&sale.id).await?;
+            self.feeds.touch(&sale.id);
+        }
+        Ok(())
+    }
+}
