@@ -83,6 +83,24 @@ fn init_logs() {
     });
 }
 
+/// True when `FLASHSALE_TEST_BACKEND=production`: every `spawn_app` then runs on Redis and the
+/// MongoDB test server instead of the embedded backend, so the same API suite covers both
+/// (`scripts/test` runs it both ways).
+pub fn production_backends() -> bool {
+    std::env::var("FLASHSALE_TEST_BACKEND").is_ok_and(|b| b == "production")
+}
+
+/// Points `settings` at the process's shared redis-server and MongoDB test server, with a key
+/// prefix and a database no other app uses.
+pub fn use_shared_production_backends(settings: &mut Settings) {
+    let redis = tokio::task::block_in_place(crate::redis_support::shared_redis);
+    let mongo = tokio::task::block_in_place(crate::mongo_support::shared);
+    settings.redis_uri = Some(redis.uri());
+    settings.redis_key_prefix = crate::redis_support::fresh_prefix();
+    settings.mongodb_uri = Some(mongo.uri());
+    settings.mongodb_database = crate::mongo_support::fresh_database("app");
+}
+
 /// The server with default test options (system clock, no rate limits).
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(AppOptions::default()).await
@@ -97,6 +115,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let mut settings = options.settings;
     settings.data_dir = data_dir.path().to_path_buf();
     settings.jwt_secret = Some(SECRET.to_owned());
+    if production_backends() && settings.redis_uri.is_none() && settings.mongodb_uri.is_none() {
+        use_shared_production_backends(&mut settings);
+    }
 
     let manual = options.manual_clock.map(|start| Arc::new(ManualClock::new(start)));
     let clock: Arc<dyn Clock> = match &manual {

@@ -4,8 +4,7 @@
 //! MongoDB-only tests: concurrent order batches under write conflicts, the stored document
 //! types, connection errors, and a server that goes away and comes back.
 
-#[path = "../support/mongo.rs"]
-pub mod mongo_support;
+use crate::mongo_support;
 
 use std::collections::HashSet;
 use std::sync::Arc;
