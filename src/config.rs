@@ -108,6 +108,13 @@ pub struct BackendArgs {
     /// MongoDB database name.
     #[arg(long, env = "MONGODB_DATABASE", default_value = "flashsale")]
     pub mongodb_database: String,
+    /// With Redis: how often each node reconciles the hot state with the record, in ms.
+    #[arg(long, env = "RECONCILE_INTERVAL_MS", default_value_t = 10_000)]
+    pub reconcile_interval_ms: u64,
+    /// With Redis: a reservation in flight for longer than this (ms) belonged to a dead node
+    /// and is settled by reconciliation. Must exceed the slowest commit.
+    #[arg(long, env = "ORPHAN_AFTER_MS", default_value_t = 30_000)]
+    pub orphan_after_ms: u64,
 }
 
 /// Options of `flashsale token`.
@@ -160,6 +167,10 @@ pub struct Settings {
     pub mongodb_uri: Option<String>,
     /// MongoDB database name.
     pub mongodb_database: String,
+    /// How often reconciliation runs (shared hot store only).
+    pub reconcile_interval: Duration,
+    /// Age after which an in-flight reservation is considered orphaned.
+    pub orphan_after: Duration,
 }
 
 impl Default for Settings {
@@ -179,6 +190,8 @@ impl Default for Settings {
             redis_key_prefix: "flashsale:".into(),
             mongodb_uri: None,
             mongodb_database: "flashsale".into(),
+            reconcile_interval: Duration::from_secs(10),
+            orphan_after: Duration::from_secs(30),
         }
     }
 }
@@ -200,6 +213,8 @@ impl From<SettingsArgs> for Settings {
             redis_key_prefix: args.backends.redis_key_prefix,
             mongodb_uri: args.backends.mongodb_uri,
             mongodb_database: args.backends.mongodb_database,
+            reconcile_interval: Duration::from_millis(args.backends.reconcile_interval_ms.max(100)),
+            orphan_after: Duration::from_millis(args.backends.orphan_after_ms),
         }
     }
 }

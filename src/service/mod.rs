@@ -136,6 +136,8 @@ pub struct App {
     clock: Arc<dyn Clock>,
     keys: JwtKeys,
     token_ttl: Duration,
+    /// Age after which reconciliation settles an in-flight reservation.
+    orphan_after: Duration,
     /// Wakes the scheduler when a sale's deadlines change.
     schedule_changed: Notify,
     shutdown: CancellationToken,
@@ -156,6 +158,7 @@ impl App {
             clock,
             keys: JwtKeys::new(&secret),
             token_ttl: settings.token_ttl,
+            orphan_after: settings.orphan_after,
             schedule_changed: Notify::new(),
             shutdown,
         });
@@ -173,7 +176,7 @@ impl App {
             });
             crate::store::redis::spawn_change_listener(uri, &settings.redis_key_prefix, on_change, app.shutdown.clone());
             app.reconcile().await.context("reconciling Redis with the record")?;
-            tokio::spawn(reconcile::run(app.clone()));
+            tokio::spawn(reconcile::run(app.clone(), settings.reconcile_interval));
         }
         tokio::spawn(scheduler::run(app.clone()));
         Ok(app)

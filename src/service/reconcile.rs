@@ -20,13 +20,8 @@ use crate::store::SaleRecord;
 
 use super::{App, ServiceError};
 
-/// A reservation older than this (on the service clock) is assumed orphaned.
-const STALE_AFTER_MS: i64 = 30_000;
-/// How often each node reconciles.
-const EVERY: Duration = Duration::from_secs(10);
-
-pub(super) async fn run(app: Arc<App>) {
-    let mut tick = tokio::time::interval(EVERY);
+pub(super) async fn run(app: Arc<App>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tokio::select! {
@@ -60,7 +55,8 @@ impl App {
         }
         let in_flight = self.hot.in_flight(&sale.id).await?;
         let mut settled = 0;
-        for order in in_flight.iter().filter(|o| o.created_at.0 <= now.0 - STALE_AFTER_MS) {
+        let orphan_before = now.0 - self.orphan_after.as_millis() as i64;
+        for order in in_flight.iter().filter(|o| o.created_at.0 <= orphan_before) {
             let stored = self.records.order_by_key(&order.buyer_id, &order.sale_id, &order.idempotency_key).await?;
             if stored.is_some_and(|stored| stored.id == order.id) {
                 tracing::warn!(sale = %sale.id, order = %order.id, "orphaned reservation is durable: confirming it");
