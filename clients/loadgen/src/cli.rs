@@ -146,8 +146,9 @@ pub struct WatchArgs {
     /// Concurrent WatchSale streams on the sale.
     #[arg(long, default_value_t = 1000)]
     pub watchers: usize,
-    /// WatchSale streams per HTTP/2 connection.
-    #[arg(long, default_value_t = 250)]
+    /// WatchSale streams per HTTP/2 connection, as a proxy in front of the server (Envoy)
+    /// multiplexes its browsers' streams.
+    #[arg(long, default_value_t = 1000)]
     pub streams_per_connection: usize,
     /// Units allocated to the sale (quantity 1 each).
     #[arg(long, default_value_t = 1000)]

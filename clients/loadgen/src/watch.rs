@@ -113,7 +113,16 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<Report> {
     } else {
         println!("server memory: unknown (pass --server-pid, or use --spawn-server)");
     }
-    delivery_figures(&rush, &logs, args.samples_per_watcher, finished.sale.sold, &mut figures);
+    let snapshots = delivery_figures(&rush, &logs, args.samples_per_watcher, finished.sale.sold, &mut figures);
+    // Everything the server and loadgen did during the rush, divided by the snapshots delivered:
+    // with thousands of watchers the fan-out dominates both.
+    for (name, cpu) in [("server", rush.cpu.server), ("loadgen", rush.cpu.loadgen)] {
+        if let Some(cpu) = cpu.filter(|_| snapshots > 0) {
+            let us = cpu.as_secs_f64() * 1e6 / snapshots as f64;
+            println!("{name} cpu per delivered snapshot (purchases included): {us:.1} µs");
+            figures.add(format!("{name}_cpu_us_per_snapshot"), format!("{us:.1}"));
+        }
+    }
     rehearse::verdict_figures(&finished, &mut figures);
     let ended_ok = logs.iter().filter(|l| l.saw_end && l.points.last().is_some_and(|&(sold, _)| sold == finished.sale.sold)).count();
     println!("watchers that saw the final ENDED snapshot with sold {}: {ended_ok} of {n}", finished.sale.sold);
@@ -168,8 +177,9 @@ async fn watcher(pool: Arc<Pool>, sale_id: String, epoch: Instant, ready: mpsc::
     log
 }
 
-/// Purchase→delivery latency over every watcher (see the module doc), printed and recorded.
-pub fn delivery_figures(rush: &RushResult, logs: &[WatcherLog], samples_per_watcher: usize, sold: i64, figures: &mut Figures) {
+/// Purchase→delivery latency over every watcher (see the module doc), printed and recorded;
+/// returns the number of snapshots the watchers received after their first.
+pub fn delivery_figures(rush: &RushResult, logs: &[WatcherLog], samples_per_watcher: usize, sold: i64, figures: &mut Figures) -> usize {
     let mut acks: Vec<(Duration, i64)> = rush
         .records
         .iter()
@@ -195,7 +205,7 @@ pub fn delivery_figures(rush: &RushResult, logs: &[WatcherLog], samples_per_watc
     let mut undelivered = 0u64;
     let mut snapshots = 0usize;
     for log in logs {
-        snapshots += log.points.len();
+        snapshots += log.points.len().saturating_sub(1);
         let mut next = 0usize;
         for &(acked_at, needed) in cumulative.iter().step_by(stride) {
             while next < log.points.len() && log.points[next].0 < needed {
@@ -209,10 +219,11 @@ pub fn delivery_figures(rush: &RushResult, logs: &[WatcherLog], samples_per_watc
     }
     let latency = Percentiles::of(&latency);
     println!("purchase→watcher delivery: {} ({undelivered} never delivered)", latency.line());
-    println!("snapshots received: {snapshots} over {} watchers", logs.len());
+    println!("snapshots received after the first: {snapshots} over {} watchers", logs.len());
     latency.add_to(figures, "delivery");
     figures.add("delivery_undelivered", undelivered);
     figures.add("snapshots_received", snapshots);
+    snapshots
 }
 
 #[cfg(test)]
