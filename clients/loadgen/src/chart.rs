@@ -57,9 +57,15 @@ pub fn write(path: &Path, data: &ChartData<'_>) -> anyhow::Result<()> {
         .configure_mesh()
         .x_desc("seconds since the rush started")
         .y_desc("remaining units")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(plot_error)?;
-    chart.configure_secondary_axes().y_desc("acknowledged purchases/s").draw().map_err(plot_error)?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("acknowledged purchases/s")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()
+        .map_err(plot_error)?;
 
     // The feed is a step function: hold each value until the next snapshot.
     let mut steps = Vec::with_capacity(data.remaining.len() * 2);
