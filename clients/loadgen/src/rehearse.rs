@@ -197,6 +197,9 @@ pub async fn finish(session: &Session, scenario: &Scenario, prepared: &Prepared,
         Ok(log) => log.context("the feed task panicked")?,
         Err(_) => FeedLog { error: Some("no ENDED snapshot within 30 s of the end".into()), ..FeedLog::default() },
     };
+    if let Some(error) = &feed.error {
+        println!("the WatchSale stream stopped early: {error}");
+    }
     let sale = setup::get_sale(session, sale_id).await?;
     let listed = setup::list_orders(session, &prepared.buyers, sale_id, scenario.concurrency.clamp(1, 256)).await?;
     let final_snapshot = feed.last.as_ref().filter(|s| s.status() == pb::SaleStatus::Ended);
