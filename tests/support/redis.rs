@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-/// A `redis-server` on a loopback port with a temporary directory and no persistence. It runs
+/// A `redis-server` on a loopback port with a temporary directory and no persistence (or an
+/// append-only file, from [`RedisServer::start_aof`]). It runs
 /// under `sh`, which kills it when its stdin closes: on [`RedisServer::stop`], or when the test
 /// process exits, however it exits.
 pub struct RedisServer {
@@ -28,6 +29,24 @@ impl RedisServer {
 
     /// A server on `port`, working in `dir`; waits until it answers PING.
     pub fn start_on(port: u16, dir: Arc<tempfile::TempDir>) -> Self {
+        Self::start_on_with(port, dir, &[])
+    }
+
+    /// A server on a free port with an append-only file synced at every write, so a restart on
+    /// the same port and directory ([`RedisServer::start_aof_on`]) brings every key back.
+    pub fn start_aof() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().unwrap().port();
+        Self::start_aof_on(port, Arc::new(tempfile::tempdir().expect("temp dir")))
+    }
+
+    /// [`RedisServer::start_aof`] on `port` and `dir` (a restart loads the append-only file).
+    pub fn start_aof_on(port: u16, dir: Arc<tempfile::TempDir>) -> Self {
+        Self::start_on_with(port, dir, &["--appendonly", "yes", "--appendfsync", "always"])
+    }
+
+    /// A server on `port`, working in `dir`, with `extra` options after the defaults (a later
+    /// option overrides an earlier one); waits until it answers PING.
+    pub fn start_on_with(port: u16, dir: Arc<tempfile::TempDir>, extra: &[&str]) -> Self {
         let log = dir.path().join("redis.log");
         let shell = Command::new("sh")
             .arg("-c")
@@ -38,6 +57,7 @@ impl RedisServer {
             .arg(dir.path())
             .arg("--logfile")
             .arg(&log)
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
