@@ -2,10 +2,9 @@
 //! directory: every acknowledged order is still there, once, and the sale carries on.
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
-use std::net::SocketAddr;
+use std::ffi::OsString;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,10 +15,9 @@ use flashsale::pb;
 use flashsale::pb::admin_service_client::AdminServiceClient;
 use flashsale::pb::purchase_service_client::PurchaseServiceClient;
 use futures::StreamExt;
-use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::helpers::{authed, reason, timestamp};
+use crate::helpers::{authed, clean_env, reason, timestamp, BinaryServer};
 
 const SECRET: &str = "crash-test-secret-that-is-long-enough-for-hs256";
 const ALLOCATED: i64 = 3_000;
@@ -29,86 +27,15 @@ const BUYERS: usize = 600;
 const KILL_AFTER: usize = 500;
 const RUSH_WORKERS: usize = 32;
 
-/// The `flashsale` binary serving on free ports; killed (SIGKILL) when dropped, so a failing
-/// test never leaves it behind.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ServerProcess {
-    /// Starts `flashsale serve` on `data_dir` and waits for its "listening" line.
-    fn start(data_dir: &Path) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale"));
-        command
-            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--data-dir"])
-            .arg(data_dir)
-            .args(["--jwt-secret", SECRET, "--buyer-purchases-per-sec", "0", "--ip-purchases-per-sec", "0"]);
-        clean_env(&mut command);
-        command.stdin(Stdio::null()).stdout(Stdio::piped());
-        command.stderr(if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() });
-        let mut child = command.spawn().expect("start flashsale");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut server = ServerProcess { child, addr: "0.0.0.0:0".parse().unwrap() };
-
-        // A thread reads stdout to its end, so the server never blocks on a full pipe.
-        let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines_tx.send(line).is_err() {
-                    // Nobody listens any more; keep draining.
-                }
-            }
-        });
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = lines_rx
-                .recv_timeout(left)
-                .expect("flashsale should print its listening line (set TEST_LOG to see its log)");
-            if let Some(rest) = line.strip_prefix("flashsale listening ") {
-                let grpc = rest
-                    .split_whitespace()
-                    .find_map(|part| part.strip_prefix("grpc="))
-                    .unwrap_or_else(|| panic!("no grpc= in {line:?}"));
-                assert!(rest.contains("metrics="), "no metrics= in {line:?}");
-                server.addr = grpc.parse().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-                return server;
-            }
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to flashsale")
-    }
-
-    /// SIGKILL: no shutdown, no flush, nothing.
-    fn kill(&mut self) {
-        self.child.kill().expect("kill -9 flashsale");
-        self.child.wait().expect("reap flashsale");
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Keeps the test's environment (backends, ports, secrets) from reaching the server.
-fn clean_env(command: &mut Command) {
-    command.env_clear();
-    for keep in ["PATH", "RUST_LOG", "RUST_BACKTRACE"] {
-        if let Some(value) = std::env::var_os(keep) {
-            command.env(keep, value);
-        }
-    }
+/// `flashsale serve` on `data_dir` (embedded backend) and free ports, once it prints that it
+/// listens; killed (SIGKILL) when dropped, so a failing test never leaves it behind.
+fn start_server(data_dir: &Path) -> BinaryServer {
+    let mut args: Vec<OsString> = ["serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--data-dir"]
+        .map(OsString::from)
+        .into();
+    args.push(data_dir.into());
+    args.extend(["--jwt-secret", SECRET, "--buyer-purchases-per-sec", "0", "--ip-purchases-per-sec", "0"].map(OsString::from));
+    BinaryServer::start(args)
 }
 
 /// An admin token printed by `flashsale token`, as an operator would get it.
@@ -152,7 +79,7 @@ async fn acknowledged_orders_survive_kill_9() {
     );
 
     let dir = data_dir.path().to_path_buf();
-    let mut server = tokio::task::spawn_blocking(move || ServerProcess::start(&dir)).await.unwrap();
+    let mut server = tokio::task::spawn_blocking(move || start_server(&dir)).await.unwrap();
     let admin = admin_token_from_cli(data_dir.path());
     let channel = server.channel().await;
     let mut admin_api = AdminServiceClient::new(channel.clone());
@@ -241,7 +168,7 @@ async fn acknowledged_orders_survive_kill_9() {
 
     // Restart on the same data directory.
     let dir = data_dir.path().to_path_buf();
-    let server = tokio::task::spawn_blocking(move || ServerProcess::start(&dir)).await.unwrap();
+    let server = tokio::task::spawn_blocking(move || start_server(&dir)).await.unwrap();
     let channel = server.channel().await;
     let purchase = PurchaseServiceClient::new(channel.clone());
     let mut admin_api = AdminServiceClient::new(channel.clone());

@@ -499,3 +499,113 @@ impl TestApp {
             .into_inner()
     }
 }
+
+/// The real `flashsale` binary, started with the given arguments on free ports, for tests that
+/// kill it with SIGKILL or run several processes. Its stderr goes to a log file under the
+/// target directory (to the test's stderr with `TEST_LOG`). Killed (SIGKILL) when dropped, so a
+/// failing test never leaves it behind.
+pub struct BinaryServer {
+    child: std::process::Child,
+    /// gRPC / grpc-web address, from the "flashsale listening" line.
+    pub addr: SocketAddr,
+    /// Where its log goes (`None` with `TEST_LOG`: the test's stderr).
+    pub log: Option<std::path::PathBuf>,
+}
+
+impl BinaryServer {
+    /// Runs `flashsale` with `args` (e.g. `serve --port 0 ...`) and waits, blocking, for its
+    /// "listening" line. Nothing of the test's environment reaches it but PATH and the log
+    /// settings (see [`clean_env`]).
+    pub fn start<I, S>(args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale"));
+        command.args(args);
+        clean_env(&mut command);
+        command.stdin(Stdio::null()).stdout(Stdio::piped());
+        let log = if std::env::var_os("TEST_LOG").is_some() {
+            command.stderr(Stdio::inherit());
+            None
+        } else {
+            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("flashsale-logs");
+            std::fs::create_dir_all(&dir).expect("creating the server log directory");
+            let path = dir.join(format!("{}-{}.log", std::process::id(), STARTED.fetch_add(1, Ordering::Relaxed)));
+            command.stderr(std::fs::File::create(&path).expect("creating the server log"));
+            command.env("NO_COLOR", "1");
+            Some(path)
+        };
+        let mut child = command.spawn().expect("start flashsale");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut server = BinaryServer { child, addr: "0.0.0.0:0".parse().unwrap(), log };
+
+        // A thread reads stdout to its end, so the server never blocks on a full pipe.
+        let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // Once nobody listens any more, keep draining.
+                let _ = lines_tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = lines_rx.recv_timeout(left).unwrap_or_else(|e| {
+                panic!("flashsale did not print its listening line ({e}); its log:\n{}", server.log_text())
+            });
+            if let Some(rest) = line.strip_prefix("flashsale listening ") {
+                let grpc = rest
+                    .split_whitespace()
+                    .find_map(|part| part.strip_prefix("grpc="))
+                    .unwrap_or_else(|| panic!("no grpc= in {line:?}"));
+                assert!(rest.contains("metrics="), "no metrics= in {line:?}");
+                server.addr = grpc.parse().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+                return server;
+            }
+        }
+    }
+
+    /// A channel to its gRPC address (HTTP/2).
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect to flashsale at {}: {e}; its log:\n{}", self.addr, self.log_text()))
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill -9 flashsale");
+        self.child.wait().expect("reap flashsale");
+    }
+
+    /// Its log so far ("" with `TEST_LOG`), for failure messages.
+    pub fn log_text(&self) -> String {
+        self.log.as_ref().and_then(|path| std::fs::read_to_string(path).ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for BinaryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Keeps the test's environment (backends, ports, secrets) from reaching a server process.
+pub fn clean_env(command: &mut std::process::Command) {
+    command.env_clear();
+    for keep in ["PATH", "RUST_LOG", "RUST_BACKTRACE"] {
+        if let Some(value) = std::env::var_os(keep) {
+            command.env(keep, value);
+        }
+    }
+}
