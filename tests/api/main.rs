@@ -16,3 +16,4 @@ mod grpcurl;
 mod server;
 mod record_contract;
 mod hot_contract;
+mod cluster;
