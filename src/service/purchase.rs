@@ -42,10 +42,14 @@ impl App {
             match reservation {
                 Reservation::New(order) => return self.make_durable(order).await,
                 Reservation::Existing { order, settled: true } => return Ok(Purchased { order, replayed: true }),
-                Reservation::Existing { order, settled: false } => match self.hot.wait_settled(&order).await? {
-                    Settled::Confirmed => return Ok(Purchased { order, replayed: true }),
-                    // The first attempt failed and gave its units back: try afresh.
-                    Settled::Released => request.now = self.clock.now(),
+                Reservation::Existing { order, settled: false } => match self.hot.wait_settled(&order).await {
+                    Ok(Settled::Confirmed) => return Ok(Purchased { order, replayed: true }),
+                    // The first attempt failed and gave its units back, or the sale's hot state
+                    // was rebuilt meanwhile: try afresh (a durable first order is found again).
+                    Ok(Settled::Released) | Err(HotError::Refused(PurchaseRefusal::SaleNotFound)) => {
+                        request.now = self.clock.now()
+                    }
+                    Err(error) => return Err(error.into()),
                 },
             }
         }
@@ -55,12 +59,25 @@ impl App {
     async fn make_durable(&self, order: OrderRecord) -> Result<Purchased, ServiceError> {
         let outcome = self.committer.commit(order.clone()).await;
         if !matches!(outcome, Ok(Ok(()))) {
-            self.hot.release(&order).await?;
+            match self.hot.release(&order).await {
+                // The sale's hot state was dropped (a rebuild from the record is under way):
+                // the rebuilt state never held this reservation, so there is nothing to undo.
+                Err(HotError::Refused(PurchaseRefusal::SaleNotFound)) => {}
+                other => other?,
+            }
             self.feeds.touch(&order.sale_id);
         }
         match outcome {
             Ok(Ok(())) => {
-                let confirmed = self.hot.confirm(&order).await?;
+                let confirmed = match self.hot.confirm(&order).await {
+                    // Dropped for a rebuild between commit and confirm: rebuild it now (it then
+                    // holds this durable order) and confirm, which changes nothing more.
+                    Err(HotError::Refused(PurchaseRefusal::SaleNotFound)) => {
+                        self.load_sale(&order.sale_id).await?;
+                        self.hot.confirm(&order).await?
+                    }
+                    other => other?,
+                };
                 self.feeds.touch(&order.sale_id);
                 if confirmed.sold_out {
                     self.end_sale_now(&order.sale_id, crate::domain::EndReason::SoldOut).await?;

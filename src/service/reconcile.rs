@@ -4,9 +4,9 @@
 //! - a reservation in flight for longer than any commit takes belonged to a node that died or
 //!   lost its answer: if its order is in the record it is confirmed, otherwise released (its
 //!   units go back to stock, its key is freed) — never lost, never sold twice;
-//! - a sale whose hot counters or status disagree with the record, with nothing in flight, is
-//!   dropped from the hot state and rebuilt from the record (e.g. Redis restarted from an old
-//!   append-only file, or lost its keys);
+//! - a sale whose hot counters or status disagree with the record while it is quiet (nothing in
+//!   flight, no hot change while the record was read) is dropped from the hot state and rebuilt
+//!   from the record (e.g. Redis restarted from an old append-only file, or lost its keys);
 //! - a sale the hot state ended but the record did not (a node died in between) is ended.
 //!
 //! Concurrent reconciliations on several nodes are safe: confirm and release are idempotent,
@@ -74,17 +74,25 @@ impl App {
             // Live purchases are under way: counters legitimately differ until they settle.
             return Ok(());
         }
-        let Some(view) = self.hot.view(&sale.id).await? else { return Ok(()) };
+        // Compare only a quiet sale: nothing in flight, and no hot change while the record was
+        // read (every reservation bumps the version, and a commit always follows a
+        // reservation), so both sides describe the same instant.
+        let Some(before) = self.hot.view(&sale.id).await? else { return Ok(()) };
         let record = self.records.get_sale(&sale.id).await?.ok_or(ServiceError::SaleNotFound)?;
-        if view.status == SaleStatus::Ended && record.status != SaleStatus::Ended {
-            let reason = view.end_reason.unwrap_or(crate::domain::EndReason::TimeUp);
+        let Some(after) = self.hot.view(&sale.id).await? else { return Ok(()) };
+        let in_flight_units = before.rules.allocated - before.sold - before.remaining;
+        if after.version != before.version || (before.status != SaleStatus::Ended && in_flight_units != 0) {
+            return Ok(());
+        }
+        if before.status == SaleStatus::Ended && record.status != SaleStatus::Ended {
+            let reason = before.end_reason.unwrap_or(crate::domain::EndReason::TimeUp);
             tracing::warn!(sale = %sale.id, ?reason, "sale ended in the hot state only: ending it in the record");
             return self.end_sale_now(&sale.id, reason).await;
         }
-        if view.sold != record.sold || view.status != record.status {
+        if before.sold != record.sold || before.status != record.status {
             tracing::warn!(
-                sale = %sale.id, hot_sold = view.sold, record_sold = record.sold,
-                hot_status = ?view.status, record_status = ?record.status,
+                sale = %sale.id, hot_sold = before.sold, record_sold = record.sold,
+                hot_status = ?before.status, record_status = ?record.status,
                 "hot state drifted from the record: rebuilding it"
             );
             self.hot.forget_sale(&sale.id).await?;

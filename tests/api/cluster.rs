@@ -55,7 +55,9 @@ struct Reconcile {
 }
 
 /// Faults: reconciliation often, orphans settled after 2 s.
-const FAULT_RECONCILE: Reconcile = Reconcile { interval_ms: 500, orphan_after_ms: 2_000 };
+// Orphans must outlive the slowest commit: a batch failing against a stopped MongoDB spends
+// seconds in server selection, so anything younger may still be on its way to the record.
+const FAULT_RECONCILE: Reconcile = Reconcile { interval_ms: 500, orphan_after_ms: 12_000 };
 /// No faults: production's defaults.
 const CALM_RECONCILE: Reconcile = Reconcile { interval_ms: 10_000, orphan_after_ms: 30_000 };
 
@@ -875,7 +877,6 @@ async fn per_user_limits_hold_across_nodes() {
 /// buyers buy one unit at a time each, alternating nodes, while both nodes reconcile every
 /// 100 ms. Nothing fails, so nothing may be refused and no node may find the hot state drifted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: reconciliation rebuilds a live sale's hot state after comparing sold counts read at different moments, and purchases confirmed meanwhile answer SALE_NOT_FOUND though their orders are durable"]
 async fn reconciliation_beside_live_purchases_never_disturbs_them() {
     const BUYERS: usize = 2;
     const PURCHASES: usize = 600;
@@ -995,14 +996,12 @@ async fn redis_restarted_without_its_keys_mid_rush() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: a reconciliation rebuild during the rush answers SALE_NOT_FOUND to purchases (see reconciliation_beside_live_purchases_never_disturbs_them)"]
 async fn redis_restarted_from_its_append_only_file_mid_rush() {
     // 900 units wanted: every buyer is served and 100 units are left, none lost in flight.
     redis_restart_mid_rush(true, "redis-aof", three_units, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: a reconciliation rebuild during the rush answers SALE_NOT_FOUND to purchases (see reconciliation_beside_live_purchases_never_disturbs_them)"]
 async fn mongodb_stopped_and_restarted_mid_rush() {
     let mut servers = PrivateServers::start(false);
     let backends = servers.backends();
@@ -1038,7 +1037,6 @@ async fn mongodb_stopped_and_restarted_mid_rush() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: a reconciliation rebuild during the rush answers SALE_NOT_FOUND to purchases (see reconciliation_beside_live_purchases_never_disturbs_them)"]
 async fn a_node_killed_mid_rush() {
     let servers = PrivateServers::start(false);
     let backends = servers.backends();
