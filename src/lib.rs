@@ -5,9 +5,12 @@
 //!   leaderboard ordering. No transport or storage types.
 //! - [`store`]: the two backend traits, [`store::HotStore`] (stock, per-buyer counts,
 //!   idempotency, leaderboard: the atomic hot path) and [`store::RecordStore`] (the durable
-//!   record), and their embedded implementation (in process + redb).
+//!   record), with the embedded implementation (in process + redb) and the production ones
+//!   (Redis Lua scripts, MongoDB transactions).
 //! - [`service`]: the application: purchase flow with group commit, admin and auth use cases,
-//!   the lifecycle scheduler, start-up recovery. Speaks domain types and [`service::ServiceError`].
+//!   the lifecycle scheduler, start-up recovery, reconciliation of a shared hot state with the
+//!   record. Speaks domain types and [`service::ServiceError`].
+//! - [`web`]: the browser page (built from `clients/web`, embedded in the binary).
 //! - [`feeds`]: one upstream per sale, coalesced and fanned out to every watcher.
 //! - [`grpc`]: one thin file per gRPC service (authenticate, convert, call, map the error), the
 //!   auth interceptor and the one `From<ServiceError> for Status`.
