@@ -26,6 +26,38 @@ pub enum EndReason {
     ByAdmin,
 }
 
+impl SaleStatus {
+    /// The stable name stores and clients see: "SCHEDULED", "ACTIVE" or "ENDED".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "SCHEDULED",
+            Self::Active => "ACTIVE",
+            Self::Ended => "ENDED",
+        }
+    }
+
+    /// The status named by [`SaleStatus::as_str`].
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Scheduled, Self::Active, Self::Ended].into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl EndReason {
+    /// The stable name stores and clients see: "SOLD_OUT", "TIME_UP" or "BY_ADMIN".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SoldOut => "SOLD_OUT",
+            Self::TimeUp => "TIME_UP",
+            Self::ByAdmin => "BY_ADMIN",
+        }
+    }
+
+    /// The reason named by [`EndReason::as_str`].
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::SoldOut, Self::TimeUp, Self::ByAdmin].into_iter().find(|r| r.as_str() == name)
+    }
+}
+
 /// What a sale promises, fixed at creation (only `start` moves, when an admin starts it early).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SaleRules {
@@ -232,6 +264,18 @@ mod tests {
     fn zero_limit_means_unlimited() {
         let r = SaleRules { per_user_limit: 0, ..rules() };
         assert!(check_purchase(&r, live(10, 1_000_000), UnixMillis(150), 2).is_ok());
+    }
+
+    #[test]
+    fn status_and_reason_names_round_trip() {
+        for status in [SaleStatus::Scheduled, SaleStatus::Active, SaleStatus::Ended] {
+            assert_eq!(SaleStatus::parse(status.as_str()), Some(status));
+        }
+        for reason in [EndReason::SoldOut, EndReason::TimeUp, EndReason::ByAdmin] {
+            assert_eq!(EndReason::parse(reason.as_str()), Some(reason));
+        }
+        assert_eq!(EndReason::SoldOut.as_str(), "SOLD_OUT");
+        assert_eq!(SaleStatus::parse("sold"), None);
     }
 
     #[test]

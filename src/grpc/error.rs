@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::domain::{EndReason, PurchaseRefusal};
+use crate::domain::PurchaseRefusal;
 use crate::pb::ErrorReason;
 use crate::service::ServiceError;
 
@@ -44,14 +44,6 @@ pub fn reason_of(error: &ServiceError) -> ErrorReason {
     }
 }
 
-fn end_reason_name(reason: EndReason) -> &'static str {
-    match reason {
-        EndReason::SoldOut => "SOLD_OUT",
-        EndReason::TimeUp => "TIME_UP",
-        EndReason::ByAdmin => "BY_ADMIN",
-    }
-}
-
 impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Self {
         let reason = reason_of(&error).as_str_name();
@@ -83,7 +75,7 @@ impl From<ServiceError> for Status {
                 Code::FailedPrecondition
             }
             ServiceError::Purchase(PurchaseRefusal::Ended { reason }) => {
-                metadata.insert("end_reason".into(), end_reason_name(*reason).into());
+                metadata.insert("end_reason".into(), reason.as_str().into());
                 Code::FailedPrecondition
             }
             ServiceError::Purchase(PurchaseRefusal::IdempotencyKeyReused) => Code::FailedPrecondition,

@@ -173,45 +173,10 @@ pub(super) struct SaleDoc {
 impl SaleDoc {
     /// Whether the sale has ended (it takes no more orders).
     pub(super) fn is_ended(&self) -> bool {
-        self.status == status_name(SaleStatus::Ended)
+        self.status == SaleStatus::Ended.as_str()
     }
 }
 
-/// How a status is stored.
-pub(super) fn status_name(status: SaleStatus) -> &'static str {
-    match status {
-        SaleStatus::Scheduled => "SCHEDULED",
-        SaleStatus::Active => "ACTIVE",
-        SaleStatus::Ended => "ENDED",
-    }
-}
-
-fn parse_status(raw: &str) -> Option<SaleStatus> {
-    match raw {
-        "SCHEDULED" => Some(SaleStatus::Scheduled),
-        "ACTIVE" => Some(SaleStatus::Active),
-        "ENDED" => Some(SaleStatus::Ended),
-        _ => None,
-    }
-}
-
-/// How an end reason is stored.
-pub(super) fn reason_name(reason: EndReason) -> &'static str {
-    match reason {
-        EndReason::SoldOut => "SOLD_OUT",
-        EndReason::TimeUp => "TIME_UP",
-        EndReason::ByAdmin => "BY_ADMIN",
-    }
-}
-
-fn parse_reason(raw: &str) -> Option<EndReason> {
-    match raw {
-        "SOLD_OUT" => Some(EndReason::SoldOut),
-        "TIME_UP" => Some(EndReason::TimeUp),
-        "BY_ADMIN" => Some(EndReason::ByAdmin),
-        _ => None,
-    }
-}
 
 impl From<&SaleRecord> for SaleDoc {
     fn from(sale: &SaleRecord) -> Self {
@@ -225,8 +190,8 @@ impl From<&SaleRecord> for SaleDoc {
             end_at: sale.rules.end.0,
             unit_price: MoneyDoc::new(sale.rules.unit_price),
             sold: sale.sold,
-            status: status_name(sale.status).to_owned(),
-            end_reason: sale.end_reason.map(|r| reason_name(r).to_owned()),
+            status: sale.status.as_str().to_owned(),
+            end_reason: sale.end_reason.map(|r| r.as_str().to_owned()),
             ended_at: sale.ended_at.map(|t| t.0),
             created_at: sale.created_at.0,
         }
@@ -243,7 +208,7 @@ impl TryFrom<SaleDoc> for SaleRecord {
         let end_reason = match &doc.end_reason {
             None => None,
             Some(raw) => {
-                Some(parse_reason(raw).ok_or_else(|| corrupt("sales", id, "end_reason", raw))?)
+                Some(EndReason::parse(raw).ok_or_else(|| corrupt("sales", id, "end_reason", raw))?)
             }
         };
         Ok(SaleRecord {
@@ -259,7 +224,7 @@ impl TryFrom<SaleDoc> for SaleRecord {
                 unit_price: doc.unit_price.parse("sales", id)?,
             },
             sold: doc.sold,
-            status: parse_status(&doc.status)
+            status: SaleStatus::parse(&doc.status)
                 .ok_or_else(|| corrupt("sales", id, "status", &doc.status))?,
             end_reason,
             ended_at: doc.ended_at.map(UnixMillis),

@@ -51,7 +51,7 @@ use crate::store::{
     UserRecord,
 };
 
-use documents::{reason_name, status_name, OrderDoc, ProductDoc, SaleDoc, UserDoc};
+use documents::{OrderDoc, ProductDoc, SaleDoc, UserDoc};
 
 /// How long `connect` (and every later operation) looks for a usable server before giving up,
 /// unless the URI sets `serverSelectionTimeoutMS`.
@@ -397,10 +397,10 @@ impl MongoRecords {
         let marked = self
             .sales
             .update_one(
-                doc! { "_id": id.as_str(), "status": { "$ne": status_name(SaleStatus::Ended) }, "sold": sold },
+                doc! { "_id": id.as_str(), "status": { "$ne": SaleStatus::Ended.as_str() }, "sold": sold },
                 doc! { "$set": {
-                    "status": status_name(SaleStatus::Ended),
-                    "end_reason": reason_name(reason),
+                    "status": SaleStatus::Ended.as_str(),
+                    "end_reason": reason.as_str(),
                     "ended_at": at.0,
                 } },
             )
@@ -492,7 +492,7 @@ impl MongoRecords {
                 .update_one(
                     doc! {
                         "_id": *sale_id,
-                        "status": { "$ne": status_name(SaleStatus::Ended) },
+                        "status": { "$ne": SaleStatus::Ended.as_str() },
                         "sold": { "$lte": allocated - n },
                     },
                     doc! { "$inc": { "sold": *n } },
@@ -826,7 +826,7 @@ impl RecordStore for MongoRecords {
     }
 
     async fn open_sales(&self) -> Result<Vec<SaleRecord>, StoreError> {
-        self.find_sales(doc! { "status": { "$ne": status_name(SaleStatus::Ended) } })
+        self.find_sales(doc! { "status": { "$ne": SaleStatus::Ended.as_str() } })
             .await
     }
 
@@ -848,8 +848,8 @@ impl RecordStore for MongoRecords {
                     let changed = self
                         .sales
                         .update_one(
-                            doc! { "_id": id.as_str(), "status": status_name(SaleStatus::Scheduled) },
-                            doc! { "$set": { "status": status_name(SaleStatus::Active), "start_at": start.0 } },
+                            doc! { "_id": id.as_str(), "status": SaleStatus::Scheduled.as_str() },
+                            doc! { "$set": { "status": SaleStatus::Active.as_str(), "start_at": start.0 } },
                         )
                         .await
                         .map_err(store_error)?;

@@ -298,39 +298,19 @@ fn money(amount: &Value, currency: &Value) -> Result<Money, HotError> {
     Money::parse(int(amount)?, &text(currency)?).map_err(|e| malformed(e.to_string()))
 }
 
-fn status_code(status: SaleStatus) -> &'static str {
-    match status {
-        SaleStatus::Scheduled => "SCHEDULED",
-        SaleStatus::Active => "ACTIVE",
-        SaleStatus::Ended => "ENDED",
-    }
-}
-
 fn parse_status(code: &str) -> Result<SaleStatus, HotError> {
-    match code {
-        "SCHEDULED" => Ok(SaleStatus::Scheduled),
-        "ACTIVE" => Ok(SaleStatus::Active),
-        "ENDED" => Ok(SaleStatus::Ended),
-        other => Err(malformed(format!("unknown status {other:?}"))),
-    }
+    SaleStatus::parse(code).ok_or_else(|| malformed(format!("unknown status {code:?}")))
 }
 
+/// An end reason as stored: its name, or "" while the sale has not ended.
 fn reason_code(reason: Option<EndReason>) -> &'static str {
-    match reason {
-        None => "",
-        Some(EndReason::SoldOut) => "SOLD_OUT",
-        Some(EndReason::TimeUp) => "TIME_UP",
-        Some(EndReason::ByAdmin) => "BY_ADMIN",
-    }
+    reason.map_or("", EndReason::as_str)
 }
 
 fn parse_reason(code: &str) -> Result<Option<EndReason>, HotError> {
     match code {
         "" => Ok(None),
-        "SOLD_OUT" => Ok(Some(EndReason::SoldOut)),
-        "TIME_UP" => Ok(Some(EndReason::TimeUp)),
-        "BY_ADMIN" => Ok(Some(EndReason::ByAdmin)),
-        other => Err(malformed(format!("unknown end reason {other:?}"))),
+        name => EndReason::parse(name).map(Some).ok_or_else(|| malformed(format!("unknown end reason {name:?}"))),
     }
 }
 
@@ -549,7 +529,7 @@ impl HotStore for RedisHot {
             ("end", rules.end.0.to_string()),
             ("price", rules.unit_price.amount_minor.to_string()),
             ("currency", rules.unit_price.currency.as_str().to_owned()),
-            ("status", status_code(sale.status).to_owned()),
+            ("status", sale.status.as_str().to_owned()),
             ("end_reason", reason_code(sale.end_reason).to_owned()),
             ("ended_at", sale.ended_at.map(|t| t.0.to_string()).unwrap_or_default()),
             ("remaining", (rules.allocated - sold).to_string()),
@@ -674,7 +654,7 @@ impl HotStore for RedisHot {
         let keys = self.keys(&sale.id);
         let mut invocation = keys.invoke(&SCRIPTS.set_status);
         invocation
-            .arg(status_code(sale.status))
+            .arg(sale.status.as_str())
             .arg(reason_code(sale.end_reason))
             .arg(sale.ended_at.map(|t| t.0.to_string()).unwrap_or_default())
             .arg(sale.rules.start.0)
