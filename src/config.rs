@@ -40,6 +40,7 @@ pub struct ServeArgs {
     /// Prometheus metrics port (`GET /metrics`); 0 picks a free one.
     #[arg(long, env = "METRICS_PORT", default_value_t = 9090)]
     pub metrics_port: u16,
+    /// The service's own options.
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -59,6 +60,7 @@ pub struct SecretArgs {
 /// Options of the service itself.
 #[derive(Debug, Clone, Args)]
 pub struct SettingsArgs {
+    /// Data directory and signing secret.
     #[command(flatten)]
     pub secret: SecretArgs,
     /// Lifetime of issued tokens, in seconds.
@@ -89,6 +91,7 @@ pub struct SettingsArgs {
     /// How long open streams and in-flight requests may take to finish at shutdown, in ms.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 5000)]
     pub shutdown_grace_ms: u64,
+    /// Production backends (Redis, MongoDB).
     #[command(flatten)]
     pub backends: BackendArgs,
 }
@@ -120,6 +123,7 @@ pub struct BackendArgs {
 /// Options of `flashsale token`.
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
+    /// Where the server's secret comes from.
     #[command(flatten)]
     pub secret: SecretArgs,
     /// Role of the token: buyer or admin.

@@ -155,20 +155,18 @@ impl RedbRecords {
     }
 }
 
-fn orders_in<'a>(
-    index: &impl ReadableTable<(&'static str, &'static str), ()>,
+/// Every order of a sale, oldest first, through the `orders_by_sale` index.
+fn orders_of_sale_in(
+    by_sale: &impl ReadableTable<(&'static str, &'static str), ()>,
     orders: &impl ReadableTable<&'static str, &'static [u8]>,
-    owner: &'a str,
-    sale: Option<&'a SaleId>,
+    sale: &str,
 ) -> Result<Vec<OrderRecord>, StoreError> {
     let mut found = Vec::new();
-    for entry in index.range((owner, "")..(owner, ID_MAX))? {
+    for entry in by_sale.range((sale, "")..(sale, ID_MAX))? {
         let (key, _) = entry?;
         let (_, order_id) = key.value();
         if let Some(order) = get::<OrderRecord>(orders, order_id)? {
-            if sale.is_none_or(|s| *s == order.sale_id) {
-                found.push(order);
-            }
+            found.push(order);
         }
     }
     Ok(found)
@@ -434,7 +432,7 @@ impl RecordStore for RedbRecords {
         let sale = sale.clone();
         self.blocking(move |db| {
             let txn = db.begin_read()?;
-            orders_in(&txn.open_table(ORDERS_BY_SALE)?, &txn.open_table(ORDERS)?, sale.as_str(), None)
+            orders_of_sale_in(&txn.open_table(ORDERS_BY_SALE)?, &txn.open_table(ORDERS)?, sale.as_str())
         })
         .await
     }
@@ -445,47 +443,5 @@ impl RecordStore for RedbRecords {
             return Ok(None);
         };
         self.get_order(&id).await
-    }
-}
-
-#[cfg(test)]
-mod throughput {
-    use super::*;
-    use crate::domain::{Money, SaleRules};
-
-    /// Not a test: `cargo test --release --lib commit_throughput -- --ignored --nocapture`
-    /// prints how many orders per second one writer commits in batches.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "measurement, run by hand"]
-    async fn commit_throughput() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RedbRecords::open(dir.path()).unwrap();
-        let product = ProductRecord { id: ProductId::generate(), name: "p".into(), description: String::new(), inventory: 1_000_000, created_at: UnixMillis(0) };
-        store.create_product(product.clone()).await.unwrap();
-        let price = Money::parse(100, "USD").unwrap();
-        let rules = SaleRules { allocated: 1_000_000, per_user_limit: 0, max_per_purchase: 1, start: UnixMillis(0), end: UnixMillis(i64::MAX), unit_price: price };
-        let sale = SaleRecord { id: SaleId::generate(), product_id: product.id, rules, sold: 0, status: SaleStatus::Active, end_reason: None, ended_at: None, created_at: UnixMillis(0) };
-        store.create_sale(sale.clone()).await.unwrap();
-        for batch_size in [100usize, 1000, 4000] {
-            let batches = 100_000 / batch_size;
-            let started = std::time::Instant::now();
-            for b in 0..batches {
-                let batch: Vec<OrderRecord> = (0..batch_size)
-                    .map(|i| OrderRecord {
-                        id: OrderId::generate(),
-                        sale_id: sale.id.clone(),
-                        buyer_id: UserId::parse(&format!("buyer-{batch_size}-{b}-{i}")).unwrap(),
-                        buyer_name: "Buyer".into(),
-                        quantity: 1,
-                        unit_price: price,
-                        idempotency_key: IdempotencyKey::parse("k").unwrap(),
-                        created_at: UnixMillis(0),
-                    })
-                    .collect();
-                store.commit_orders(&batch).await.unwrap();
-            }
-            let secs = started.elapsed().as_secs_f64();
-            println!("batch {batch_size}: {:.0} orders/s ({:.1} µs/order)", 100_000.0 / secs, secs * 1e6 / 100_000.0);
-        }
     }
 }
