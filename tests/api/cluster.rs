@@ -31,7 +31,7 @@ use mongodb::bson::{doc, Bson, Document};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::helpers::{authed, error_metadata, read_until, reason, timestamp, BinaryServer};
+use crate::helpers::{authed, error_metadata, poll_until, read_until, reason, timestamp, BinaryServer};
 use crate::mongo_support::{self, MongoTestServer};
 use crate::redis_support::{self, RedisServer};
 
@@ -292,22 +292,6 @@ async fn my_orders(node: &Channel, token: &str, sale_id: &str) -> Vec<pb::Order>
         .orders
 }
 
-/// Polls `probe` every 20 ms until it returns `Some`, for at most `limit`.
-async fn poll<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // ---- the rush ----------------------------------------------------------------------------------
 
 /// How a buyer's purchases went, in the end.
@@ -526,7 +510,7 @@ impl Rush {
 
     /// Waits until at least `units` are in acknowledged orders.
     async fn wait_for_units(&self, units: i64) {
-        poll(&format!("{units} units acknowledged"), Duration::from_secs(120), || async {
+        poll_until(&format!("{units} units acknowledged"), Duration::from_secs(120), || async {
             (self.acked_units.load(Ordering::SeqCst) >= units).then_some(())
         })
         .await
@@ -534,7 +518,7 @@ impl Rush {
 
     /// Waits until `more` BACKEND_UNAVAILABLE answers arrived after `since`.
     async fn wait_for_unavailable(&self, since: Instant, more: usize) {
-        poll(&format!("{more} BACKEND_UNAVAILABLE answers"), Duration::from_secs(60), || async {
+        poll_until(&format!("{more} BACKEND_UNAVAILABLE answers"), Duration::from_secs(60), || async {
             let seen = self.journal.lock().unwrap().unavailable_at.iter().filter(|&&t| t >= since).count();
             (seen >= more).then_some(())
         })
@@ -974,7 +958,7 @@ async fn redis_restart_mid_rush(aof: bool, tag: &str, plan: fn(usize) -> Vec<u32
     }));
     let outage = restarted_at - stopped_at;
     let during = rush.unavailable.load(Ordering::SeqCst);
-    let first_sale = poll("a sale after the restart", Duration::from_secs(60), || async { rush.first_sale_after(restarted_at) }).await;
+    let first_sale = poll_until("a sale after the restart", Duration::from_secs(60), || async { rush.first_sale_after(restarted_at) }).await;
 
     rush.finish(workers).await;
     let verified = verify(&rush, &backends, &[&nodes[0], &nodes[1]]).await;
@@ -1022,7 +1006,7 @@ async fn mongodb_stopped_and_restarted_mid_rush() {
     servers.mongo = Some(tokio::task::block_in_place(|| MongoTestServer::start_on(port, Some(&file))));
     let outage = restarted_at - stopped_at;
     let during = rush.unavailable.load(Ordering::SeqCst);
-    let first_sale = poll("a sale after the restart", Duration::from_secs(60), || async { rush.first_sale_after(restarted_at) }).await;
+    let first_sale = poll_until("a sale after the restart", Duration::from_secs(60), || async { rush.first_sale_after(restarted_at) }).await;
 
     rush.finish(workers).await;
     let verified = verify(&rush, &backends, &[&nodes[0], &nodes[1]]).await;
@@ -1054,7 +1038,7 @@ async fn a_node_killed_mid_rush() {
     // Reservations in flight then (the dead node's among them): reconciliation on the
     // surviving node must settle them.
     let orphans: HashSet<String> = backends.pending(&sale.id).await.expect("read Redis").into_iter().collect();
-    let settled_in = poll("the dead node's reservations settled", Duration::from_secs(30), || async {
+    let settled_in = poll_until("the dead node's reservations settled", Duration::from_secs(30), || async {
         let pending: HashSet<String> = backends.pending(&sale.id).await.ok()?.into_iter().collect();
         orphans.is_disjoint(&pending).then(|| killed_at.elapsed())
     })
