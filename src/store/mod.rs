@@ -174,7 +174,10 @@ pub trait RecordStore: Send + Sync + 'static {
     async fn end_sale(&self, id: &SaleId, reason: EndReason, at: UnixMillis) -> Result<(SaleRecord, bool), StoreError>;
 
     /// Makes a batch of orders durable in one write, refusing per order what would oversell or
-    /// arrives after the end. `Err` means nothing of the batch was written.
+    /// arrives after the end. `Err` means the batch is not known to be durable: usually nothing
+    /// was written, but when a commit's outcome stays unknown (MongoDB unreachable) it may be.
+    /// Callers release such reservations; a retry with the same key then meets `Duplicate` and
+    /// returns the stored order, and reconciliation re-counts the hot state from the record.
     async fn commit_orders(&self, batch: &[OrderRecord]) -> Result<Vec<CommitOutcome>, StoreError>;
     /// One order.
     async fn get_order(&self, id: &OrderId) -> Result<Option<OrderRecord>, StoreError>;
