@@ -2,7 +2,9 @@
 //! user id, so the order is total and stable).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use super::{UnixMillis, UserId};

@@ -127,7 +127,7 @@ impl fmt::Debug for Password {
 /// A client-chosen key that makes retries of one purchase safe: 1..=128 printable ASCII characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct IdempotencyKey(String);
+pub struct IdempotencyKey(std::sync::Arc<str>);
 
 impl IdempotencyKey {
     /// Checks length and characters.
@@ -138,7 +138,7 @@ impl IdempotencyKey {
                 "must be 1 to 128 printable ASCII characters",
             ));
         }
-        Ok(Self(raw.to_owned()))
+        Ok(Self(raw.into()))
     }
 
     /// The key.

@@ -88,7 +88,7 @@ pub struct OrderRecord {
     /// The buyer (token subject).
     pub buyer_id: UserId,
     /// The buyer's display name at purchase time (for leaderboards rebuilt from the record).
-    pub buyer_name: String,
+    pub buyer_name: std::sync::Arc<str>,
     /// Units.
     pub quantity: u32,
     /// Price of one unit.
@@ -310,13 +310,12 @@ pub trait HotStore: Send + Sync + 'static {
 }
 
 /// Rebuilds a leaderboard and per-buyer units from durable orders (oldest first).
-pub fn tally(orders: &[OrderRecord]) -> (Leaderboard, std::collections::HashMap<UserId, u32>, i64) {
+pub fn tally(orders: &[OrderRecord]) -> (Leaderboard, foldhash::HashMap<UserId, u32>, i64) {
     let mut board = Leaderboard::default();
-    let mut units = std::collections::HashMap::new();
+    let mut units = foldhash::HashMap::default();
     let mut sold = 0;
     for order in orders {
-        let name: std::sync::Arc<str> = order.buyer_name.as_str().into();
-        board.record(&order.buyer_id, &name, i64::from(order.quantity), order.created_at);
+        board.record(&order.buyer_id, &order.buyer_name, i64::from(order.quantity), order.created_at);
         *units.entry(order.buyer_id.clone()).or_insert(0u32) += order.quantity;
         sold += i64::from(order.quantity);
     }

@@ -283,7 +283,7 @@ async fn replays_settled_and_in_flight_purchases(backend: Backend) {
     assert_eq!(order.id, first.new_order_id);
     assert_eq!(order.sale_id, sale.id);
     assert_eq!((order.quantity, order.unit_price, order.created_at), (2, price(), UnixMillis(T0 + 100)));
-    assert_eq!(order.buyer_name, "Name of a");
+    assert_eq!(&*order.buyer_name, "Name of a");
     assert_eq!(order.idempotency_key.as_str(), "key-1");
 
     // A retry gets the first order (not a new one), in flight...

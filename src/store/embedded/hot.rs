@@ -1,9 +1,9 @@
 //! In-process hot state: one [`SaleState`] per sale behind its own mutex.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
+use foldhash::HashMap;
 use tokio::sync::Notify;
 
 use crate::domain::{
@@ -134,7 +134,7 @@ impl HotStore for MemoryHot {
             id: request.new_order_id.clone(),
             sale_id: request.sale_id.clone(),
             buyer_id: request.buyer_id.clone(),
-            buyer_name: request.buyer_name.to_string(),
+            buyer_name: request.buyer_name.clone(),
             quantity: quantity.get(),
             unit_price: state.rules.unit_price,
             idempotency_key: request.idempotency_key.clone(),
@@ -173,8 +173,7 @@ impl HotStore for MemoryHot {
                 }
             }
             state.sold += units;
-            let name: Arc<str> = order.buyer_name.as_str().into();
-            state.board.record(&order.buyer_id, &name, units, order.created_at);
+            state.board.record(&order.buyer_id, &order.buyer_name, units, order.created_at);
             state.version += 1;
             Confirmed { sold_out: state.sold >= state.rules.allocated }
         };

@@ -253,7 +253,7 @@ impl From<&OrderRecord> for OrderDoc {
             id: order.id.as_str().to_owned(),
             sale_id: order.sale_id.as_str().to_owned(),
             buyer_id: order.buyer_id.as_str().to_owned(),
-            buyer_name: order.buyer_name.clone(),
+            buyer_name: order.buyer_name.to_string(),
             quantity: i64::from(order.quantity),
             unit_price: MoneyDoc::new(order.unit_price),
             idempotency_key: order.idempotency_key.as_str().to_owned(),
@@ -273,7 +273,7 @@ impl TryFrom<OrderDoc> for OrderRecord {
                 .map_err(|e| corrupt("orders", id, "sale_id", e))?,
             buyer_id: UserId::parse(&doc.buyer_id)
                 .map_err(|e| corrupt("orders", id, "buyer_id", e))?,
-            buyer_name: doc.buyer_name.clone(),
+            buyer_name: doc.buyer_name.as_str().into(),
             quantity: u32::try_from(doc.quantity)
                 .map_err(|e| corrupt("orders", id, "quantity", e))?,
             unit_price: doc.unit_price.parse("orders", id)?,

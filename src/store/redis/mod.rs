@@ -192,7 +192,7 @@ fn parse_board_member(member: &str) -> Option<UnixMillis> {
 struct StoredOrder {
     id: OrderId,
     buyer_id: UserId,
-    buyer_name: String,
+    buyer_name: std::sync::Arc<str>,
     quantity: u32,
     idempotency_key: IdempotencyKey,
     created_at: UnixMillis,
@@ -516,7 +516,7 @@ impl HotStore for RedisHot {
         for order in orders {
             standings
                 .entry(&order.buyer_id)
-                .or_insert((0, order.created_at, order.buyer_name.as_str()))
+                .or_insert((0, order.created_at, &*order.buyer_name))
                 .0 += i64::from(order.quantity);
         }
         let rules = &sale.rules;
@@ -573,7 +573,7 @@ impl HotStore for RedisHot {
         let candidate = StoredOrder {
             id: request.new_order_id.clone(),
             buyer_id: request.buyer_id.clone(),
-            buyer_name: request.buyer_name.to_string(),
+            buyer_name: request.buyer_name.clone(),
             quantity: request.quantity,
             idempotency_key: request.idempotency_key.clone(),
             created_at: request.now,
@@ -614,7 +614,7 @@ impl HotStore for RedisHot {
             .arg(order.id.as_str())
             .arg(order.quantity)
             .arg(board_member(order.created_at, &order.buyer_id))
-            .arg(order.buyer_name.as_str())
+            .arg(&*order.buyer_name)
             .arg(StoredOrder::of(order).encode())
             .arg(&keys.channel);
         let reply = self.run(&invocation).await?;
