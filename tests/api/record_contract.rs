@@ -637,6 +637,34 @@ contract!(
     orders_are_found_by_buyer_sale_and_key,
 );
 
+// ---- embedded only ---------------------------------------------------------------------------
+
+/// The embedded record keeps its by-sale, per-buyer and idempotency-key indexes in memory:
+/// reopening the file must rebuild all three from the stored orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopened_embedded_record_finds_orders_by_sale_buyer_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ann = UserId::generate();
+    let (s, first, second) = {
+        let store = RedbRecords::open(dir.path()).unwrap();
+        let (_, s) = on_sale(&store, 100, SaleStatus::Active).await;
+        let (first, second) = (order(&s, &ann, 1, "first"), order(&s, &ann, 2, "second"));
+        store.commit_orders(std::slice::from_ref(&first)).await.unwrap();
+        store.commit_orders(std::slice::from_ref(&second)).await.unwrap();
+        (s, first, second)
+    };
+    let store = RedbRecords::open(dir.path()).unwrap();
+    let both = vec![first.clone(), second.clone()];
+    assert_eq!(store.orders_of_sale(&s.id).await.unwrap(), both);
+    assert_eq!(store.orders_of_buyer(&ann, Some(&s.id)).await.unwrap(), both);
+    let key = IdempotencyKey::parse("second").unwrap();
+    assert_eq!(store.order_by_key(&ann, &s.id, &key).await.unwrap(), Some(second.clone()));
+    // The reopened record still refuses a second order under a stored key.
+    let retry = order(&s, &ann, 2, "second");
+    assert_eq!(store.commit_orders(&[retry]).await.unwrap(), vec![Err(CommitRefusal::Duplicate)]);
+    assert_eq!(sold(&store, &s).await, 3);
+}
+
 // ---- MongoDB only ----------------------------------------------------------------------------
 
 /// A MongoDB record in a database of its own on the shared test server.

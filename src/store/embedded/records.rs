@@ -3,20 +3,21 @@
 //! tables of composite keys. Every call runs on the blocking pool.
 //!
 //! Tables: `users` (id -> user), `users_by_email` (email -> id), `products` (id -> product),
-//! `sales` (id -> sale), `orders` (id -> order), `orders_by_sale` ((sale, order) -> ()).
-//! Ids are UUIDv7, so key order is creation order.
+//! `sales` (id -> sale), `orders` (id -> order). Ids are UUIDv7, so key order is creation order.
 //!
-//! Order batches write only tables keyed in creation order, so a batch dirties a few pages at
-//! the tail of each B-tree. Indexes keyed by buyer would dirty one page per order (random
-//! keys) and multiply the bytes written before every fsync; instead the per-buyer and
-//! idempotency-key indexes live in memory ([`OrderIndex`]), rebuilt from `orders` when the
-//! store opens (one scan; about 150 bytes of memory per order).
+//! An order batch inserts each order once, into `orders`, whose keys grow in creation order:
+//! a batch dirties a few pages at the tail of one B-tree before its fsync. Indexes keyed by
+//! buyer would dirty one page per order (random keys), and even a (sale, order) index would
+//! double the inserts; so the by-sale, per-buyer and idempotency-key indexes live in memory
+//! ([`OrderIndex`]), rebuilt from `orders` when the store opens (one scan; about 200 bytes of
+//! memory per order). Files written before the by-sale index moved to memory still hold an
+//! `orders_by_sale` table; opening deletes it.
 
 use std::path::Path;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use foldhash::{HashMap, HashSet};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -31,10 +32,8 @@ const USERS_BY_EMAIL: TableDefinition<&str, &str> = TableDefinition::new("users_
 const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
 const SALES: TableDefinition<&str, &[u8]> = TableDefinition::new("sales");
 const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
-const ORDERS_BY_SALE: TableDefinition<(&str, &str), ()> = TableDefinition::new("orders_by_sale");
-
-/// Sorts after every id character (`[A-Za-z0-9_-]`): the upper bound of a prefix range.
-const ID_MAX: &str = "\u{7f}";
+/// The on-disk by-sale index of earlier versions, deleted at open (now kept in memory).
+const OBSOLETE_ORDERS_BY_SALE: TableDefinition<(&str, &str), ()> = TableDefinition::new("orders_by_sale");
 
 /// The redb-backed record store.
 #[derive(Clone)]
@@ -50,6 +49,8 @@ pub struct RedbRecords {
 /// In-memory indexes over the durable `orders` table.
 #[derive(Default)]
 struct OrderIndex {
+    /// A sale's orders, in commit order.
+    by_sale: HashMap<SaleId, Vec<OrderId>>,
     /// A buyer's orders, oldest first.
     by_buyer: HashMap<UserId, Vec<OrderId>>,
     /// The order of each (buyer, sale, idempotency key).
@@ -58,6 +59,7 @@ struct OrderIndex {
 
 impl OrderIndex {
     fn add(&mut self, order: &OrderRecord) {
+        self.by_sale.entry(order.sale_id.clone()).or_default().push(order.id.clone());
         self.by_buyer.entry(order.buyer_id.clone()).or_default().push(order.id.clone());
         let key = (order.buyer_id.clone(), order.sale_id.clone(), order.idempotency_key.clone());
         self.by_key.insert(key, order.id.clone());
@@ -108,7 +110,7 @@ impl RedbRecords {
         txn.open_table(PRODUCTS)?;
         txn.open_table(SALES)?;
         txn.open_table(ORDERS)?;
-        txn.open_table(ORDERS_BY_SALE)?;
+        txn.delete_table(OBSOLETE_ORDERS_BY_SALE)?;
         txn.commit()?;
         let mut index = OrderIndex::default();
         let txn = db.begin_read()?;
@@ -155,17 +157,11 @@ impl RedbRecords {
     }
 }
 
-/// Every order of a sale, oldest first, through the `orders_by_sale` index.
-fn orders_of_sale_in(
-    by_sale: &impl ReadableTable<(&'static str, &'static str), ()>,
-    orders: &impl ReadableTable<&'static str, &'static [u8]>,
-    sale: &str,
-) -> Result<Vec<OrderRecord>, StoreError> {
-    let mut found = Vec::new();
-    for entry in by_sale.range((sale, "")..(sale, ID_MAX))? {
-        let (key, _) = entry?;
-        let (_, order_id) = key.value();
-        if let Some(order) = get::<OrderRecord>(orders, order_id)? {
+/// The orders with these ids, in the order given (ids the table lacks are skipped).
+fn orders_in(orders: &impl ReadableTable<&'static str, &'static [u8]>, ids: &[OrderId]) -> Result<Vec<OrderRecord>, StoreError> {
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(order) = get::<OrderRecord>(orders, id.as_str())? {
             found.push(order);
         }
     }
@@ -359,12 +355,11 @@ impl RecordStore for RedbRecords {
             {
                 let mut sales = txn.open_table(SALES)?;
                 let mut orders = txn.open_table(ORDERS)?;
-                let mut by_sale = txn.open_table(ORDERS_BY_SALE)?;
                 // Keys stored before this batch, and those of this batch so far.
                 let known = index.lock().unwrap_or_else(|e| e.into_inner());
-                let mut batch_keys = std::collections::HashSet::new();
+                let mut batch_keys = HashSet::default();
                 // Sales touched by this batch, read once and written back once.
-                let mut touched: HashMap<SaleId, SaleRecord> = HashMap::new();
+                let mut touched: HashMap<SaleId, SaleRecord> = HashMap::default();
                 for order in &batch {
                     let sale = match touched.entry(order.sale_id.clone()) {
                         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -383,7 +378,6 @@ impl RecordStore for RedbRecords {
                     } else {
                         sale.sold += i64::from(order.quantity);
                         orders.insert(order.id.as_str(), encode(order)?.as_slice())?;
-                        by_sale.insert((order.sale_id.as_str(), order.id.as_str()), ())?;
                         stored.push(order);
                         Ok(())
                     };
@@ -413,28 +407,18 @@ impl RecordStore for RedbRecords {
         let ids = self.index.lock().unwrap_or_else(|e| e.into_inner()).by_buyer.get(buyer).cloned().unwrap_or_default();
         let sale = sale.cloned();
         self.blocking(move |db| {
-            let txn = db.begin_read()?;
-            let orders = txn.open_table(ORDERS)?;
-            let mut found = Vec::with_capacity(ids.len());
-            for id in &ids {
-                if let Some(order) = get::<OrderRecord>(&orders, id.as_str())? {
-                    if sale.as_ref().is_none_or(|s| *s == order.sale_id) {
-                        found.push(order);
-                    }
-                }
-            }
+            let mut found = orders_in(&db.begin_read()?.open_table(ORDERS)?, &ids)?;
+            found.retain(|order| sale.as_ref().is_none_or(|s| *s == order.sale_id));
             Ok(found)
         })
         .await
     }
 
     async fn orders_of_sale(&self, sale: &SaleId) -> Result<Vec<OrderRecord>, StoreError> {
-        let sale = sale.clone();
-        self.blocking(move |db| {
-            let txn = db.begin_read()?;
-            orders_of_sale_in(&txn.open_table(ORDERS_BY_SALE)?, &txn.open_table(ORDERS)?, sale.as_str())
-        })
-        .await
+        let mut ids = self.index.lock().unwrap_or_else(|e| e.into_inner()).by_sale.get(sale).cloned().unwrap_or_default();
+        // Commit order can differ slightly from creation order; UUIDv7 ids sort by creation.
+        ids.sort_unstable();
+        self.blocking(move |db| orders_in(&db.begin_read()?.open_table(ORDERS)?, &ids)).await
     }
 
     async fn order_by_key(&self, buyer: &UserId, sale: &SaleId, key: &IdempotencyKey) -> Result<Option<OrderRecord>, StoreError> {
