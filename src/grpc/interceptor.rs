@@ -2,6 +2,8 @@
 //! and puts the [`Caller`] into the request's extensions. Auth, Feeds, health and reflection
 //! are served without it.
 
+use std::sync::Arc;
+
 use tonic::{Request, Status};
 
 use crate::auth::{Caller, JwtKeys};
@@ -9,8 +11,10 @@ use crate::domain::Role;
 use crate::service::ServiceError;
 
 /// The interceptor: refuses requests without a valid token (UNAUTHENTICATED), otherwise stores
-/// the caller for the handler. The token itself is never logged.
-pub fn authenticate(keys: JwtKeys) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+/// the caller for the handler. The token itself is never logged. The router clones the
+/// service, and so the interceptor, for every call: the keys (with the validation's claim
+/// sets) are shared, not copied.
+pub fn authenticate(keys: Arc<JwtKeys>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |mut request: Request<()>| {
         let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
         let caller = keys.verify_header(header).map_err(ServiceError::from)?;
