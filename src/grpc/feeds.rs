@@ -1,17 +1,22 @@
 //! FeedsService: WatchSale and Leaderboard streams (no token needed). Each stream follows the
 //! sale's `watch` channel (see [`crate::feeds`]): the current state at once, then the newest
 //! state on each change, ending after the ENDED snapshot or at shutdown.
+//!
+//! WatchSale streams bytes: each message is an encoded `pb::SaleSnapshot`, which
+//! [`super::codec`] sends as it is.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use prost::Message;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::clock::Clock;
-use crate::domain::{SaleId, SaleStatus};
+use crate::domain::{SaleId, SaleStatus, UnixMillis};
 use crate::pb;
 use crate::service::{App, ServiceError};
 use crate::store::{SaleView, LEADERBOARD_MAX};
@@ -67,20 +72,26 @@ fn follow(receiver: watch::Receiver<Arc<SaleView>>, shutdown: CancellationToken,
     })
 }
 
+/// The WatchSale message for `view` at `server_time`, encoded.
+fn encode_snapshot(view: &SaleView, server_time: UnixMillis) -> Bytes {
+    snapshot(view, server_time).encode_to_vec().into()
+}
+
 fn sale_id(raw: &str) -> Result<SaleId, Status> {
     SaleId::parse(raw).map_err(|v| ServiceError::from(v).into())
 }
 
 #[tonic::async_trait]
 impl pb::feeds_service_server::FeedsService for FeedsApi {
-    type WatchSaleStream = FeedStream<pb::SaleSnapshot>;
+    /// Encoded `pb::SaleSnapshot`s.
+    type WatchSaleStream = FeedStream<Bytes>;
     type LeaderboardStream = FeedStream<pb::LeaderboardSnapshot>;
 
     async fn watch_sale(&self, request: Request<pb::WatchSaleRequest>) -> Result<Response<Self::WatchSaleStream>, Status> {
         let id = sale_id(&request.get_ref().sale_id)?;
         let receiver = self.app.watch(&id).await?;
         let clock = self.clock.clone();
-        let stream = follow(receiver, self.shutdown.clone(), "watch_sale").map(move |view| Ok(snapshot(&view, clock.now())));
+        let stream = follow(receiver, self.shutdown.clone(), "watch_sale").map(move |view| Ok(encode_snapshot(&view, clock.now())));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -112,5 +123,67 @@ impl pb::feeds_service_server::FeedsService for FeedsApi {
             futures::future::ready(changed.then_some(Ok(board)))
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::stream;
+    use tonic::codec::{EncodeBody, Encoder, SingleMessageCompressionOverride};
+    use tonic_prost::ProstEncoder;
+
+    use super::*;
+    use crate::domain::{EndReason, LeaderboardEntry, Money, ProductId, SaleRules};
+    use crate::grpc::codec::PreEncoded;
+
+    /// An ended sale with every optional field set.
+    fn view() -> SaleView {
+        SaleView {
+            sale_id: SaleId::generate(),
+            product_id: ProductId::generate(),
+            version: 42,
+            rules: SaleRules {
+                allocated: 500,
+                per_user_limit: 3,
+                max_per_purchase: 2,
+                start: UnixMillis(1_893_456_000_000),
+                end: UnixMillis(1_893_456_900_000),
+                unit_price: Money::parse(1999, "EUR").unwrap(),
+            },
+            status: SaleStatus::Ended,
+            end_reason: Some(EndReason::SoldOut),
+            ended_at: Some(UnixMillis(1_893_456_123_456)),
+            sold: 500,
+            remaining: 0,
+            leaderboard: vec![LeaderboardEntry {
+                rank: 1,
+                display_name: "Ann".into(),
+                units: 3,
+                first_purchase_at: UnixMillis(1_893_456_000_001),
+            }],
+            total_buyers: 250,
+        }
+    }
+
+    /// The HTTP body of a server stream of `items` sent through `encoder`: gRPC frames, as on
+    /// the wire.
+    async fn body<E>(encoder: E, items: Vec<E::Item>) -> Bytes
+    where
+        E: Encoder<Error = Status> + Send + 'static,
+        E::Item: Send + 'static,
+    {
+        let source = stream::iter(items.into_iter().map(Ok));
+        let body = EncodeBody::new_server(encoder, source, None, SingleMessageCompressionOverride::default(), None);
+        axum::body::to_bytes(axum::body::Body::new(body), usize::MAX).await.expect("the body")
+    }
+
+    #[tokio::test]
+    async fn watch_sale_sends_what_prost_would_send() {
+        let view = view();
+        let at = UnixMillis(1_893_456_100_250);
+        assert_eq!(
+            body(PreEncoded, vec![encode_snapshot(&view, at)]).await,
+            body(ProstEncoder::default(), vec![snapshot(&view, at)]).await
+        );
     }
 }
