@@ -2,8 +2,13 @@
 //! sale's `watch` channel (see [`crate::feeds`]): the current state at once, then the newest
 //! state on each change, ending after the ENDED snapshot or at shutdown.
 //!
-//! WatchSale streams bytes: each message is an encoded `pb::SaleSnapshot`, which
-//! [`super::codec`] sends as it is.
+//! WatchSale sends the same snapshot to every watcher of a sale, so it sends bytes: each
+//! published state is converted and encoded once, by the first stream that sends it, stamped
+//! with the time it was published, and every other stream sends the same bytes
+//! ([`super::codec`] writes them as they are). A stream's *first* snapshot is the exception: the
+//! state it joins may have been published long ago (a quiet sale), and clients set their
+//! countdown clocks from `server_time`, so it is encoded for that stream with the time it is
+//! sent. Leaderboard messages depend on each watcher's `top_n` and are encoded per stream.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,12 +16,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use prost::Message;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::clock::Clock;
 use crate::domain::{SaleId, SaleStatus, UnixMillis};
+use crate::feeds::{Feed, Published};
 use crate::pb;
 use crate::service::{App, ServiceError};
 use crate::store::{SaleView, LEADERBOARD_MAX};
@@ -27,7 +32,7 @@ use super::convert::{leaderboard, snapshot};
 pub struct FeedsApi {
     /// The application.
     pub app: Arc<App>,
-    /// Stamps `server_time` on snapshots.
+    /// Stamps `server_time` on each WatchSale stream's first snapshot.
     pub clock: Arc<dyn Clock>,
     /// Ends every open stream at shutdown.
     pub shutdown: CancellationToken,
@@ -51,9 +56,9 @@ impl Drop for WatcherGauge {
     }
 }
 
-/// The current view, then the newest view after each change; ends after an ENDED view or at
+/// The current state, then the newest state after each change; ends after an ENDED state or at
 /// shutdown.
-fn follow(receiver: watch::Receiver<Arc<SaleView>>, shutdown: CancellationToken, feed: &'static str) -> impl Stream<Item = Arc<SaleView>> + Send {
+fn follow(receiver: Feed, shutdown: CancellationToken, feed: &'static str) -> impl Stream<Item = Arc<Published>> + Send {
     let state = (receiver, true, WatcherGauge::new(feed));
     futures::stream::unfold(Some(state), move |state| {
         let shutdown = shutdown.clone();
@@ -65,9 +70,9 @@ fn follow(receiver: watch::Receiver<Arc<SaleView>>, shutdown: CancellationToken,
                     changed = receiver.changed() => changed.ok()?,
                 }
             }
-            let view = receiver.borrow_and_update().clone();
-            let next = (view.status != SaleStatus::Ended).then_some((receiver, false, gauge));
-            Some((view, next))
+            let published = receiver.borrow_and_update().clone();
+            let next = (published.view.status != SaleStatus::Ended).then_some((receiver, false, gauge));
+            Some((published, next))
         }
     })
 }
@@ -77,13 +82,19 @@ fn encode_snapshot(view: &SaleView, server_time: UnixMillis) -> Bytes {
     snapshot(view, server_time).encode_to_vec().into()
 }
 
+/// The WatchSale message for a published state, stamped with its publish time: encoded by the
+/// first stream that sends it, shared by the others.
+fn shared_snapshot(published: &Published) -> Bytes {
+    published.encoded(encode_snapshot)
+}
+
 fn sale_id(raw: &str) -> Result<SaleId, Status> {
     SaleId::parse(raw).map_err(|v| ServiceError::from(v).into())
 }
 
 #[tonic::async_trait]
 impl pb::feeds_service_server::FeedsService for FeedsApi {
-    /// Encoded `pb::SaleSnapshot`s.
+    /// Encoded `pb::SaleSnapshot`s (see the module's doc).
     type WatchSaleStream = FeedStream<Bytes>;
     type LeaderboardStream = FeedStream<pb::LeaderboardSnapshot>;
 
@@ -91,7 +102,12 @@ impl pb::feeds_service_server::FeedsService for FeedsApi {
         let id = sale_id(&request.get_ref().sale_id)?;
         let receiver = self.app.watch(&id).await?;
         let clock = self.clock.clone();
-        let stream = follow(receiver, self.shutdown.clone(), "watch_sale").map(move |view| Ok(encode_snapshot(&view, clock.now())));
+        let stream = follow(receiver, self.shutdown.clone(), "watch_sale").enumerate().map(move |(i, published)| {
+            Ok(match i {
+                0 => encode_snapshot(&published.view, clock.now()),
+                _ => shared_snapshot(&published),
+            })
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -112,8 +128,8 @@ impl pb::feeds_service_server::FeedsService for FeedsApi {
         let receiver = self.app.watch(&id).await?;
         // Send only when this watcher's top N or the status changed.
         let mut last: Option<pb::LeaderboardSnapshot> = None;
-        let stream = follow(receiver, self.shutdown.clone(), "leaderboard").filter_map(move |view| {
-            let board = leaderboard(&view, top_n);
+        let stream = follow(receiver, self.shutdown.clone(), "leaderboard").filter_map(move |published| {
+            let board = leaderboard(&published.view, top_n);
             let changed = last.as_ref().is_none_or(|prev| {
                 prev.entries != board.entries || prev.status != board.status || prev.total_buyers != board.total_buyers
             });
@@ -178,12 +194,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn watch_sale_sends_what_prost_would_send() {
-        let view = view();
-        let at = UnixMillis(1_893_456_100_250);
+    async fn watch_sale_sends_what_prost_would_send_for_the_published_state() {
+        let published_at = UnixMillis(1_893_456_100_250);
+        let published = Published::new(view(), published_at);
+        let shared = shared_snapshot(&published);
+        let again = shared_snapshot(&published);
+        assert_eq!(shared.as_ptr(), again.as_ptr(), "a published state is encoded once, then shared");
+
+        // Stamped with the publish time, byte for byte what prost's codec sends for the message.
+        let expected = snapshot(&published.view, published_at);
         assert_eq!(
-            body(PreEncoded, vec![encode_snapshot(&view, at)]).await,
-            body(ProstEncoder::default(), vec![snapshot(&view, at)]).await
+            body(PreEncoded, vec![shared, again]).await,
+            body(ProstEncoder::default(), vec![expected.clone(), expected]).await
+        );
+
+        // A stream's first message is stamped when it is sent.
+        let sent_at = UnixMillis(published_at.0 + 3_600_000);
+        assert_eq!(
+            body(PreEncoded, vec![encode_snapshot(&published.view, sent_at)]).await,
+            body(ProstEncoder::default(), vec![snapshot(&published.view, sent_at)]).await
         );
     }
 }
