@@ -11,9 +11,13 @@
 //! that sends it encodes it and the others send the same bytes ([`Published::encoded`]). The
 //! transport decides what the encoding is (`crate::grpc`); this module knows nothing of
 //! protobuf, and nothing is encoded for a state that no stream sends.
+//!
+//! A feed closes at shutdown: the hub drops every sender, so every stream following a feed sees
+//! the channel closed and ends. That costs one wake-up per sale; a shutdown future in each
+//! stream would cost every message sent two locks shared by all the streams.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -49,15 +53,18 @@ impl Published {
     }
 }
 
-/// A sale's feed as a watcher follows it: the newest published state.
+/// A sale's feed as a watcher follows it: the newest published state. `changed()` fails once
+/// the feed is closed (at shutdown).
 pub type Feed = watch::Receiver<Arc<Published>>;
+
+type Upstreams = RwLock<HashMap<SaleId, Arc<Upstream>>>;
 
 /// Publishes each sale's live state to its watchers.
 pub struct FeedHub {
     /// std RwLock: every purchase takes the read side to find its sale's upstream (no
-    /// contention between purchases); the write side only inserts an upstream. Never held
-    /// across an `.await`.
-    upstreams: RwLock<HashMap<SaleId, Arc<Upstream>>>,
+    /// contention between purchases); the write side only inserts an upstream, and empties the
+    /// map at shutdown. Never held across an `.await`.
+    upstreams: Arc<Upstreams>,
     hot: Arc<dyn HotStore>,
     /// Stamps each published state.
     clock: Arc<dyn Clock>,
@@ -65,6 +72,8 @@ pub struct FeedHub {
     shutdown: CancellationToken,
 }
 
+/// A sale's feed. Held by the hub and by the sale's publish task: once both are gone (at
+/// shutdown), the sender is dropped and the feed is closed.
 struct Upstream {
     /// Holds at most one permit: any number of changes during an interval wake the task once.
     dirty: Notify,
@@ -73,9 +82,12 @@ struct Upstream {
 
 impl FeedHub {
     /// A hub reading sale state from `hot`, publishing at most once per `interval` per sale,
-    /// each state stamped with `clock`'s time.
+    /// each state stamped with `clock`'s time, and closing every feed at `shutdown`. Must be
+    /// called inside the runtime.
     pub fn new(hot: Arc<dyn HotStore>, clock: Arc<dyn Clock>, interval: Duration, shutdown: CancellationToken) -> Self {
-        Self { upstreams: RwLock::default(), hot, clock, interval, shutdown }
+        let upstreams = Arc::<Upstreams>::default();
+        tokio::spawn(close_at_shutdown(Arc::downgrade(&upstreams), shutdown.clone()));
+        Self { upstreams, hot, clock, interval, shutdown }
     }
 
     /// Marks a sale changed; its watchers see the change within one interval.
@@ -90,6 +102,10 @@ impl FeedHub {
     pub fn subscribe(&self, current: SaleView) -> Feed {
         let now = self.clock.now();
         let mut upstreams = self.upstreams.write().unwrap_or_else(|e| e.into_inner());
+        if self.shutdown.is_cancelled() {
+            // Shutting down: the current state, on a feed closed already.
+            return watch::channel(Arc::new(Published::new(current, now))).1;
+        }
         if let Some(upstream) = upstreams.get(&current.sale_id) {
             // `current` was read just now; the last published value may be up to one interval
             // old. A new watcher must start from the newest state (e.g. ENDED right after an
@@ -125,7 +141,12 @@ async fn publish(
             _ = shutdown.cancelled() => return,
             _ = upstream.dirty.notified() => {}
         }
-        match hot.view(&sale).await {
+        // Every wait ends at shutdown: the task's hold on the feed must go for it to close.
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            read = hot.view(&sale) => read,
+        };
+        match read {
             Ok(Some(view)) => publish_if_newer(&upstream.latest, view, clock.now()),
             Ok(None) => return,
             Err(e) => tracing::warn!(error = %e, %sale, "feed could not read the sale; retrying"),
@@ -134,6 +155,15 @@ async fn publish(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
+    }
+}
+
+/// Waits for shutdown, then drops the hub's hold on every feed (their publish tasks stop at
+/// shutdown too), which closes them.
+async fn close_at_shutdown(upstreams: Weak<Upstreams>, shutdown: CancellationToken) {
+    shutdown.cancelled().await;
+    if let Some(upstreams) = upstreams.upgrade() {
+        upstreams.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 

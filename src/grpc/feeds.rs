@@ -1,6 +1,6 @@
 //! FeedsService: WatchSale and Leaderboard streams (no token needed). Each stream follows the
 //! sale's `watch` channel (see [`crate::feeds`]): the current state at once, then the newest
-//! state on each change, ending after the ENDED snapshot or at shutdown.
+//! state on each change, ending after the ENDED snapshot or when the feed closes (shutdown).
 //!
 //! WatchSale sends the same snapshot to every watcher of a sale, so it sends bytes: each
 //! published state is converted and encoded once, by the first stream that sends it, stamped
@@ -16,7 +16,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use prost::Message;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::clock::Clock;
@@ -34,8 +33,6 @@ pub struct FeedsApi {
     pub app: Arc<App>,
     /// Stamps `server_time` on each WatchSale stream's first snapshot.
     pub clock: Arc<dyn Clock>,
-    /// Ends every open stream at shutdown.
-    pub shutdown: CancellationToken,
 }
 
 type FeedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -56,24 +53,18 @@ impl Drop for WatcherGauge {
     }
 }
 
-/// The current state, then the newest state after each change; ends after an ENDED state or at
-/// shutdown.
-fn follow(receiver: Feed, shutdown: CancellationToken, feed: &'static str) -> impl Stream<Item = Arc<Published>> + Send {
+/// The current state, then the newest state after each change; ends after an ENDED state or
+/// when the feed closes (at shutdown, see [`crate::feeds`]).
+fn follow(receiver: Feed, feed: &'static str) -> impl Stream<Item = Arc<Published>> + Send {
     let state = (receiver, true, WatcherGauge::new(feed));
-    futures::stream::unfold(Some(state), move |state| {
-        let shutdown = shutdown.clone();
-        async move {
-            let (mut receiver, first, gauge) = state?;
-            if !first {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    changed = receiver.changed() => changed.ok()?,
-                }
-            }
-            let published = receiver.borrow_and_update().clone();
-            let next = (published.view.status != SaleStatus::Ended).then_some((receiver, false, gauge));
-            Some((published, next))
+    futures::stream::unfold(Some(state), |state| async move {
+        let (mut receiver, first, gauge) = state?;
+        if !first {
+            receiver.changed().await.ok()?;
         }
+        let published = receiver.borrow_and_update().clone();
+        let next = (published.view.status != SaleStatus::Ended).then_some((receiver, false, gauge));
+        Some((published, next))
     })
 }
 
@@ -102,7 +93,7 @@ impl pb::feeds_service_server::FeedsService for FeedsApi {
         let id = sale_id(&request.get_ref().sale_id)?;
         let receiver = self.app.watch(&id).await?;
         let clock = self.clock.clone();
-        let stream = follow(receiver, self.shutdown.clone(), "watch_sale").enumerate().map(move |(i, published)| {
+        let stream = follow(receiver, "watch_sale").enumerate().map(move |(i, published)| {
             Ok(match i {
                 0 => encode_snapshot(&published.view, clock.now()),
                 _ => shared_snapshot(&published),
@@ -128,7 +119,7 @@ impl pb::feeds_service_server::FeedsService for FeedsApi {
         let receiver = self.app.watch(&id).await?;
         // Send only when this watcher's top N or the status changed.
         let mut last: Option<pb::LeaderboardSnapshot> = None;
-        let stream = follow(receiver, self.shutdown.clone(), "leaderboard").filter_map(move |published| {
+        let stream = follow(receiver, "leaderboard").filter_map(move |published| {
             let board = leaderboard(&published.view, top_n);
             let changed = last.as_ref().is_none_or(|prev| {
                 prev.entries != board.entries || prev.status != board.status || prev.total_buyers != board.total_buyers
