@@ -141,7 +141,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{EndReason, LeaderboardEntry, Money, ProductId, SaleRules};
-    use crate::grpc::codec::PreEncoded;
+    use crate::grpc::codec::{PreEncoded, SNAPSHOT_BUFFER};
 
     /// An ended sale with every optional field set.
     fn view() -> SaleView {
@@ -191,6 +191,7 @@ mod tests {
         let shared = shared_snapshot(&published);
         let again = shared_snapshot(&published);
         assert_eq!(shared.as_ptr(), again.as_ptr(), "a published state is encoded once, then shared");
+        assert!(shared.len() + 5 <= SNAPSHOT_BUFFER, "a snapshot and its frame header fit a stream's buffer");
 
         // Stamped with the publish time, byte for byte what prost's codec sends for the message.
         let expected = snapshot(&published.view, published_at);
