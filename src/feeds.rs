@@ -5,38 +5,89 @@
 //! `watch` channel, then waits one feed interval before it may publish again, so every watcher
 //! gets the newest state at a bounded rate. A `watch` keeps only the latest value: a watcher
 //! that never reads holds one `Arc` and never slows the upstream or the purchases.
+//!
+//! What is published is a [`Published`] state: the view, stamped with the time it was read,
+//! plus room for its encoded form. Thousands of streams send the same state, so the first one
+//! that sends it encodes it and the others send the same bytes ([`Published::encoded`]). The
+//! transport decides what the encoding is (`crate::grpc`); this module knows nothing of
+//! protobuf, and nothing is encoded for a state that no stream sends.
+//!
+//! A feed closes at shutdown: the hub drops every sender, so every stream following a feed sees
+//! the channel closed and ends. That costs one wake-up per sale; a shutdown future in each
+//! stream would cost every message sent two locks shared by all the streams.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{SaleId, SaleStatus};
+use crate::clock::Clock;
+use crate::domain::{SaleId, SaleStatus, UnixMillis};
 use crate::store::{HotStore, SaleView};
+
+/// One published state of a sale: what its watchers are sent until the next publish.
+#[derive(Debug)]
+pub struct Published {
+    /// The sale's state.
+    pub view: SaleView,
+    /// When the state was read: the server time the watchers are shown with it.
+    pub at: UnixMillis,
+    /// The state as the watchers' streams send it, made once (see [`Published::encoded`]).
+    encoded: OnceLock<Bytes>,
+}
+
+impl Published {
+    /// A state read at `at`, not encoded yet.
+    pub fn new(view: SaleView, at: UnixMillis) -> Self {
+        Self { view, at, encoded: OnceLock::new() }
+    }
+
+    /// The state's encoded form: `encode(view, at)` the first time (concurrent callers wait for
+    /// it), the same bytes afterwards. It holds one encoding only: every caller must pass the
+    /// same `encode` (the WatchSale stream's).
+    pub fn encoded(&self, encode: impl FnOnce(&SaleView, UnixMillis) -> Bytes) -> Bytes {
+        self.encoded.get_or_init(|| encode(&self.view, self.at)).clone()
+    }
+}
+
+/// A sale's feed as a watcher follows it: the newest published state. `changed()` fails once
+/// the feed is closed (at shutdown).
+pub type Feed = watch::Receiver<Arc<Published>>;
+
+type Upstreams = RwLock<HashMap<SaleId, Arc<Upstream>>>;
 
 /// Publishes each sale's live state to its watchers.
 pub struct FeedHub {
     /// std RwLock: every purchase takes the read side to find its sale's upstream (no
-    /// contention between purchases); the write side only inserts an upstream. Never held
-    /// across an `.await`.
-    upstreams: RwLock<HashMap<SaleId, Arc<Upstream>>>,
+    /// contention between purchases); the write side only inserts an upstream, and empties the
+    /// map at shutdown. Never held across an `.await`.
+    upstreams: Arc<Upstreams>,
     hot: Arc<dyn HotStore>,
+    /// Stamps each published state.
+    clock: Arc<dyn Clock>,
     interval: Duration,
     shutdown: CancellationToken,
 }
 
+/// A sale's feed. Held by the hub and by the sale's publish task: once both are gone (at
+/// shutdown), the sender is dropped and the feed is closed.
 struct Upstream {
     /// Holds at most one permit: any number of changes during an interval wake the task once.
     dirty: Notify,
-    latest: watch::Sender<Arc<SaleView>>,
+    latest: watch::Sender<Arc<Published>>,
 }
 
 impl FeedHub {
-    /// A hub reading sale state from `hot`, publishing at most once per `interval` per sale.
-    pub fn new(hot: Arc<dyn HotStore>, interval: Duration, shutdown: CancellationToken) -> Self {
-        Self { upstreams: RwLock::default(), hot, interval, shutdown }
+    /// A hub reading sale state from `hot`, publishing at most once per `interval` per sale,
+    /// each state stamped with `clock`'s time, and closing every feed at `shutdown`. Must be
+    /// called inside the runtime.
+    pub fn new(hot: Arc<dyn HotStore>, clock: Arc<dyn Clock>, interval: Duration, shutdown: CancellationToken) -> Self {
+        let upstreams = Arc::<Upstreams>::default();
+        tokio::spawn(close_at_shutdown(Arc::downgrade(&upstreams), shutdown.clone()));
+        Self { upstreams, hot, clock, interval, shutdown }
     }
 
     /// Marks a sale changed; its watchers see the change within one interval.
@@ -46,39 +97,57 @@ impl FeedHub {
         }
     }
 
-    /// Subscribes to a sale whose current view is `current` (the caller loaded it). The
-    /// receiver's current value is the newest published state.
-    pub fn subscribe(&self, current: SaleView) -> watch::Receiver<Arc<SaleView>> {
+    /// Subscribes to a sale whose current view is `current` (the caller loaded it just now).
+    /// The receiver's current value is the newest published state.
+    pub fn subscribe(&self, current: SaleView) -> Feed {
+        let now = self.clock.now();
         let mut upstreams = self.upstreams.write().unwrap_or_else(|e| e.into_inner());
+        if self.shutdown.is_cancelled() {
+            // Shutting down: the current state, on a feed closed already.
+            return watch::channel(Arc::new(Published::new(current, now))).1;
+        }
         if let Some(upstream) = upstreams.get(&current.sale_id) {
             // `current` was read just now; the last published value may be up to one interval
             // old. A new watcher must start from the newest state (e.g. ENDED right after an
             // end), so publish `current` first when it is newer.
-            publish_if_newer(&upstream.latest, current);
+            publish_if_newer(&upstream.latest, current, now);
             return upstream.latest.subscribe();
         }
         let sale = current.sale_id.clone();
-        let (latest, receiver) = watch::channel(Arc::new(current));
+        let (latest, receiver) = watch::channel(Arc::new(Published::new(current, now)));
         let upstream = Arc::new(Upstream { dirty: Notify::new(), latest });
         upstreams.insert(sale.clone(), upstream.clone());
-        tokio::spawn(publish(upstream, sale, self.hot.clone(), self.interval, self.shutdown.clone()));
+        let task = publish(upstream, sale, self.hot.clone(), self.clock.clone(), self.interval, self.shutdown.clone());
+        tokio::spawn(task);
         receiver
     }
 }
 
-async fn publish(upstream: Arc<Upstream>, sale: SaleId, hot: Arc<dyn HotStore>, interval: Duration, shutdown: CancellationToken) {
+async fn publish(
+    upstream: Arc<Upstream>,
+    sale: SaleId,
+    hot: Arc<dyn HotStore>,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     // A state read before the upstream existed may be stale: publish once right away.
     upstream.dirty.notify_one();
     loop {
-        if upstream.latest.borrow().status == SaleStatus::Ended {
+        if upstream.latest.borrow().view.status == SaleStatus::Ended {
             return;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = upstream.dirty.notified() => {}
         }
-        match hot.view(&sale).await {
-            Ok(Some(view)) => publish_if_newer(&upstream.latest, view),
+        // Every wait ends at shutdown: the task's hold on the feed must go for it to close.
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            read = hot.view(&sale) => read,
+        };
+        match read {
+            Ok(Some(view)) => publish_if_newer(&upstream.latest, view, clock.now()),
             Ok(None) => return,
             Err(e) => tracing::warn!(error = %e, %sale, "feed could not read the sale; retrying"),
         }
@@ -89,13 +158,23 @@ async fn publish(upstream: Arc<Upstream>, sale: SaleId, hot: Arc<dyn HotStore>, 
     }
 }
 
-/// Replaces the published view when `view` is newer (higher version, or the sale ended).
-fn publish_if_newer(latest: &watch::Sender<Arc<SaleView>>, view: SaleView) {
+/// Waits for shutdown, then drops the hub's hold on every feed (their publish tasks stop at
+/// shutdown too), which closes them.
+async fn close_at_shutdown(upstreams: Weak<Upstreams>, shutdown: CancellationToken) {
+    shutdown.cancelled().await;
+    if let Some(upstreams) = upstreams.upgrade() {
+        upstreams.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// Replaces the published state with `view`, read at `at`, when it is newer (higher version,
+/// or the sale ended).
+fn publish_if_newer(latest: &watch::Sender<Arc<Published>>, view: SaleView, at: UnixMillis) {
     latest.send_if_modified(|published| {
-        let newer = view.version > published.version
-            || (view.status == SaleStatus::Ended && published.status != SaleStatus::Ended);
+        let newer = view.version > published.view.version
+            || (view.status == SaleStatus::Ended && published.view.status != SaleStatus::Ended);
         if newer {
-            *published = Arc::new(view);
+            *published = Arc::new(Published::new(view, at));
         }
         newer
     });

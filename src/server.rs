@@ -68,7 +68,7 @@ pub async fn run(listeners: Listeners, settings: Settings, clock: Arc<dyn Clock>
     let auth = AuthServiceServer::new(AuthApi { app: app.clone(), limits: limits.clone() }).max_decoding_message_size(max);
     let admin = AdminServiceServer::new(AdminApi { app: app.clone() }).max_decoding_message_size(max);
     let purchase = PurchaseServiceServer::new(PurchaseApi { app: app.clone(), limits: limits.clone() }).max_decoding_message_size(max);
-    let feeds = FeedsServiceServer::new(FeedsApi { app: app.clone(), clock, shutdown: shutdown.clone() }).max_decoding_message_size(max);
+    let feeds = FeedsServiceServer::new(FeedsApi { app: app.clone(), clock }).max_decoding_message_size(max);
     let interceptor = authenticate(std::sync::Arc::new(app.keys().clone()));
 
     let mut routes = Routes::builder();

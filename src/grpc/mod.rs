@@ -5,6 +5,7 @@
 
 mod admin;
 mod auth;
+pub mod codec;
 mod convert;
 pub mod error;
 mod feeds;

@@ -157,7 +157,7 @@ impl App {
     }
 
     /// Subscribes to a sale's live state (feeds).
-    pub async fn watch(&self, id: &SaleId) -> Result<tokio::sync::watch::Receiver<std::sync::Arc<SaleView>>, ServiceError> {
+    pub async fn watch(&self, id: &SaleId) -> Result<crate::feeds::Feed, ServiceError> {
         self.load_sale(id).await?;
         let view = self.hot.view(id).await?.ok_or(ServiceError::SaleNotFound)?;
         Ok(self.feeds.subscribe(view))

@@ -152,7 +152,7 @@ impl App {
         let hot = open_hot(settings).await?;
         let app = Arc::new(Self {
             committer: Committer::start(records.clone()),
-            feeds: FeedHub::new(hot.clone(), settings.feed_interval, shutdown.clone()),
+            feeds: FeedHub::new(hot.clone(), clock.clone(), settings.feed_interval, shutdown.clone()),
             records,
             hot,
             clock,

@@ -147,6 +147,29 @@ async fn a_watcher_arriving_after_the_end_starts_with_the_final_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_time_is_when_the_state_was_published_or_when_the_watcher_joined() {
+    let app = spawn_app_with(AppOptions { manual_clock: Some(T0), ..AppOptions::default() }).await;
+    let sale = app.active_sale(10, 0, 5).await;
+    let at = |secs: i64| Some(timestamp(UnixMillis(T0.0 + secs * 1000)));
+    let mut early = app.watch(&sale.id).await;
+    let first = next_message(&mut early, "first snapshot").await.expect("a snapshot");
+    assert_eq!(first.server_time, at(0));
+
+    // Every watcher is sent the same update, stamped when it was published.
+    app.advance(Duration::from_secs(5));
+    app.buy(&app.buyer_token("clock-buyer", "Clock"), &sale.id, 1, "k").await.expect("purchase");
+    let update = read_until(&mut early, "the purchase", |s| s.sold == 1).await.pop().unwrap();
+    assert_eq!(update.server_time, at(5));
+
+    // A minute later, nothing changed since: a new watcher's first snapshot is that same state,
+    // stamped when it is sent (the page sets its countdown clock from it).
+    app.advance(Duration::from_secs(60));
+    let mut late = app.watch(&sale.id).await;
+    let first = next_message(&mut late, "late watcher").await.expect("a snapshot");
+    assert_eq!((first.version, first.server_time), (update.version, at(65)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_watchers_do_not_block_a_rush() {
     const UNITS: i64 = 300;
     let app = spawn_app().await;

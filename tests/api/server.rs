@@ -10,7 +10,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::helpers::{next_message, spawn_app};
+use crate::helpers::{next_message, spawn_app, spawn_app_with, AppOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_serving() {
@@ -203,27 +203,29 @@ async fn cors_preflight_allows_browsers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_ends_open_streams() {
-    let app = spawn_app().await;
+    // A grace period longer than the test's patience: the server must not need it, the open
+    // streams must end by themselves.
+    let mut options = AppOptions::default();
+    options.settings.shutdown_grace = Duration::from_secs(120);
+    let app = spawn_app_with(options).await;
     let sale = app.active_sale(3, 0, 1).await;
     let mut watch = app.watch(&sale.id).await;
     next_message(&mut watch, "snapshot").await.expect("a snapshot");
+    let mut board = app.leaderboard(&sale.id, 10).await;
+    next_message(&mut board, "leaderboard").await.expect("a leaderboard");
     let addr = app.addr;
 
     let stopped = tokio::time::timeout(Duration::from_secs(30), app.stop())
         .await
-        .expect("shutdown must not wait for an open stream forever");
+        .expect("shutdown must not wait for the open streams");
     stopped.expect("the server stops cleanly");
 
-    // The open stream ends (cleanly or with a status), it does not hang.
+    // The open streams end (cleanly or with a status), they do not hang.
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match watch.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => return,
-            }
-        }
+        while let Ok(Some(_)) = watch.message().await {}
+        while let Ok(Some(_)) = board.message().await {}
     })
     .await;
-    assert!(ended.is_ok(), "the open WatchSale stream must end at shutdown");
+    assert!(ended.is_ok(), "the open WatchSale and Leaderboard streams must end at shutdown");
     assert!(TcpStream::connect(addr).await.is_err(), "nothing listens after shutdown");
 }
