@@ -28,7 +28,7 @@ macro_rules! id_type {
 
             /// Accepts 1..=64 characters of `[A-Za-z0-9_-]`.
             pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
-                parse_id(raw, $field).map(|()| Self(Arc::from(raw)))
+                check_id(raw, $field).map(|()| Self(Arc::from(raw)))
             }
 
             /// The id as text.
@@ -45,7 +45,7 @@ macro_rules! id_type {
     };
 }
 
-fn parse_id(raw: &str, field: &'static str) -> Result<(), FieldViolation> {
+fn check_id(raw: &str, field: &'static str) -> Result<(), FieldViolation> {
     if raw.is_empty() {
         return Err(FieldViolation::new(field, "is required"));
     }
