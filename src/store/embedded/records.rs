@@ -1,6 +1,6 @@
 //! The durable record in redb: one file, ACID write transactions, each commit fsynced
-//! (`Durability::Immediate`, redb's default). Records are JSON values; secondary indexes are
-//! tables of composite keys. Every call runs on the blocking pool.
+//! (`Durability::Immediate`, redb's default). Records are JSON values. Every call runs on the
+//! blocking pool.
 //!
 //! Tables: `users` (id -> user), `users_by_email` (email -> id), `products` (id -> product),
 //! `sales` (id -> sale), `orders` (id -> order). Ids are UUIDv7, so key order is creation order.
