@@ -31,21 +31,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler.include_imports(true);
     compiler.open_files(files)?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(
-        out_dir.join("flashsale_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
-    )?;
+    fs::write(out_dir.join("flashsale_descriptor.bin"), compiler.encode_file_descriptor_set())?;
     // What `tonic_prost_build::configure().compile_fds(..)` does, with our service generator.
     let generator = PreEncodedServers {
         standard: tonic_prost_build::configure().service_generator(),
-        client_only: tonic_prost_build::configure()
-            .build_server(false)
-            .service_generator(),
+        client_only: tonic_prost_build::configure().build_server(false).service_generator(),
         out_dir,
     };
-    prost_build::Config::new()
-        .service_generator(Box::new(generator))
-        .compile_fds(compiler.file_descriptor_set())?;
+    prost_build::Config::new().service_generator(Box::new(generator)).compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }
 
@@ -63,27 +56,18 @@ impl ServiceGenerator for PreEncodedServers {
         if !PRE_ENCODED.iter().any(|(s, _)| *s == service.proto_name) {
             return self.standard.generate(service, buf);
         }
-        let mut server = tonic_build::manual::Service::builder()
-            .name(&service.proto_name)
-            .package(&service.package);
+        let mut server = tonic_build::manual::Service::builder().name(&service.proto_name).package(&service.package);
         for line in &service.comments.leading {
             server = server.comment(line);
         }
         for method in &service.methods {
             // `input_type` is the Rust name of the message, relative to the package's module.
             let request = format!("crate::pb::{}", method.input_type);
-            let pre_encoded =
-                PRE_ENCODED.contains(&(service.proto_name.as_str(), method.proto_name.as_str()));
+            let pre_encoded = PRE_ENCODED.contains(&(service.proto_name.as_str(), method.proto_name.as_str()));
             let (response, codec) = if pre_encoded {
-                (
-                    "bytes::Bytes".to_owned(),
-                    "crate::grpc::codec::PreEncodedCodec",
-                )
+                ("bytes::Bytes".to_owned(), "crate::grpc::codec::PreEncodedCodec")
             } else {
-                (
-                    format!("crate::pb::{}", method.output_type),
-                    "tonic_prost::ProstCodec",
-                )
+                (format!("crate::pb::{}", method.output_type), "tonic_prost::ProstCodec")
             };
             let mut m = tonic_build::manual::Method::builder()
                 .name(&method.name)
@@ -95,10 +79,7 @@ impl ServiceGenerator for PreEncodedServers {
                 m = m.comment(line);
             }
             if pre_encoded {
-                m = m.comment("").comment(format!(
-                    " Each item is an encoded `{}`, sent as it is.",
-                    method.output_type
-                ));
+                m = m.comment("").comment(format!(" Each item is an encoded `{}`, sent as it is.", method.output_type));
             }
             if method.client_streaming {
                 m = m.client_streaming();
@@ -108,10 +89,7 @@ impl ServiceGenerator for PreEncodedServers {
             }
             server = server.method(m.build());
         }
-        tonic_build::manual::Builder::new()
-            .build_client(false)
-            .out_dir(&self.out_dir)
-            .compile(&[server.build()]);
+        tonic_build::manual::Builder::new().build_client(false).out_dir(&self.out_dir).compile(&[server.build()]);
         self.client_only.generate(service, buf);
     }
 

@@ -73,11 +73,7 @@ impl JwtKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
-        }
+        Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation }
     }
 
     /// Signs a token for `sub` valid for `ttl` from `now`; returns it with its expiry.
@@ -146,8 +142,7 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 pub async fn hash_password(password: Password) -> anyhow::Result<String> {
     tokio::task::spawn_blocking(move || {
         let hash: Result<PasswordHash, _> = Argon2::default().hash_password(password.expose().as_bytes());
-        hash.map(|hash| hash.to_string())
-            .map_err(|e| anyhow::anyhow!("hashing password: {e}"))
+        hash.map(|hash| hash.to_string()).map_err(|e| anyhow::anyhow!("hashing password: {e}"))
     })
     .await?
 }
@@ -155,8 +150,7 @@ pub async fn hash_password(password: Password) -> anyhow::Result<String> {
 /// Checks a password against a PHC hash on the blocking pool.
 pub async fn verify_password(password: Password, phc: String) -> anyhow::Result<bool> {
     tokio::task::spawn_blocking(move || {
-        let hash = PasswordHash::new(&phc)
-            .map_err(|e| anyhow::anyhow!("stored hash is malformed: {e}"))?;
+        let hash = PasswordHash::new(&phc).map_err(|e| anyhow::anyhow!("stored hash is malformed: {e}"))?;
         Ok(Argon2::default().verify_password(password.expose().as_bytes(), &hash).is_ok())
     })
     .await?

@@ -23,9 +23,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> UnixMillis {
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         UnixMillis(since_epoch.as_millis() as i64)
     }
 
@@ -52,10 +50,7 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock standing at `start`.
     pub fn new(start: UnixMillis) -> Self {
-        Self {
-            now: AtomicI64::new(start.0),
-            ticks: watch::Sender::new(start.0),
-        }
+        Self { now: AtomicI64::new(start.0), ticks: watch::Sender::new(start.0) }
     }
 
     /// Moves the clock forward and wakes every sleeper whose instant has come.

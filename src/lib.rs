@@ -41,6 +41,5 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/flashsale.v1.FeedsService.rs"));
 
     /// The encoded descriptors of every proto file, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("flashsale_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("flashsale_descriptor");
 }

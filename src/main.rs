@@ -89,7 +89,8 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     let role = Role::parse(&args.role)?;
     let secret = flashsale::auth::load_or_create_secret(args.secret.jwt_secret.as_deref(), &args.secret.data_dir)?;
     let keys = flashsale::auth::JwtKeys::new(&secret);
-    let (token, _) = keys.issue(&args.sub, &args.name, role, SystemClock.now(), std::time::Duration::from_secs(args.ttl_secs));
+    let (token, _) =
+        keys.issue(&args.sub, &args.name, role, SystemClock.now(), std::time::Duration::from_secs(args.ttl_secs));
     println!("{token}");
     Ok(())
 }

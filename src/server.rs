@@ -39,14 +39,20 @@ fn cors() -> CorsLayer {
         .allow_origin(AllowOrigin::mirror_request())
         .allow_methods([Method::POST, Method::OPTIONS])
         .allow_headers(
-            ["content-type", "x-grpc-web", "x-user-agent", "grpc-timeout", "authorization"].map(HeaderName::from_static),
+            ["content-type", "x-grpc-web", "x-user-agent", "grpc-timeout", "authorization"]
+                .map(HeaderName::from_static),
         )
         .expose_headers(["grpc-status", "grpc-message", "grpc-status-details-bin"].map(HeaderName::from_static))
         .max_age(Duration::from_secs(24 * 3600))
 }
 
 /// Serves until `shutdown` is cancelled, then drains for at most the grace period.
-pub async fn run(listeners: Listeners, settings: Settings, clock: Arc<dyn Clock>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    listeners: Listeners,
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let metrics = crate::metrics::handle();
     let app = App::open(&settings, clock.clone(), shutdown.clone()).await?;
     let limits = Arc::new(RateLimits::new(&settings));
@@ -65,9 +71,11 @@ pub async fn run(listeners: Listeners, settings: Settings, clock: Arc<dyn Clock>
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
 
-    let auth = AuthServiceServer::new(AuthApi { app: app.clone(), limits: limits.clone() }).max_decoding_message_size(max);
+    let auth =
+        AuthServiceServer::new(AuthApi { app: app.clone(), limits: limits.clone() }).max_decoding_message_size(max);
     let admin = AdminServiceServer::new(AdminApi { app: app.clone() }).max_decoding_message_size(max);
-    let purchase = PurchaseServiceServer::new(PurchaseApi { app: app.clone(), limits: limits.clone() }).max_decoding_message_size(max);
+    let purchase = PurchaseServiceServer::new(PurchaseApi { app: app.clone(), limits: limits.clone() })
+        .max_decoding_message_size(max);
     let feeds = FeedsServiceServer::new(FeedsApi { app: app.clone(), clock }).max_decoding_message_size(max);
     let interceptor = authenticate(std::sync::Arc::new(app.keys().clone()));
 
@@ -99,7 +107,8 @@ pub async fn run(listeners: Listeners, settings: Settings, clock: Arc<dyn Clock>
 
     let metrics_server = async {
         let Some(listener) = listeners.metrics else { return Ok(()) };
-        let router = axum::Router::new().route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())));
+        let router =
+            axum::Router::new().route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())));
         axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await
     };
 

@@ -41,11 +41,9 @@ impl Leaderboard {
     pub fn record(&mut self, buyer: &UserId, display_name: &Arc<str>, units: i64, at: UnixMillis) {
         match self.standings.get_mut(buyer) {
             Some(standing) => {
-                self.ranked
-                    .remove(&(Reverse(standing.units), standing.first_purchase_at, buyer.clone()));
+                self.ranked.remove(&(Reverse(standing.units), standing.first_purchase_at, buyer.clone()));
                 standing.units += units;
-                self.ranked
-                    .insert((Reverse(standing.units), standing.first_purchase_at, buyer.clone()));
+                self.ranked.insert((Reverse(standing.units), standing.first_purchase_at, buyer.clone()));
             }
             None => {
                 self.standings.insert(

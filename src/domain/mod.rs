@@ -8,13 +8,8 @@ mod values;
 
 pub use ids::{OrderId, ProductId, SaleId, UserId};
 pub use leaderboard::{Leaderboard, LeaderboardEntry};
-pub use sale::{
-    check_purchase, BuyerSnapshot, EndReason, Transition, PurchaseRefusal, SaleRules,
-    SaleStatus,
-};
-pub use values::{
-    Currency, DisplayName, Email, IdempotencyKey, Money, Password, Quantity, Role, UnixMillis,
-};
+pub use sale::{check_purchase, BuyerSnapshot, EndReason, PurchaseRefusal, SaleRules, SaleStatus, Transition};
+pub use values::{Currency, DisplayName, Email, IdempotencyKey, Money, Password, Quantity, Role, UnixMillis};
 
 /// A field that failed validation: which one, and why (for `google.rpc.BadRequest`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,9 +24,6 @@ pub struct FieldViolation {
 impl FieldViolation {
     /// A violation of `field`.
     pub fn new(field: &'static str, description: impl Into<String>) -> Self {
-        Self {
-            field,
-            description: description.into(),
-        }
+        Self { field, description: description.into() }
     }
 }

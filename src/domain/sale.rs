@@ -143,36 +143,23 @@ pub fn check_purchase(
         // A sale that ended because it sold out says so: that is what its buyers need to hear.
         SaleStatus::Ended if live.end_reason == Some(EndReason::SoldOut) => return Err(PurchaseRefusal::SoldOut),
         SaleStatus::Ended => {
-            return Err(PurchaseRefusal::Ended {
-                reason: live.end_reason.unwrap_or(EndReason::TimeUp),
-            })
+            return Err(PurchaseRefusal::Ended { reason: live.end_reason.unwrap_or(EndReason::TimeUp) })
         }
         SaleStatus::Scheduled => return Err(PurchaseRefusal::NotStarted { start: rules.start }),
-        SaleStatus::Active if now < rules.start => {
-            return Err(PurchaseRefusal::NotStarted { start: rules.start })
-        }
-        SaleStatus::Active if now >= rules.end => {
-            return Err(PurchaseRefusal::Ended {
-                reason: EndReason::TimeUp,
-            })
-        }
+        SaleStatus::Active if now < rules.start => return Err(PurchaseRefusal::NotStarted { start: rules.start }),
+        SaleStatus::Active if now >= rules.end => return Err(PurchaseRefusal::Ended { reason: EndReason::TimeUp }),
         SaleStatus::Active => {}
     }
-    let quantity =
-        Quantity::parse(quantity, rules.max_per_purchase).map_err(PurchaseRefusal::InvalidQuantity)?;
-    if rules.per_user_limit != 0 && u64::from(live.bought) + u64::from(quantity.get()) > u64::from(rules.per_user_limit) {
-        return Err(PurchaseRefusal::UserLimitReached {
-            limit: rules.per_user_limit,
-            bought: live.bought,
-        });
+    let quantity = Quantity::parse(quantity, rules.max_per_purchase).map_err(PurchaseRefusal::InvalidQuantity)?;
+    if rules.per_user_limit != 0 && u64::from(live.bought) + u64::from(quantity.get()) > u64::from(rules.per_user_limit)
+    {
+        return Err(PurchaseRefusal::UserLimitReached { limit: rules.per_user_limit, bought: live.bought });
     }
     if live.remaining <= 0 {
         return Err(PurchaseRefusal::SoldOut);
     }
     if i64::from(quantity.get()) > live.remaining {
-        return Err(PurchaseRefusal::InsufficientStock {
-            remaining: live.remaining,
-        });
+        return Err(PurchaseRefusal::InsufficientStock { remaining: live.remaining });
     }
     Ok(quantity)
 }
@@ -207,7 +194,6 @@ impl SaleRules {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,7 +226,10 @@ mod tests {
         let scheduled = BuyerSnapshot { status: SaleStatus::Scheduled, ..live(10, 0) };
         assert!(matches!(check_purchase(&r, scheduled, UnixMillis(150), 1), Err(PurchaseRefusal::NotStarted { .. })));
         let ended = BuyerSnapshot { status: SaleStatus::Ended, end_reason: Some(EndReason::ByAdmin), ..live(5, 0) };
-        assert_eq!(check_purchase(&r, ended, UnixMillis(150), 1), Err(PurchaseRefusal::Ended { reason: EndReason::ByAdmin }));
+        assert_eq!(
+            check_purchase(&r, ended, UnixMillis(150), 1),
+            Err(PurchaseRefusal::Ended { reason: EndReason::ByAdmin })
+        );
         let sold_out = BuyerSnapshot { status: SaleStatus::Ended, end_reason: Some(EndReason::SoldOut), ..live(0, 0) };
         assert_eq!(check_purchase(&r, sold_out, UnixMillis(150), 1), Err(PurchaseRefusal::SoldOut));
     }

@@ -84,10 +84,7 @@ impl DisplayName {
             return Err(FieldViolation::new("display_name", "must be 1 to 64 characters"));
         }
         if name.contains('@') || name.chars().any(char::is_control) {
-            return Err(FieldViolation::new(
-                "display_name",
-                "must not contain '@' or control characters",
-            ));
+            return Err(FieldViolation::new("display_name", "must not contain '@' or control characters"));
         }
         Ok(Self(name.to_owned()))
     }
@@ -133,10 +130,7 @@ impl IdempotencyKey {
     /// Checks length and characters.
     pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
         if raw.is_empty() || raw.len() > 128 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(FieldViolation::new(
-                "idempotency_key",
-                "must be 1 to 128 printable ASCII characters",
-            ));
+            return Err(FieldViolation::new("idempotency_key", "must be 1 to 128 printable ASCII characters"));
         }
         Ok(Self(raw.into()))
     }
@@ -156,10 +150,7 @@ impl Currency {
     pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
         match raw.as_bytes() {
             [a, b, c] if raw.bytes().all(|b| b.is_ascii_uppercase()) => Ok(Self([*a, *b, *c])),
-            _ => Err(FieldViolation::new(
-                "unit_price.currency",
-                "must be an ISO 4217 code such as USD",
-            )),
+            _ => Err(FieldViolation::new("unit_price.currency", "must be an ISO 4217 code such as USD")),
         }
     }
 
@@ -185,19 +176,13 @@ impl Money {
         if amount_minor < 0 {
             return Err(FieldViolation::new("unit_price.amount_minor", "must not be negative"));
         }
-        Ok(Self {
-            amount_minor,
-            currency: Currency::parse(currency)?,
-        })
+        Ok(Self { amount_minor, currency: Currency::parse(currency)? })
     }
 
     /// `self * quantity`, saturating (a unit price near i64::MAX times a quantity is refused at
     /// sale creation, so saturation never shows).
     pub fn times(self, quantity: u32) -> Self {
-        Self {
-            amount_minor: self.amount_minor.saturating_mul(i64::from(quantity)),
-            currency: self.currency,
-        }
+        Self { amount_minor: self.amount_minor.saturating_mul(i64::from(quantity)), currency: self.currency }
     }
 }
 

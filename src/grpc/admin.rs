@@ -63,7 +63,10 @@ impl TryFrom<pb::CreateSaleRequest> for NewSale {
 
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminApi {
-    async fn create_product(&self, request: Request<pb::CreateProductRequest>) -> Result<Response<pb::Product>, Status> {
+    async fn create_product(
+        &self,
+        request: Request<pb::CreateProductRequest>,
+    ) -> Result<Response<pb::Product>, Status> {
         require_admin(&request)?;
         let req = request.into_inner();
         let mut v = Violations::default();
@@ -76,7 +79,10 @@ impl pb::admin_service_server::AdminService for AdminApi {
         Ok(Response::new((&product).into()))
     }
 
-    async fn list_products(&self, request: Request<pb::ListProductsRequest>) -> Result<Response<pb::ListProductsResponse>, Status> {
+    async fn list_products(
+        &self,
+        request: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<pb::ListProductsResponse>, Status> {
         require_admin(&request)?;
         let products = self.app.list_products().await?;
         Ok(Response::new(pb::ListProductsResponse { products: products.iter().map(Into::into).collect() }))
@@ -122,7 +128,10 @@ impl pb::admin_service_server::AdminService for AdminApi {
         Ok(Response::new((&self.app.sale_view(&id).await?).into()))
     }
 
-    async fn list_sales(&self, request: Request<pb::ListSalesRequest>) -> Result<Response<pb::ListSalesResponse>, Status> {
+    async fn list_sales(
+        &self,
+        request: Request<pb::ListSalesRequest>,
+    ) -> Result<Response<pb::ListSalesResponse>, Status> {
         require_admin(&request)?;
         let filter = match request.get_ref().product_id.as_str() {
             "" => None,

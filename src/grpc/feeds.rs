@@ -89,7 +89,10 @@ impl pb::feeds_service_server::FeedsService for FeedsApi {
     type WatchSaleStream = FeedStream<Bytes>;
     type LeaderboardStream = FeedStream<pb::LeaderboardSnapshot>;
 
-    async fn watch_sale(&self, request: Request<pb::WatchSaleRequest>) -> Result<Response<Self::WatchSaleStream>, Status> {
+    async fn watch_sale(
+        &self,
+        request: Request<pb::WatchSaleRequest>,
+    ) -> Result<Response<Self::WatchSaleStream>, Status> {
         let id = sale_id(&request.get_ref().sale_id)?;
         let receiver = self.app.watch(&id).await?;
         let clock = self.clock.clone();
@@ -102,7 +105,10 @@ impl pb::feeds_service_server::FeedsService for FeedsApi {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn leaderboard(&self, request: Request<pb::LeaderboardRequest>) -> Result<Response<Self::LeaderboardStream>, Status> {
+    async fn leaderboard(
+        &self,
+        request: Request<pb::LeaderboardRequest>,
+    ) -> Result<Response<Self::LeaderboardStream>, Status> {
         let req = request.into_inner();
         let id = sale_id(&req.sale_id)?;
         let top_n = match req.top_n {

@@ -52,7 +52,10 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         Ok(Response::new((&self.app.get_order(&caller, &id).await?).into()))
     }
 
-    async fn list_my_orders(&self, request: Request<pb::ListMyOrdersRequest>) -> Result<Response<pb::ListMyOrdersResponse>, Status> {
+    async fn list_my_orders(
+        &self,
+        request: Request<pb::ListMyOrdersRequest>,
+    ) -> Result<Response<pb::ListMyOrdersResponse>, Status> {
         let caller = caller(&request)?;
         let sale = match request.get_ref().sale_id.as_str() {
             "" => None,

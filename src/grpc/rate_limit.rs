@@ -24,7 +24,10 @@ fn limiter<K: std::hash::Hash + Eq + Clone>(per_sec: u32) -> Option<DefaultKeyed
     NonZeroU32::new(per_sec).map(|rate| RateLimiter::keyed(Quota::per_second(rate)))
 }
 
-fn check<K: std::hash::Hash + Eq + Clone>(limiter: &Option<DefaultKeyedRateLimiter<K>>, key: &K) -> Result<(), ServiceError> {
+fn check<K: std::hash::Hash + Eq + Clone>(
+    limiter: &Option<DefaultKeyedRateLimiter<K>>,
+    key: &K,
+) -> Result<(), ServiceError> {
     match limiter {
         Some(limiter) => limiter.check_key(key).map_err(|not_until| ServiceError::RateLimited {
             retry_after: not_until.wait_time_from(DefaultClock::default().now()),

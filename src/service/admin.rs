@@ -18,8 +18,14 @@ pub struct NewSale {
 
 impl App {
     /// Creates a product.
-    pub async fn create_product(&self, name: String, description: String, inventory: i64) -> Result<ProductRecord, ServiceError> {
-        let product = ProductRecord { id: ProductId::generate(), name, description, inventory, created_at: self.clock.now() };
+    pub async fn create_product(
+        &self,
+        name: String,
+        description: String,
+        inventory: i64,
+    ) -> Result<ProductRecord, ServiceError> {
+        let product =
+            ProductRecord { id: ProductId::generate(), name, description, inventory, created_at: self.clock.now() };
         self.records.create_product(product.clone()).await?;
         Ok(product)
     }

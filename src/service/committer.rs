@@ -50,7 +50,12 @@ impl Committer {
     }
 
     /// Ends a sale after every order queued before it.
-    pub(super) async fn end_sale(&self, sale: SaleId, reason: EndReason, at: UnixMillis) -> Result<(SaleRecord, bool), StoreError> {
+    pub(super) async fn end_sale(
+        &self,
+        sale: SaleId,
+        reason: EndReason,
+        at: UnixMillis,
+    ) -> Result<(SaleRecord, bool), StoreError> {
         let (reply, outcome) = oneshot::channel();
         self.jobs.send(Job::EndSale { sale, reason, at, reply }).await.map_err(|_| stopped())?;
         outcome.await.map_err(|_| stopped())?

@@ -30,9 +30,9 @@ use crate::store::embedded::{MemoryHot, RedbRecords};
 use crate::store::{HotError, HotStore, RecordStore, StoreError};
 
 pub use admin::NewSale;
+use committer::Committer;
 pub use purchase::Purchased;
 pub use users::Session;
-use committer::Committer;
 
 /// Every way a use case can fail, as clients will be told (see `grpc::error`).
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +146,11 @@ pub struct App {
 impl App {
     /// Opens the embedded backend in `settings.data_dir`, rebuilds hot state, ensures the
     /// configured admin, and starts the background tasks (stopped by `shutdown`).
-    pub async fn open(settings: &Settings, clock: Arc<dyn Clock>, shutdown: CancellationToken) -> anyhow::Result<Arc<Self>> {
+    pub async fn open(
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
         let secret = crate::auth::load_or_create_secret(settings.jwt_secret.as_deref(), &settings.data_dir)?;
         let records = open_records(settings).await?;
         let hot = open_hot(settings).await?;
@@ -174,7 +178,12 @@ impl App {
                     app.feeds.touch(&sale);
                 }
             });
-            crate::store::redis::spawn_change_listener(uri, &settings.redis_key_prefix, on_change, app.shutdown.clone());
+            crate::store::redis::spawn_change_listener(
+                uri,
+                &settings.redis_key_prefix,
+                on_change,
+                app.shutdown.clone(),
+            );
             app.reconcile().await.context("reconciling Redis with the record")?;
             tokio::spawn(reconcile::run(app.clone(), settings.reconcile_interval));
         }

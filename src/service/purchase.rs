@@ -21,7 +21,13 @@ const ATTEMPTS: usize = 3;
 
 impl App {
     /// Buys `quantity` units of `sale_id` for `caller`, all or nothing; returns once durable.
-    pub async fn purchase(&self, caller: &Caller, sale_id: SaleId, quantity: u32, key: IdempotencyKey) -> Result<Purchased, ServiceError> {
+    pub async fn purchase(
+        &self,
+        caller: &Caller,
+        sale_id: SaleId,
+        quantity: u32,
+        key: IdempotencyKey,
+    ) -> Result<Purchased, ServiceError> {
         let mut request = ReserveRequest {
             sale_id,
             buyer_id: caller.user_id.clone(),

@@ -19,7 +19,8 @@ pub struct Session {
 
 /// A valid Argon2id hash of a random password: Login verifies against it when the email is
 /// unknown, so both failures take as long and say the same.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2H0XQpYLmJvzuKd3Yk8wLuo4U8xcpj3AHxQFjQe6a3M";
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2H0XQpYLmJvzuKd3Yk8wLuo4U8xcpj3AHxQFjQe6a3M";
 
 impl App {
     /// Creates a buyer account and signs a token for it.

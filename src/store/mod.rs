@@ -14,15 +14,15 @@
 //! (multi-document transactions) are the production backends shared by many nodes.
 
 pub mod embedded;
-pub mod redis;
 pub mod mongo;
+pub mod redis;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    DisplayName, Email, EndReason, IdempotencyKey, Leaderboard, LeaderboardEntry, Money, OrderId,
-    ProductId, PurchaseRefusal, Role, SaleId, SaleRules, SaleStatus, UnixMillis, UserId,
+    DisplayName, Email, EndReason, IdempotencyKey, Leaderboard, LeaderboardEntry, Money, OrderId, ProductId,
+    PurchaseRefusal, Role, SaleId, SaleRules, SaleStatus, UnixMillis, UserId,
 };
 
 /// A stored account.
@@ -186,7 +186,12 @@ pub trait RecordStore: Send + Sync + 'static {
     /// Every order of a sale, oldest first (to rebuild hot state).
     async fn orders_of_sale(&self, sale: &SaleId) -> Result<Vec<OrderRecord>, StoreError>;
     /// The order a buyer made in a sale with an idempotency key.
-    async fn order_by_key(&self, buyer: &UserId, sale: &SaleId, key: &IdempotencyKey) -> Result<Option<OrderRecord>, StoreError>;
+    async fn order_by_key(
+        &self,
+        buyer: &UserId,
+        sale: &SaleId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<OrderRecord>, StoreError>;
 }
 
 /// What a purchase asks the hot store to reserve.

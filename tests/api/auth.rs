@@ -9,9 +9,7 @@ use flashsale::pb;
 use prost::Message;
 use tonic::Code;
 
-use crate::helpers::{
-    assert_refused, authed, base64url_encode, jwt_claims, refusal, spawn_app, TestApp,
-};
+use crate::helpers::{assert_refused, authed, base64url_encode, jwt_claims, refusal, spawn_app, TestApp};
 
 async fn register(app: &TestApp, email: &str, name: &str, password: &str) -> Result<pb::AuthResponse, tonic::Status> {
     app.auth()
@@ -102,7 +100,8 @@ fn tampered(token: &str) -> String {
 fn unsigned_admin_token() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let header = base64url_encode(br#"{"alg":"none","typ":"JWT"}"#);
-    let claims = serde_json::json!({ "sub": "intruder", "name": "Intruder", "role": "admin", "iat": now, "exp": now + 3600 });
+    let claims =
+        serde_json::json!({ "sub": "intruder", "name": "Intruder", "role": "admin", "iat": now, "exp": now + 3600 });
     format!("{header}.{}.", base64url_encode(claims.to_string().as_bytes()))
 }
 
@@ -113,7 +112,8 @@ async fn forged_and_expired_tokens_are_refused() {
     let good = app.buyer_token("honest", "Honest");
     purchase_with(&app, &good).await.expect("the untouched token is accepted");
 
-    let (expired, _) = app.keys.issue("late", "Late", Role::Buyer, UnixMillis(now.0 - 7_200_000), Duration::from_secs(60));
+    let (expired, _) =
+        app.keys.issue("late", "Late", Role::Buyer, UnixMillis(now.0 - 7_200_000), Duration::from_secs(60));
     let other_keys = JwtKeys::new(b"some-other-secret-that-is-32-bytes-long!!");
     let (foreign, _) = other_keys.issue("stranger", "Stranger", Role::Admin, now, Duration::from_secs(3600));
     let cases = [
@@ -130,7 +130,8 @@ async fn forged_and_expired_tokens_are_refused() {
             "{what} token: {status:?}"
         );
     }
-    let status = refusal(app.admin().list_sales(authed(pb::ListSalesRequest::default(), &unsigned_admin_token())).await);
+    let status =
+        refusal(app.admin().list_sales(authed(pb::ListSalesRequest::default(), &unsigned_admin_token())).await);
     assert_refused(&status, Code::Unauthenticated, "TOKEN_INVALID");
 }
 
@@ -138,7 +139,8 @@ async fn forged_and_expired_tokens_are_refused() {
 async fn call_every_admin_method(app: &TestApp, token: &str) -> Vec<(&'static str, Result<(), tonic::Status>)> {
     let mut admin = app.admin();
     let id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".to_string();
-    let product = pb::CreateProductRequest { name: "Forbidden".into(), description: String::new(), initial_inventory: 5 };
+    let product =
+        pb::CreateProductRequest { name: "Forbidden".into(), description: String::new(), initial_inventory: 5 };
     let sale = pb::CreateSaleRequest {
         product_id: id.clone(),
         allocated: 1,
@@ -151,8 +153,14 @@ async fn call_every_admin_method(app: &TestApp, token: &str) -> Vec<(&'static st
     vec![
         ("CreateProduct", admin.create_product(authed(product, token)).await.map(drop)),
         ("ListProducts", admin.list_products(authed(pb::ListProductsRequest {}, token)).await.map(drop)),
-        ("GetProduct", admin.get_product(authed(pb::GetProductRequest { product_id: id.clone() }, token)).await.map(drop)),
-        ("AddStock", admin.add_stock(authed(pb::AddStockRequest { product_id: id.clone(), units: 1 }, token)).await.map(drop)),
+        (
+            "GetProduct",
+            admin.get_product(authed(pb::GetProductRequest { product_id: id.clone() }, token)).await.map(drop),
+        ),
+        (
+            "AddStock",
+            admin.add_stock(authed(pb::AddStockRequest { product_id: id.clone(), units: 1 }, token)).await.map(drop),
+        ),
         ("CreateSale", admin.create_sale(authed(sale, token)).await.map(drop)),
         ("StartSale", admin.start_sale(authed(pb::StartSaleRequest { sale_id: id.clone() }, token)).await.map(drop)),
         ("EndSale", admin.end_sale(authed(pb::EndSaleRequest { sale_id: id.clone() }, token)).await.map(drop)),

@@ -99,10 +99,7 @@ impl Backends {
     async fn pending(&self, sale_id: &str) -> redis::RedisResult<Vec<String>> {
         let client = redis::Client::open(self.redis_uri.as_str())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("HKEYS")
-            .arg(format!("{}{{sale:{sale_id}}}:pending", self.prefix))
-            .query_async(&mut conn)
-            .await
+        redis::cmd("HKEYS").arg(format!("{}{{sale:{sale_id}}}:pending", self.prefix)).query_async(&mut conn).await
     }
 
     /// The sale as MongoDB holds it, read with the driver.
@@ -159,9 +156,8 @@ struct Node {
 impl Node {
     async fn start(backends: &Backends, reconcile: Reconcile) -> Node {
         let data = tempfile::tempdir().expect("temp dir");
-        let mut args: Vec<String> = ["serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"]
-            .map(String::from)
-            .into();
+        let mut args: Vec<String> =
+            ["serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"].map(String::from).into();
         args.extend([
             "--data-dir".into(),
             data.path().display().to_string(),
@@ -230,7 +226,11 @@ impl Shop {
         let mut admin = AdminServiceClient::new(node.clone());
         let product = admin
             .create_product(authed(
-                pb::CreateProductRequest { name: "Cluster sneaker".into(), description: String::new(), initial_inventory: allocated },
+                pb::CreateProductRequest {
+                    name: "Cluster sneaker".into(),
+                    description: String::new(),
+                    initial_inventory: allocated,
+                },
                 &self.admin,
             ))
             .await
@@ -277,7 +277,13 @@ async fn within<T>(call: impl std::future::Future<Output = Result<T, Status>>) -
         .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("the client got no answer within {CALL_TIMEOUT:?}"))))
 }
 
-async fn buy(node: &Channel, token: &str, sale_id: &str, quantity: u32, key: &str) -> Result<pb::PurchaseResponse, Status> {
+async fn buy(
+    node: &Channel,
+    token: &str,
+    sale_id: &str,
+    quantity: u32,
+    key: &str,
+) -> Result<pb::PurchaseResponse, Status> {
     let request = pb::PurchaseRequest { sale_id: sale_id.into(), quantity, idempotency_key: key.into() };
     within(PurchaseServiceClient::new(node.clone()).purchase(authed(request, token)))
         .await
@@ -285,11 +291,14 @@ async fn buy(node: &Channel, token: &str, sale_id: &str, quantity: u32, key: &st
 }
 
 async fn my_orders(node: &Channel, token: &str, sale_id: &str) -> Vec<pb::Order> {
-    within(PurchaseServiceClient::new(node.clone()).list_my_orders(authed(pb::ListMyOrdersRequest { sale_id: sale_id.into() }, token)))
-        .await
-        .expect("list my orders")
-        .into_inner()
-        .orders
+    within(
+        PurchaseServiceClient::new(node.clone())
+            .list_my_orders(authed(pb::ListMyOrdersRequest { sale_id: sale_id.into() }, token)),
+    )
+    .await
+    .expect("list my orders")
+    .into_inner()
+    .orders
 }
 
 // ---- the rush ----------------------------------------------------------------------------------
@@ -357,7 +366,9 @@ enum Answer {
     /// SALE_ENDED because every unit was sold.
     Ended,
     /// SOLD_OUT or INSUFFICIENT_STOCK.
-    NoStock { insufficient: bool },
+    NoStock {
+        insufficient: bool,
+    },
     Unexpected,
 }
 
@@ -377,7 +388,14 @@ fn classify(status: &Status, node_alive: bool) -> Answer {
 }
 
 impl Rush {
-    fn new(tag: &str, shop: Arc<Shop>, sale: pb::Sale, buyers: usize, plan: fn(usize) -> Vec<u32>, nodes: &[&Node]) -> Arc<Self> {
+    fn new(
+        tag: &str,
+        shop: Arc<Shop>,
+        sale: pb::Sale,
+        buyers: usize,
+        plan: fn(usize) -> Vec<u32>,
+        nodes: &[&Node],
+    ) -> Arc<Self> {
         Arc::new(Self {
             tokens: (0..buyers).map(|i| shop.buyer(&format!("{tag}-{i}"))).collect(),
             tag: tag.into(),
@@ -500,7 +518,11 @@ impl Rush {
                         tokio::time::sleep(RETRY_PAUSE).await;
                     }
                     Answer::Unexpected => {
-                        return self.unexpected(buyer, &key, format!("{:?} {}: {status:?}", status.code(), reason(&status)));
+                        return self.unexpected(
+                            buyer,
+                            &key,
+                            format!("{:?} {}: {status:?}", status.code(), reason(&status)),
+                        );
                     }
                 }
             }
@@ -597,7 +619,10 @@ async fn verify(rush: &Rush, backends: &Backends, live: &[&Node]) -> Verified {
         }
         let last = format!(
             "pending in Redis: {pending:?}\nrecord: {record:?}\nnodes: {:?}",
-            views.iter().map(|v| v.as_ref().map(|v| (v.sold, v.remaining, v.status())).map_err(|e| e.code())).collect::<Vec<_>>()
+            views
+                .iter()
+                .map(|v| v.as_ref().map(|v| (v.sold, v.remaining, v.status())).map_err(|e| e.code()))
+                .collect::<Vec<_>>()
         );
         assert!(started.elapsed() < SETTLE_DEADLINE, "nothing settled within {SETTLE_DEADLINE:?}:\n{last}");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -606,7 +631,11 @@ async fn verify(rush: &Rush, backends: &Backends, live: &[&Node]) -> Verified {
     let view = &views[0];
     let (sold, remaining) = (view.sold, view.remaining);
     for other in &views {
-        assert_eq!((other.sold, other.remaining, other.status()), (sold, remaining, view.status()), "the nodes disagree");
+        assert_eq!(
+            (other.sold, other.remaining, other.status()),
+            (sold, remaining, view.status()),
+            "the nodes disagree"
+        );
     }
 
     let (ends, sent, acks) = {
@@ -648,10 +677,17 @@ async fn verify(rush: &Rush, backends: &Backends, live: &[&Node]) -> Verified {
         let keys: HashSet<&str> = orders.iter().map(|o| o.idempotency_key.as_str()).collect();
         assert_eq!(keys.len(), orders.len(), "an order stored twice for {}: {orders:?}", rush.buyer_id(buyer));
         let units: i64 = orders.iter().map(|o| i64::from(o.quantity)).sum();
-        assert!(units <= i64::from(sale.per_user_limit), "{} holds {units} units, above the limit", rush.buyer_id(buyer));
+        assert!(
+            units <= i64::from(sale.per_user_limit),
+            "{} holds {units} units, above the limit",
+            rush.buyer_id(buyer)
+        );
         for order in orders {
             assert!(ids.insert(order.id.clone()), "order {} listed twice", order.id);
-            assert_eq!((order.buyer_id.as_str(), order.sale_id.as_str()), (rush.buyer_id(buyer).as_str(), sale.id.as_str()));
+            assert_eq!(
+                (order.buyer_id.as_str(), order.sale_id.as_str()),
+                (rush.buyer_id(buyer).as_str(), sale.id.as_str())
+            );
             let sent = sent.get(&(buyer, order.idempotency_key.clone()));
             assert_eq!(sent, Some(&order.quantity), "an order the buyer never asked for: {order:?}");
         }
@@ -669,7 +705,9 @@ async fn verify(rush: &Rush, backends: &Backends, live: &[&Node]) -> Verified {
         let first = by_key.entry((ack.buyer, ack.key.as_str())).or_insert(ack.order_id.as_str());
         assert_eq!(*first, ack.order_id, "two orders acknowledged for {} {}", rush.buyer_id(ack.buyer), ack.key);
         assert!(
-            lists[&ack.buyer].iter().any(|o| o.id == ack.order_id && o.quantity == ack.quantity && o.idempotency_key == ack.key),
+            lists[&ack.buyer]
+                .iter()
+                .any(|o| o.id == ack.order_id && o.quantity == ack.quantity && o.idempotency_key == ack.key),
             "acknowledged order {} ({} {}) is missing",
             ack.order_id,
             rush.buyer_id(ack.buyer),
@@ -679,8 +717,12 @@ async fn verify(rush: &Rush, backends: &Backends, live: &[&Node]) -> Verified {
     let found = futures::stream::iter(acks.iter())
         .map(|ack| async move {
             let mut purchase = PurchaseServiceClient::new(node.clone());
-            let call = purchase.get_order(authed(pb::GetOrderRequest { order_id: ack.order_id.clone() }, &rush.tokens[ack.buyer]));
-            let order = within(call).await.unwrap_or_else(|e| panic!("acknowledged order {} is lost: {e:?}", ack.order_id)).into_inner();
+            let call = purchase
+                .get_order(authed(pb::GetOrderRequest { order_id: ack.order_id.clone() }, &rush.tokens[ack.buyer]));
+            let order = within(call)
+                .await
+                .unwrap_or_else(|e| panic!("acknowledged order {} is lost: {e:?}", ack.order_id))
+                .into_inner();
             assert_eq!((order.quantity, order.idempotency_key.as_str()), (ack.quantity, ack.key.as_str()));
         })
         .buffer_unordered(16)
@@ -782,8 +824,12 @@ async fn a_watcher_on_one_node_sees_purchases_made_on_the_other() {
     let seen = read_until(&mut watch, "the ENDED snapshot on node A", |s| s.status() == pb::SaleStatus::Ended).await;
     let last = seen.last().unwrap();
     assert_eq!((last.sold, last.remaining, last.end_reason()), (30, 0, pb::EndReason::SoldOut));
-    assert!(seen.windows(2).all(|w| w[0].sold <= w[1].sold && w[0].version <= w[1].version), "sold only grows: {seen:?}");
-    let end = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.expect("the stream ends after ENDED");
+    assert!(
+        seen.windows(2).all(|w| w[0].sold <= w[1].sold && w[0].version <= w[1].version),
+        "sold only grows: {seen:?}"
+    );
+    let end =
+        tokio::time::timeout(Duration::from_secs(10), watch.message()).await.expect("the stream ends after ENDED");
     assert!(matches!(end, Ok(None)), "the stream ends cleanly after ENDED: {end:?}");
 }
 
@@ -804,10 +850,14 @@ async fn per_user_limits_hold_across_nodes() {
             let token = shop.buyer(&format!("limited-{buyer}"));
             let (channels, sale_id) = (channels.clone(), sale.id.clone());
             async move {
-                let attempts = (0..ATTEMPTS).map(|n| {
-                    let (token, sale_id, node) = (token.clone(), sale_id.clone(), channels[(buyer + n) % 2].clone());
-                    async move { (1 + n as u32 % 2, buy(&node, &token, &sale_id, 1 + n as u32 % 2, &format!("k{n}")).await) }
-                });
+                let attempts =
+                    (0..ATTEMPTS).map(|n| {
+                        let (token, sale_id, node) =
+                            (token.clone(), sale_id.clone(), channels[(buyer + n) % 2].clone());
+                        async move {
+                            (1 + n as u32 % 2, buy(&node, &token, &sale_id, 1 + n as u32 % 2, &format!("k{n}")).await)
+                        }
+                    });
                 let answers = futures::future::join_all(attempts).await;
                 (buyer, token, answers)
             }
@@ -826,7 +876,11 @@ async fn per_user_limits_hold_across_nodes() {
                     units += quantity;
                 }
                 Err(status) => {
-                    assert_eq!((status.code(), reason(&status).as_str()), (Code::ResourceExhausted, "USER_LIMIT_REACHED"), "{status:?}");
+                    assert_eq!(
+                        (status.code(), reason(&status).as_str()),
+                        (Code::ResourceExhausted, "USER_LIMIT_REACHED"),
+                        "{status:?}"
+                    );
                     assert_eq!(error_metadata(&status, "limit").as_deref(), Some("5"));
                 }
             }
@@ -842,7 +896,11 @@ async fn per_user_limits_hold_across_nodes() {
         }
         for (i, node) in channels.iter().enumerate() {
             let refused = buy(node, &token, &sale.id, 1, &format!("over-{i}")).await.expect_err("above the limit");
-            assert_eq!((refused.code(), reason(&refused).as_str()), (Code::ResourceExhausted, "USER_LIMIT_REACHED"), "{refused:?}");
+            assert_eq!(
+                (refused.code(), reason(&refused).as_str()),
+                (Code::ResourceExhausted, "USER_LIMIT_REACHED"),
+                "{refused:?}"
+            );
             assert_eq!(error_metadata(&refused, "bought").as_deref(), Some("5"));
         }
         let orders = my_orders(&channels[buyer % 2], &token, &sale.id).await;
@@ -889,7 +947,8 @@ async fn reconciliation_beside_live_purchases_never_disturbs_them() {
     let mut total = 0;
     for (refused, orders) in futures::future::join_all(buyers).await {
         durable += refused.iter().filter(|(key, _)| orders.iter().any(|o| &o.idempotency_key == key)).count();
-        refusals.extend(refused.into_iter().map(|(key, status)| format!("{key}: {:?} {}", status.code(), reason(&status))));
+        refusals
+            .extend(refused.into_iter().map(|(key, status)| format!("{key}: {:?} {}", status.code(), reason(&status))));
         total += orders.len();
     }
     let rebuilds: usize = nodes.iter().map(|n| n.server.log_text().matches("hot state drifted").count()).sum();
@@ -927,7 +986,12 @@ impl PrivateServers {
             let dir = tempfile::tempdir().expect("temp dir");
             let file = dir.path().join("record.db");
             let redis = if aof { RedisServer::start_aof() } else { RedisServer::start() };
-            Self { redis: Some(redis), mongo: Some(MongoTestServer::start(Some(&file))), mongo_file: file, _mongo_dir: dir }
+            Self {
+                redis: Some(redis),
+                mongo: Some(MongoTestServer::start(Some(&file))),
+                mongo_file: file,
+                _mongo_dir: dir,
+            }
         })
     }
 
@@ -954,11 +1018,18 @@ async fn redis_restart_mid_rush(aof: bool, tag: &str, plan: fn(usize) -> Vec<u32
     rush.wait_for_unavailable(stopped_at, 3 * WORKERS).await;
     let restarted_at = Instant::now();
     servers.redis = Some(tokio::task::block_in_place(|| {
-        if aof { RedisServer::start_aof_on(port, dir) } else { RedisServer::start_on(port, dir) }
+        if aof {
+            RedisServer::start_aof_on(port, dir)
+        } else {
+            RedisServer::start_on(port, dir)
+        }
     }));
     let outage = restarted_at - stopped_at;
     let during = rush.unavailable.load(Ordering::SeqCst);
-    let first_sale = poll_until("a sale after the restart", Duration::from_secs(60), || async { rush.first_sale_after(restarted_at) }).await;
+    let first_sale = poll_until("a sale after the restart", Duration::from_secs(60), || async {
+        rush.first_sale_after(restarted_at)
+    })
+    .await;
 
     rush.finish(workers).await;
     let verified = verify(&rush, &backends, &[&nodes[0], &nodes[1]]).await;
@@ -1006,7 +1077,10 @@ async fn mongodb_stopped_and_restarted_mid_rush() {
     servers.mongo = Some(tokio::task::block_in_place(|| MongoTestServer::start_on(port, Some(&file))));
     let outage = restarted_at - stopped_at;
     let during = rush.unavailable.load(Ordering::SeqCst);
-    let first_sale = poll_until("a sale after the restart", Duration::from_secs(60), || async { rush.first_sale_after(restarted_at) }).await;
+    let first_sale = poll_until("a sale after the restart", Duration::from_secs(60), || async {
+        rush.first_sale_after(restarted_at)
+    })
+    .await;
 
     rush.finish(workers).await;
     let verified = verify(&rush, &backends, &[&nodes[0], &nodes[1]]).await;

@@ -30,11 +30,12 @@ const RUSH_WORKERS: usize = 32;
 /// `flashsale serve` on `data_dir` (embedded backend) and free ports, once it prints that it
 /// listens; killed (SIGKILL) when dropped, so a failing test never leaves it behind.
 fn start_server(data_dir: &Path) -> BinaryServer {
-    let mut args: Vec<OsString> = ["serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--data-dir"]
-        .map(OsString::from)
-        .into();
+    let mut args: Vec<OsString> =
+        ["serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--data-dir"].map(OsString::from).into();
     args.push(data_dir.into());
-    args.extend(["--jwt-secret", SECRET, "--buyer-purchases-per-sec", "0", "--ip-purchases-per-sec", "0"].map(OsString::from));
+    args.extend(
+        ["--jwt-secret", SECRET, "--buyer-purchases-per-sec", "0", "--ip-purchases-per-sec", "0"].map(OsString::from),
+    );
     BinaryServer::start(args)
 }
 
@@ -56,7 +57,11 @@ fn buyer_id(i: usize) -> String {
 
 /// Quantities of buyer `i`'s purchases, 3 units in all (the per-user limit).
 fn plan(i: usize) -> &'static [u32] {
-    if i % 2 == 0 { &[1, 1, 1] } else { &[2, 1] }
+    if i % 2 == 0 {
+        &[1, 1, 1]
+    } else {
+        &[2, 1]
+    }
 }
 
 /// A purchase the server acknowledged, or one in flight when it died (outcome unknown).
@@ -74,7 +79,16 @@ async fn acknowledged_orders_survive_kill_9() {
     let keys = flashsale::auth::JwtKeys::new(SECRET.as_bytes());
     let tokens: Arc<Vec<String>> = Arc::new(
         (0..=BUYERS)
-            .map(|i| keys.issue(&buyer_id(i), &format!("Crash buyer {i}"), Role::Buyer, SystemClock.now(), Duration::from_secs(3600)).0)
+            .map(|i| {
+                keys.issue(
+                    &buyer_id(i),
+                    &format!("Crash buyer {i}"),
+                    Role::Buyer,
+                    SystemClock.now(),
+                    Duration::from_secs(3600),
+                )
+                .0
+            })
             .collect(),
     );
 
@@ -85,7 +99,11 @@ async fn acknowledged_orders_survive_kill_9() {
     let mut admin_api = AdminServiceClient::new(channel.clone());
     let product = admin_api
         .create_product(authed(
-            pb::CreateProductRequest { name: "Crash sneaker".into(), description: String::new(), initial_inventory: ALLOCATED },
+            pb::CreateProductRequest {
+                name: "Crash sneaker".into(),
+                description: String::new(),
+                initial_inventory: ALLOCATED,
+            },
             &admin,
         ))
         .await
@@ -127,7 +145,8 @@ async fn acknowledged_orders_survive_kill_9() {
                 }
                 for (n, &quantity) in plan(buyer).iter().enumerate() {
                     let key = format!("{}-purchase-{n}", buyer_id(buyer));
-                    let request = pb::PurchaseRequest { sale_id: sale_id.clone(), quantity, idempotency_key: key.clone() };
+                    let request =
+                        pb::PurchaseRequest { sale_id: sale_id.clone(), quantity, idempotency_key: key.clone() };
                     let outcome = purchase.purchase(authed(request, &tokens[buyer])).await;
                     let order_id = match outcome {
                         Ok(response) => {
@@ -184,7 +203,9 @@ async fn acknowledged_orders_survive_kill_9() {
             let order = purchase
                 .get_order(authed(pb::GetOrderRequest { order_id: order_id.clone() }, &token))
                 .await
-                .unwrap_or_else(|e| panic!("acknowledged order {order_id} of {} is lost: {e:?}", buyer_id(attempt.buyer)))
+                .unwrap_or_else(|e| {
+                    panic!("acknowledged order {order_id} of {} is lost: {e:?}", buyer_id(attempt.buyer))
+                })
                 .into_inner();
             assert_eq!(order.id, order_id);
             assert_eq!(order.sale_id, sale_id);
@@ -203,7 +224,8 @@ async fn acknowledged_orders_survive_kill_9() {
         let token = tokens[attempt.buyer].clone();
         let sale_id = sale.id.clone();
         async move {
-            let request = pb::PurchaseRequest { sale_id, quantity: attempt.quantity, idempotency_key: attempt.key.clone() };
+            let request =
+                pb::PurchaseRequest { sale_id, quantity: attempt.quantity, idempotency_key: attempt.key.clone() };
             let response = purchase
                 .purchase(authed(request, &token))
                 .await
@@ -220,7 +242,11 @@ async fn acknowledged_orders_survive_kill_9() {
     // Purchases whose answer was lost in the crash are safe to retry with the same key: they
     // were either stored (replayed) or not (made now), never twice.
     for attempt in &in_flight {
-        let request = pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: attempt.quantity, idempotency_key: attempt.key.clone() };
+        let request = pb::PurchaseRequest {
+            sale_id: sale.id.clone(),
+            quantity: attempt.quantity,
+            idempotency_key: attempt.key.clone(),
+        };
         purchase
             .clone()
             .purchase(authed(request, &tokens[attempt.buyer]))
@@ -287,12 +313,17 @@ async fn acknowledged_orders_survive_kill_9() {
             .purchase(authed(request, &tokens[buyer]))
             .await
             .expect_err("a buyer at the per-user limit cannot buy more after a restart");
-        assert_eq!((refused.code(), reason(&refused).as_str()), (Code::ResourceExhausted, "USER_LIMIT_REACHED"), "{refused:?}");
+        assert_eq!(
+            (refused.code(), reason(&refused).as_str()),
+            (Code::ResourceExhausted, "USER_LIMIT_REACHED"),
+            "{refused:?}"
+        );
     }
 
     // And the sale keeps selling.
     let newcomer = &tokens[BUYERS];
-    let request = pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: 2, idempotency_key: "after-restart".into() };
+    let request =
+        pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: 2, idempotency_key: "after-restart".into() };
     let response = purchase.clone().purchase(authed(request, newcomer)).await.expect("the sale sells after a restart");
     assert!(!response.into_inner().replayed);
     let last = admin_api

@@ -9,8 +9,8 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::helpers::{
-    assert_refused, authed, error_metadata, refusal, spawn_app, spawn_app_with, timestamp,
-    violated_fields, AppOptions, TestApp,
+    assert_refused, authed, error_metadata, refusal, spawn_app, spawn_app_with, timestamp, violated_fields, AppOptions,
+    TestApp,
 };
 
 /// A well-formed id that names nothing.
@@ -91,11 +91,7 @@ async fn admin_fields_are_validated() {
     let nothing_allocated = sale_request(&app, &product.id, 0);
     assert_invalid_field(&refusal(try_create_sale(&app, nothing_allocated).await), "allocated");
 
-    let status = refusal(
-        app.admin()
-            .get_sale(authed(pb::GetSaleRequest { sale_id: "{sale:1}".into() }, &admin))
-            .await,
-    );
+    let status = refusal(app.admin().get_sale(authed(pb::GetSaleRequest { sale_id: "{sale:1}".into() }, &admin)).await);
     assert_invalid_field(&status, "sale_id");
 
     let product = app
@@ -135,9 +131,7 @@ async fn wrong_credentials_are_bad_credentials() {
         .await
         .expect("register");
     let status = refusal(
-        app.auth()
-            .login(pb::LoginRequest { email: "cat@example.com".into(), password: "wrong horse".into() })
-            .await,
+        app.auth().login(pb::LoginRequest { email: "cat@example.com".into(), password: "wrong horse".into() }).await,
     );
     assert_refused(&status, Code::Unauthenticated, "BAD_CREDENTIALS");
 }
@@ -163,12 +157,11 @@ async fn unknown_ids_are_not_found() {
     let admin = app.admin_token();
     let buyer = app.buyer_token("buyer", "Buyer");
 
-    let status = refusal(app.admin().get_product(authed(pb::GetProductRequest { product_id: UNKNOWN_ID.into() }, &admin)).await);
+    let status =
+        refusal(app.admin().get_product(authed(pb::GetProductRequest { product_id: UNKNOWN_ID.into() }, &admin)).await);
     assert_refused(&status, Code::NotFound, "PRODUCT_NOT_FOUND");
     let status = refusal(
-        app.admin()
-            .add_stock(authed(pb::AddStockRequest { product_id: UNKNOWN_ID.into(), units: 5 }, &admin))
-            .await,
+        app.admin().add_stock(authed(pb::AddStockRequest { product_id: UNKNOWN_ID.into(), units: 5 }, &admin)).await,
     );
     assert_refused(&status, Code::NotFound, "PRODUCT_NOT_FOUND");
     let status = refusal(try_create_sale(&app, sale_request(&app, UNKNOWN_ID, 1)).await);
@@ -176,7 +169,8 @@ async fn unknown_ids_are_not_found() {
 
     let status = refusal(app.admin().get_sale(authed(pb::GetSaleRequest { sale_id: UNKNOWN_ID.into() }, &admin)).await);
     assert_refused(&status, Code::NotFound, "SALE_NOT_FOUND");
-    let status = refusal(app.admin().start_sale(authed(pb::StartSaleRequest { sale_id: UNKNOWN_ID.into() }, &admin)).await);
+    let status =
+        refusal(app.admin().start_sale(authed(pb::StartSaleRequest { sale_id: UNKNOWN_ID.into() }, &admin)).await);
     assert_refused(&status, Code::NotFound, "SALE_NOT_FOUND");
     let status = refusal(app.admin().end_sale(authed(pb::EndSaleRequest { sale_id: UNKNOWN_ID.into() }, &admin)).await);
     assert_refused(&status, Code::NotFound, "SALE_NOT_FOUND");
@@ -187,7 +181,8 @@ async fn unknown_ids_are_not_found() {
     };
     assert_refused(&status, Code::NotFound, "SALE_NOT_FOUND");
 
-    let status = refusal(app.purchase().get_order(authed(pb::GetOrderRequest { order_id: UNKNOWN_ID.into() }, &buyer)).await);
+    let status =
+        refusal(app.purchase().get_order(authed(pb::GetOrderRequest { order_id: UNKNOWN_ID.into() }, &buyer)).await);
     assert_refused(&status, Code::NotFound, "ORDER_NOT_FOUND");
 }
 
@@ -372,9 +367,7 @@ async fn only_a_scheduled_sale_can_be_started() {
     let sale = app.active_sale(10, 0, 1).await;
     assert_eq!(sale.status(), pb::SaleStatus::Active);
     let status = refusal(
-        app.admin()
-            .start_sale(authed(pb::StartSaleRequest { sale_id: sale.id.clone() }, &app.admin_token()))
-            .await,
+        app.admin().start_sale(authed(pb::StartSaleRequest { sale_id: sale.id.clone() }, &app.admin_token())).await,
     );
     assert_refused(&status, Code::FailedPrecondition, "SALE_NOT_SCHEDULED");
 }

@@ -9,8 +9,7 @@ use pb::{EndReason, SaleStatus};
 use tonic::Code;
 
 use crate::helpers::{
-    next_message, read_until, reason, spawn_app, spawn_app_with, stream_refusal, timestamp,
-    AppOptions, TestApp,
+    next_message, read_until, reason, spawn_app, spawn_app_with, stream_refusal, timestamp, AppOptions, TestApp,
 };
 
 /// A fixed start for tests on a manual clock (2030-01-01T00:00:00Z).
@@ -262,19 +261,11 @@ async fn leaderboard_ranks_by_units_then_earlier_first_purchase() {
         version = snapshot.version;
     }
     let last = seen.last().unwrap();
-    let ranking: Vec<_> = last
-        .entries
-        .iter()
-        .map(|e| (e.rank, e.display_name.as_str(), e.units, e.first_purchase_at))
-        .collect();
+    let ranking: Vec<_> =
+        last.entries.iter().map(|e| (e.rank, e.display_name.as_str(), e.units, e.first_purchase_at)).collect();
     assert_eq!(
         ranking,
-        vec![
-            (1, "Bob", 5, at(2)),
-            (2, "Alice", 3, at(1)),
-            (3, "Carol", 3, at(3)),
-            (4, "Dave", 1, at(5)),
-        ]
+        vec![(1, "Bob", 5, at(2)), (2, "Alice", 3, at(1)), (3, "Carol", 3, at(3)), (4, "Dave", 1, at(5)),]
     );
 }
 
@@ -293,10 +284,7 @@ async fn leaderboard_respects_top_n() {
     let seen = read_until(&mut top3, "all 12 buyers counted", |s| s.total_buyers == 12).await;
     let names: Vec<_> =
         seen.last().unwrap().entries.iter().map(|e| (e.rank, e.display_name.clone(), e.units)).collect();
-    assert_eq!(
-        names,
-        vec![(1, "Top 11".to_owned(), 12), (2, "Top 10".to_owned(), 11), (3, "Top 9".to_owned(), 10)]
-    );
+    assert_eq!(names, vec![(1, "Top 11".to_owned(), 12), (2, "Top 10".to_owned(), 11), (3, "Top 9".to_owned(), 10)]);
 
     // 0 means 10.
     let mut default = app.leaderboard(&sale.id, 0).await;
@@ -307,10 +295,8 @@ async fn leaderboard_respects_top_n() {
     assert_eq!((last.entries[9].display_name.as_str(), last.entries[9].units), ("Top 2", 3));
 
     // Above the documented 1..100 range.
-    let status = stream_refusal(
-        app.feeds().leaderboard(pb::LeaderboardRequest { sale_id: sale.id.clone(), top_n: 101 }),
-    )
-    .await;
+    let status =
+        stream_refusal(app.feeds().leaderboard(pb::LeaderboardRequest { sale_id: sale.id.clone(), top_n: 101 })).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(reason(&status), "INVALID_FIELD");
 }
@@ -386,15 +372,12 @@ async fn feeds_of_an_unknown_sale_are_not_found() {
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert_eq!(reason(&status), "SALE_NOT_FOUND");
 
-    let status = stream_refusal(
-        app.feeds().leaderboard(pb::LeaderboardRequest { sale_id: unknown.into(), top_n: 5 }),
-    )
-    .await;
+    let status =
+        stream_refusal(app.feeds().leaderboard(pb::LeaderboardRequest { sale_id: unknown.into(), top_n: 5 })).await;
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert_eq!(reason(&status), "SALE_NOT_FOUND");
 
-    let status =
-        stream_refusal(app.feeds().watch_sale(pb::WatchSaleRequest { sale_id: "not a sale!".into() })).await;
+    let status = stream_refusal(app.feeds().watch_sale(pb::WatchSaleRequest { sale_id: "not a sale!".into() })).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(reason(&status), "INVALID_FIELD");
 }

@@ -47,7 +47,8 @@ async fn grpcurl(args: Vec<String>) -> Outcome {
 async fn call(app: &TestApp, token: Option<&str>, method: &str, data: Value) -> Value {
     let outcome = grpcurl(call_args(app, token, method, &data)).await;
     assert!(outcome.success, "grpcurl {method} failed:\n{}{}", outcome.stdout, outcome.stderr);
-    serde_json::from_str(&outcome.stdout).unwrap_or_else(|e| panic!("{method} printed no JSON ({e}): {}", outcome.stdout))
+    serde_json::from_str(&outcome.stdout)
+        .unwrap_or_else(|e| panic!("{method} printed no JSON ({e}): {}", outcome.stdout))
 }
 
 fn call_args(app: &TestApp, token: Option<&str>, method: &str, data: &Value) -> Vec<String> {
@@ -186,7 +187,8 @@ async fn an_operator_runs_a_sale_with_grpcurl() {
     assert_eq!(text(&sale["unitPrice"], "currency"), "EUR");
     assert_eq!(sale["perUserLimit"], 2);
 
-    let product = call(&app, admin, "flashsale.v1.AdminService/GetProduct", serde_json::json!({"productId": product_id})).await;
+    let product =
+        call(&app, admin, "flashsale.v1.AdminService/GetProduct", serde_json::json!({"productId": product_id})).await;
     assert_eq!(int(&product, "inventory"), 45, "the sale took 30 of 75");
 
     // A buyer buys with grpcurl too.
@@ -223,12 +225,10 @@ async fn an_operator_runs_a_sale_with_grpcurl() {
         call(&app, admin, "flashsale.v1.AdminService/StartSale", serde_json::json!({"saleId": scheduled_id})).await;
     assert_eq!(text(&started, "id"), scheduled_id);
     assert_eq!(text(&started, "status"), "SALE_STATUS_ACTIVE", "{started}");
-    assert!(
-        text(&started, "startTime") < text(&scheduled, "startTime"),
-        "the start time becomes now: {started}"
-    );
+    assert!(text(&started, "startTime") < text(&scheduled, "startTime"), "the start time becomes now: {started}");
 
-    let product = call(&app, admin, "flashsale.v1.AdminService/GetProduct", serde_json::json!({"productId": product_id})).await;
+    let product =
+        call(&app, admin, "flashsale.v1.AdminService/GetProduct", serde_json::json!({"productId": product_id})).await;
     assert_eq!(int(&product, "inventory"), 35);
     let sold = call(&app, admin, "flashsale.v1.AdminService/GetSale", serde_json::json!({"saleId": sale_id})).await;
     assert_eq!((int(&sold, "sold"), int(&sold, "remaining")), (1, 29));

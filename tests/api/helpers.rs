@@ -74,8 +74,7 @@ fn init_logs() {
         if std::env::var_os("TEST_LOG").is_some() {
             tracing_subscriber::fmt()
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
+                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
                 )
                 .with_test_writer()
                 .init();
@@ -109,9 +108,7 @@ pub async fn spawn_app() -> TestApp {
 /// The server with the given options.
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     init_logs();
-    let data_dir = options
-        .data_dir
-        .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("temp dir")));
+    let data_dir = options.data_dir.unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("temp dir")));
     let mut settings = options.settings;
     settings.data_dir = data_dir.path().to_path_buf();
     settings.jwt_secret = Some(SECRET.to_owned());
@@ -133,11 +130,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let listeners = flashsale::server::Listeners { grpc, metrics: Some(metrics) };
     let server = tokio::spawn(flashsale::server::run(listeners, settings, clock, shutdown.clone()));
 
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect to the test server");
+    let channel =
+        Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect to the test server");
     TestApp {
         addr,
         metrics_addr,
@@ -153,9 +147,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
 /// `msg` with `authorization: Bearer <token>` metadata.
 pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(msg);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     request
 }
 
@@ -176,16 +168,12 @@ impl TestApp {
 
     /// A token for a new admin.
     pub fn admin_token(&self) -> String {
-        self.keys
-            .issue("test-admin", "Admin", Role::Admin, SystemClock.now(), Duration::from_secs(3600))
-            .0
+        self.keys.issue("test-admin", "Admin", Role::Admin, SystemClock.now(), Duration::from_secs(3600)).0
     }
 
     /// A token for buyer `id` named `name` (minted like `flashsale token`, no registration).
     pub fn buyer_token(&self, id: &str, name: &str) -> String {
-        self.keys
-            .issue(id, name, Role::Buyer, SystemClock.now(), Duration::from_secs(3600))
-            .0
+        self.keys.issue(id, name, Role::Buyer, SystemClock.now(), Duration::from_secs(3600)).0
     }
 
     pub fn auth(&self) -> AuthServiceClient<Channel> {
@@ -237,11 +225,7 @@ impl TestApp {
 
     /// Creates a sale as given.
     pub async fn create_sale(&self, request: pb::CreateSaleRequest) -> pb::Sale {
-        self.admin()
-            .create_sale(authed(request, &self.admin_token()))
-            .await
-            .expect("create sale")
-            .into_inner()
+        self.admin().create_sale(authed(request, &self.admin_token())).await.expect("create sale").into_inner()
     }
 
     /// Reads a sale through the Admin API.
@@ -254,7 +238,13 @@ impl TestApp {
     }
 
     /// One purchase by `token`.
-    pub async fn buy(&self, token: &str, sale_id: &str, quantity: u32, key: &str) -> Result<pb::PurchaseResponse, tonic::Status> {
+    pub async fn buy(
+        &self,
+        token: &str,
+        sale_id: &str,
+        quantity: u32,
+        key: &str,
+    ) -> Result<pb::PurchaseResponse, tonic::Status> {
         self.purchase()
             .purchase(authed(
                 pb::PurchaseRequest { sale_id: sale_id.into(), quantity, idempotency_key: key.into() },
@@ -315,11 +305,7 @@ pub fn timestamp(at: UnixMillis) -> prost_types::Timestamp {
 /// Asserts that `status` carries `code` and the ErrorInfo reason `expected_reason`, with the
 /// status in the panic message so a failure says what the server answered.
 pub fn assert_refused(status: &tonic::Status, code: tonic::Code, expected_reason: &str) {
-    assert_eq!(
-        (status.code(), reason(status).as_str()),
-        (code, expected_reason),
-        "unexpected refusal: {status:?}"
-    );
+    assert_eq!((status.code(), reason(status).as_str()), (code, expected_reason), "unexpected refusal: {status:?}");
 }
 
 /// The error of `result`, panicking with the value when the call succeeded.
@@ -451,7 +437,9 @@ pub async fn read_until<T: std::fmt::Debug>(
             }
             Ok(Ok(None)) => panic!("{what}: the stream ended first; last of {} seen: {:?}", seen.len(), seen.last()),
             Ok(Err(status)) => panic!("{what}: the stream failed: {status:?}"),
-            Err(_) => panic!("{what}: not seen within {STREAM_DEADLINE:?}; last of {} seen: {:?}", seen.len(), seen.last()),
+            Err(_) => {
+                panic!("{what}: not seen within {STREAM_DEADLINE:?}; last of {} seen: {:?}", seen.len(), seen.last())
+            }
         }
     }
 }

@@ -11,14 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale::domain::{
-    EndReason, IdempotencyKey, Money, OrderId, ProductId, PurchaseRefusal, Quantity, SaleId,
-    SaleRules, SaleStatus, UnixMillis, UserId,
+    EndReason, IdempotencyKey, Money, OrderId, ProductId, PurchaseRefusal, Quantity, SaleId, SaleRules, SaleStatus,
+    UnixMillis, UserId,
 };
 use flashsale::store::embedded::MemoryHot;
 use flashsale::store::redis::{connect, spawn_change_listener, RedisHot};
-use flashsale::store::{
-    HotError, HotStore, OrderRecord, Reservation, ReserveRequest, SaleRecord, SaleView, Settled,
-};
+use flashsale::store::{HotError, HotStore, OrderRecord, Reservation, ReserveRequest, SaleRecord, SaleView, Settled};
 use tokio_util::sync::CancellationToken;
 
 use crate::redis_support::{fresh_prefix, shared_redis, RedisServer};
@@ -262,11 +260,11 @@ async fn refusals_change_nothing(backend: Backend) {
     reserve_new(hot, &request(&sale, "b", "k1", 1, now)).await;
     let before = view(hot, &sale).await;
     for request in [
-        request(&sale, "c", "k1", 0, now),       // quantity
-        request(&sale, "a", "k2", 1, now),       // limit
-        request(&sale, "c", "k1", 1, now),       // sold out (one in flight)
-        request(&sale, "c", "k1", 2, END),       // time up
-        request(&sale, "a", "k1", 1, now),       // key reused
+        request(&sale, "c", "k1", 0, now), // quantity
+        request(&sale, "a", "k2", 1, now), // limit
+        request(&sale, "c", "k1", 1, now), // sold out (one in flight)
+        request(&sale, "c", "k1", 2, END), // time up
+        request(&sale, "a", "k1", 1, now), // key reused
     ] {
         refusal(hot, &request).await;
         assert_eq!(view(hot, &sale).await, before, "a refusal changed the sale: {request:?}");
@@ -299,7 +297,9 @@ async fn replays_settled_and_in_flight_purchases(backend: Backend) {
 
     // ... then settled.
     hot.confirm(&order).await.unwrap();
-    assert!(matches!(hot.reserve(&retry).await.unwrap(), Reservation::Existing { order: ref o, settled: true } if *o == order));
+    assert!(
+        matches!(hot.reserve(&retry).await.unwrap(), Reservation::Existing { order: ref o, settled: true } if *o == order)
+    );
 
     // The same key with another quantity is refused; another buyer's same key is theirs.
     let reused = request(&sale, "a", "key-1", 3, T0 + 200);
@@ -313,7 +313,9 @@ async fn replays_settled_and_in_flight_purchases(backend: Backend) {
     ended.ended_at = Some(UnixMillis(T0 + 300));
     hot.set_status(&ended).await.unwrap();
     let late = request(&sale, "a", "key-1", 2, END + 1);
-    assert!(matches!(hot.reserve(&late).await.unwrap(), Reservation::Existing { order: ref o, settled: true } if *o == order));
+    assert!(
+        matches!(hot.reserve(&late).await.unwrap(), Reservation::Existing { order: ref o, settled: true } if *o == order)
+    );
     assert_eq!(view(hot, &sale).await.sold, 2);
 }
 
@@ -399,10 +401,7 @@ async fn leaderboard_ranks_units_then_first_purchase(backend: Backend) {
     // More units win; the first purchase time stays the first.
     buy(hot, &sale, "c", "k2", 2, T0 + 30).await;
     let now = view(hot, &sale).await;
-    assert_eq!(
-        ranked(&now),
-        [(1, names("c"), 3, 5), (2, names("a"), 2, 10), (3, names("b"), 2, 20)]
-    );
+    assert_eq!(ranked(&now), [(1, names("c"), 3, 5), (2, names("a"), 2, 10), (3, names("b"), 2, 20)]);
     assert_eq!((now.total_buyers, now.sold), (3, 7));
 
     // Reserved but not confirmed is not on the board.
@@ -523,7 +522,11 @@ async fn status_changes_and_open_sales(backend: Backend) {
     let hot = hot.as_ref();
     let mut scheduled = sale(rules(10, 0, 5), SaleStatus::Scheduled);
     let mut active = sale(rules(20, 0, 5), SaleStatus::Active);
-    let ended = SaleRecord { end_reason: Some(EndReason::TimeUp), ended_at: Some(UnixMillis(END)), ..sale(rules(30, 0, 5), SaleStatus::Ended) };
+    let ended = SaleRecord {
+        end_reason: Some(EndReason::TimeUp),
+        ended_at: Some(UnixMillis(END)),
+        ..sale(rules(30, 0, 5), SaleStatus::Ended)
+    };
     for sale in [&scheduled, &active, &ended] {
         hot.load_sale(sale, &[]).await.unwrap();
     }
@@ -566,7 +569,10 @@ async fn status_changes_and_open_sales(backend: Backend) {
         (SaleStatus::Ended, Some(EndReason::ByAdmin), Some(UnixMillis(T0 + 7)), 3, 17)
     );
     let ended_view = view(hot, &ended).await;
-    assert_eq!((ended_view.status, ended_view.end_reason, ended_view.remaining), (SaleStatus::Ended, Some(EndReason::TimeUp), 30));
+    assert_eq!(
+        (ended_view.status, ended_view.end_reason, ended_view.remaining),
+        (SaleStatus::Ended, Some(EndReason::TimeUp), 30)
+    );
     assert_eq!(ended_view.product_id, ended.product_id);
     assert_eq!(ended_view.rules, ended.rules);
 
@@ -640,7 +646,14 @@ async fn redis_change_listener_reports_changes_of_its_prefix() {
 
     let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
     let shutdown = CancellationToken::new();
-    let listener = spawn_change_listener(&shared_redis().uri(), &prefix, Arc::new(move |sale| { let _ = tx.send(sale); }), shutdown.clone());
+    let listener = spawn_change_listener(
+        &shared_redis().uri(),
+        &prefix,
+        Arc::new(move |sale| {
+            let _ = tx.send(sale);
+        }),
+        shutdown.clone(),
+    );
     // Once subscribed it reports every open sale.
     let first = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await.expect("subscribed").unwrap();
     assert_eq!(first, sale.id);
@@ -678,12 +691,20 @@ async fn redis_outage_is_unavailable_then_recovers() {
 
     let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
     let shutdown = CancellationToken::new();
-    let _listener = spawn_change_listener(&uri, &prefix, Arc::new(move |sale| { let _ = tx.send(sale); }), shutdown.clone());
+    let _listener = spawn_change_listener(
+        &uri,
+        &prefix,
+        Arc::new(move |sale| {
+            let _ = tx.send(sale);
+        }),
+        shutdown.clone(),
+    );
     tokio::time::timeout(Duration::from_secs(10), changes.recv()).await.expect("subscribed");
 
     let (port, dir) = server.stop();
     for _ in 0..2 {
-        let outcome = tokio::time::timeout(Duration::from_secs(10), hot.reserve(&request(&sale, "b", "k1", 1, T0))).await;
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(10), hot.reserve(&request(&sale, "b", "k1", 1, T0))).await;
         assert!(matches!(outcome, Ok(Err(HotError::Unavailable(_)))), "{outcome:?}");
         let outcome = tokio::time::timeout(Duration::from_secs(10), hot.view(&sale.id)).await;
         assert!(matches!(outcome, Ok(Err(HotError::Unavailable(_)))), "{outcome:?}");
@@ -696,7 +717,9 @@ async fn redis_outage_is_unavailable_then_recovers() {
     let present = loop {
         match hot.has_sale(&sale.id).await {
             Ok(present) => break present,
-            Err(HotError::Unavailable(_)) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(HotError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
             Err(error) => panic!("no recovery: {error:?}"),
         }
     };

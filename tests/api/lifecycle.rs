@@ -108,7 +108,11 @@ async fn a_scheduled_sale_opens_and_closes_on_its_own() {
     // 100 - 40 allocated + 35 unsold.
     inventory_becomes(&app, &product.id, 95).await;
     let again = app.end_sale(&sale.id).await;
-    assert_eq!((again.status(), again.end_reason()), (SaleStatus::Ended, EndReason::TimeUp), "ending twice changes nothing");
+    assert_eq!(
+        (again.status(), again.end_reason()),
+        (SaleStatus::Ended, EndReason::TimeUp),
+        "ending twice changes nothing"
+    );
     assert_eq!(again.ended_at, ended.ended_at);
     app.advance(60 * MINUTE);
     assert_eq!(inventory(&app, &product.id).await, 95, "unsold units come back exactly once");

@@ -1,19 +1,19 @@
 //! Integration tests: the real server on a real socket, one test binary.
 
+mod auth;
+mod cluster;
+mod crash;
+mod errors;
+mod feeds;
+mod grpcurl;
 mod helpers;
+mod hot_contract;
+mod idempotency;
+mod lifecycle;
 #[path = "../support/mongo.rs"]
 mod mongo_support;
+mod purchases;
+mod record_contract;
 #[path = "../support/redis.rs"]
 mod redis_support;
-mod purchases;
-mod idempotency;
-mod errors;
-mod auth;
-mod feeds;
-mod lifecycle;
-mod crash;
-mod grpcurl;
 mod server;
-mod record_contract;
-mod hot_contract;
-mod cluster;

@@ -10,9 +10,7 @@ use futures::StreamExt;
 use rand::Rng;
 use tonic::Code;
 
-use crate::helpers::{
-    assert_refused, authed, error_metadata, is_sold_out, reason, refusal, spawn_app, timestamp,
-};
+use crate::helpers::{assert_refused, authed, error_metadata, is_sold_out, reason, refusal, spawn_app, timestamp};
 
 /// The old project's rehearsal: 300 buyers, at most 50 at a time, random quantities, 200 units.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,9 +62,7 @@ async fn rehearsal_sells_exactly_the_allocated_units() {
     }
     assert_eq!(sold, 200, "the sum of acknowledged quantities is the allocation");
 
-    let ended = app
-        .wait_for_sale(&sale.id, "the sold-out sale to end", |s| s.status() == pb::SaleStatus::Ended)
-        .await;
+    let ended = app.wait_for_sale(&sale.id, "the sold-out sale to end", |s| s.status() == pb::SaleStatus::Ended).await;
     assert_eq!((ended.sold, ended.remaining), (200, 0));
     assert_eq!(ended.end_reason(), pb::EndReason::SoldOut);
 
@@ -171,9 +167,7 @@ async fn two_thousand_buyers_one_unit_each() {
     assert_eq!(winners.len(), 500, "exactly the allocation is sold, one unit per buyer");
     assert_eq!(order_ids.len(), 500);
 
-    let ended = app
-        .wait_for_sale(&sale.id, "the sold-out sale to end", |s| s.status() == pb::SaleStatus::Ended)
-        .await;
+    let ended = app.wait_for_sale(&sale.id, "the sold-out sale to end", |s| s.status() == pb::SaleStatus::Ended).await;
     assert_eq!((ended.sold, ended.remaining), (500, 0));
     assert_eq!(ended.end_reason(), pb::EndReason::SoldOut);
 }
@@ -252,11 +246,8 @@ async fn orders_belong_to_the_token_subject() {
         .expect("ann reads her order")
         .into_inner();
     assert_eq!(own, ann_order);
-    let status = refusal(
-        app.purchase()
-            .get_order(authed(pb::GetOrderRequest { order_id: ann_order.id.clone() }, &bob))
-            .await,
-    );
+    let status =
+        refusal(app.purchase().get_order(authed(pb::GetOrderRequest { order_id: ann_order.id.clone() }, &bob)).await);
     assert_refused(&status, Code::NotFound, "ORDER_NOT_FOUND");
 
     let ann_in_sale: Vec<String> = app.my_orders(&ann, &sale.id).await.into_iter().map(|o| o.id).collect();

@@ -11,14 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale::domain::{
-    DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, ProductId, Role, SaleId,
-    SaleRules, SaleStatus, UnixMillis, UserId,
+    DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, ProductId, Role, SaleId, SaleRules, SaleStatus,
+    UnixMillis, UserId,
 };
 use flashsale::store::embedded::RedbRecords;
 use flashsale::store::mongo::{connect, MongoRecords};
-use flashsale::store::{
-    CommitRefusal, OrderRecord, ProductRecord, RecordStore, SaleRecord, StoreError, UserRecord,
-};
+use flashsale::store::{CommitRefusal, OrderRecord, ProductRecord, RecordStore, SaleRecord, StoreError, UserRecord};
 use mongodb::bson::{doc, Bson, Document};
 
 // ---- fixtures --------------------------------------------------------------------------------
@@ -103,13 +101,7 @@ fn user_fields(user: &UserRecord) -> impl PartialEq + std::fmt::Debug {
 }
 
 fn product_fields(product: &ProductRecord) -> impl PartialEq + std::fmt::Debug {
-    (
-        product.id.clone(),
-        product.name.clone(),
-        product.description.clone(),
-        product.inventory,
-        product.created_at,
-    )
+    (product.id.clone(), product.name.clone(), product.description.clone(), product.inventory, product.created_at)
 }
 
 fn ids<'a>(sales: impl IntoIterator<Item = &'a SaleRecord>) -> Vec<SaleId> {
@@ -117,12 +109,7 @@ fn ids<'a>(sales: impl IntoIterator<Item = &'a SaleRecord>) -> Vec<SaleId> {
 }
 
 async fn inventory<R: RecordStore>(store: &R, product: &ProductRecord) -> i64 {
-    store
-        .get_product(&product.id)
-        .await
-        .unwrap()
-        .expect("product")
-        .inventory
+    store.get_product(&product.id).await.unwrap().expect("product").inventory
 }
 
 async fn sold<R: RecordStore>(store: &R, sale: &SaleRecord) -> i64 {
@@ -130,17 +117,10 @@ async fn sold<R: RecordStore>(store: &R, sale: &SaleRecord) -> i64 {
 }
 
 /// Stores a product and a sale of it (in the given status), and returns both.
-async fn on_sale<R: RecordStore>(
-    store: &R,
-    allocated: i64,
-    status: SaleStatus,
-) -> (ProductRecord, SaleRecord) {
+async fn on_sale<R: RecordStore>(store: &R, allocated: i64, status: SaleStatus) -> (ProductRecord, SaleRecord) {
     let product = product(allocated + 10);
     store.create_product(product.clone()).await.unwrap();
-    let sale = store
-        .create_sale(sale(&product, allocated, status))
-        .await
-        .unwrap();
+    let sale = store.create_sale(sale(&product, allocated, status)).await.unwrap();
     (product, sale)
 }
 
@@ -150,49 +130,24 @@ async fn emails_are_unique_and_upsert_keeps_the_id<R: RecordStore>(store: &R) {
     let ann = user("ann@example.com", "Ann");
     store.create_user(ann.clone()).await.unwrap();
     let twin = user("ann@example.com", "Other Ann");
-    assert!(matches!(
-        store.create_user(twin).await,
-        Err(StoreError::EmailTaken)
-    ));
+    assert!(matches!(store.create_user(twin).await, Err(StoreError::EmailTaken)));
 
     let found = store.user_by_email(&ann.email).await.unwrap().expect("ann");
     assert_eq!(user_fields(&found), user_fields(&ann));
-    assert!(store
-        .user_by_email(&Email::parse("bob@example.com").unwrap())
-        .await
-        .unwrap()
-        .is_none());
+    assert!(store.user_by_email(&Email::parse("bob@example.com").unwrap()).await.unwrap().is_none());
 
     let mut admin = user("ann@example.com", "Ann Admin");
     admin.role = Role::Admin;
     let stored = store.upsert_user_by_email(admin.clone()).await.unwrap();
-    assert_eq!(
-        stored.id, ann.id,
-        "an upsert keeps the existing account's id"
-    );
+    assert_eq!(stored.id, ann.id, "an upsert keeps the existing account's id");
     let found = store.user_by_email(&ann.email).await.unwrap().expect("ann");
-    assert_eq!(
-        (found.id, found.display_name.as_str(), found.role),
-        (ann.id.clone(), "Ann Admin", Role::Admin)
-    );
+    assert_eq!((found.id, found.display_name.as_str(), found.role), (ann.id.clone(), "Ann Admin", Role::Admin));
 
     let carol = user("carol@example.com", "Carol");
     let stored = store.upsert_user_by_email(carol.clone()).await.unwrap();
     assert_eq!(user_fields(&stored), user_fields(&carol));
-    assert_eq!(
-        user_fields(
-            &store
-                .user_by_email(&carol.email)
-                .await
-                .unwrap()
-                .expect("carol")
-        ),
-        user_fields(&carol)
-    );
-    assert!(matches!(
-        store.create_user(user("carol@example.com", "C2")).await,
-        Err(StoreError::EmailTaken)
-    ));
+    assert_eq!(user_fields(&store.user_by_email(&carol.email).await.unwrap().expect("carol")), user_fields(&carol));
+    assert!(matches!(store.create_user(user("carol@example.com", "C2")).await, Err(StoreError::EmailTaken)));
 }
 
 async fn products_list_oldest_first_and_take_stock<R: RecordStore>(store: &R) {
@@ -207,25 +162,14 @@ async fn products_list_oldest_first_and_take_stock<R: RecordStore>(store: &R) {
         products.iter().map(product_fields).collect::<Vec<_>>()
     );
 
-    let found = store
-        .get_product(&products[1].id)
-        .await
-        .unwrap()
-        .expect("product");
+    let found = store.get_product(&products[1].id).await.unwrap().expect("product");
     assert_eq!(product_fields(&found), product_fields(&products[1]));
-    assert!(store
-        .get_product(&ProductId::generate())
-        .await
-        .unwrap()
-        .is_none());
+    assert!(store.get_product(&ProductId::generate()).await.unwrap().is_none());
 
     let after = store.add_stock(&products[2].id, 5).await.unwrap();
     assert_eq!(after.inventory, 25);
     assert_eq!(inventory(store, &products[2]).await, 25);
-    assert!(matches!(
-        store.add_stock(&ProductId::generate(), 5).await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(store.add_stock(&ProductId::generate(), 5).await, Err(StoreError::NotFound)));
 }
 
 async fn a_sale_takes_its_allocation_atomically<R: RecordStore>(store: &R) {
@@ -241,29 +185,14 @@ async fn a_sale_takes_its_allocation_atomically<R: RecordStore>(store: &R) {
         Err(StoreError::InsufficientInventory { inventory }) => assert_eq!(inventory, 70),
         other => panic!("expected InsufficientInventory, got {other:?}"),
     }
-    assert_eq!(
-        inventory(store, &lamp).await,
-        70,
-        "a refused sale takes nothing"
-    );
-    assert!(
-        store.get_sale(&too_big.id).await.unwrap().is_none(),
-        "a refused sale is not stored"
-    );
+    assert_eq!(inventory(store, &lamp).await, 70, "a refused sale takes nothing");
+    assert!(store.get_sale(&too_big.id).await.unwrap().is_none(), "a refused sale is not stored");
 
-    let exact = store
-        .create_sale(sale(&lamp, 70, SaleStatus::Scheduled))
-        .await
-        .unwrap();
+    let exact = store.create_sale(sale(&lamp, 70, SaleStatus::Scheduled)).await.unwrap();
     assert_eq!(inventory(store, &lamp).await, 0);
 
     let ghost = product(5);
-    assert!(matches!(
-        store
-            .create_sale(sale(&ghost, 1, SaleStatus::Scheduled))
-            .await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(store.create_sale(sale(&ghost, 1, SaleStatus::Scheduled)).await, Err(StoreError::NotFound)));
 
     let stored = store.get_sale(&first.id).await.unwrap().expect("sale");
     assert_eq!(sale_fields(&stored), sale_fields(&first));
@@ -279,177 +208,85 @@ async fn sales_list_newest_first_by_product<R: RecordStore>(store: &R) {
     let desk = product(100);
     store.create_product(lamp.clone()).await.unwrap();
     store.create_product(desk.clone()).await.unwrap();
-    let a = store
-        .create_sale(sale(&lamp, 10, SaleStatus::Scheduled))
-        .await
-        .unwrap();
-    let b = store
-        .create_sale(sale(&desk, 10, SaleStatus::Active))
-        .await
-        .unwrap();
-    let c = store
-        .create_sale(sale(&lamp, 10, SaleStatus::Active))
-        .await
-        .unwrap();
+    let a = store.create_sale(sale(&lamp, 10, SaleStatus::Scheduled)).await.unwrap();
+    let b = store.create_sale(sale(&desk, 10, SaleStatus::Active)).await.unwrap();
+    let c = store.create_sale(sale(&lamp, 10, SaleStatus::Active)).await.unwrap();
 
-    assert_eq!(
-        ids(&store.list_sales(None).await.unwrap()),
-        ids([&c, &b, &a])
-    );
-    assert_eq!(
-        ids(&store.list_sales(Some(&lamp.id)).await.unwrap()),
-        ids([&c, &a])
-    );
-    assert_eq!(
-        ids(&store.list_sales(Some(&desk.id)).await.unwrap()),
-        ids([&b])
-    );
-    assert!(store
-        .list_sales(Some(&ProductId::generate()))
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(ids(&store.list_sales(None).await.unwrap()), ids([&c, &b, &a]));
+    assert_eq!(ids(&store.list_sales(Some(&lamp.id)).await.unwrap()), ids([&c, &a]));
+    assert_eq!(ids(&store.list_sales(Some(&desk.id)).await.unwrap()), ids([&b]));
+    assert!(store.list_sales(Some(&ProductId::generate())).await.unwrap().is_empty());
 
     assert_eq!(ids(&store.open_sales().await.unwrap()), ids([&c, &b, &a]));
-    store
-        .end_sale(&b.id, EndReason::ByAdmin, UnixMillis(1_700_000_300_000))
-        .await
-        .unwrap();
+    store.end_sale(&b.id, EndReason::ByAdmin, UnixMillis(1_700_000_300_000)).await.unwrap();
     assert_eq!(ids(&store.open_sales().await.unwrap()), ids([&c, &a]));
 }
 
 async fn activation_moves_scheduled_to_active_once<R: RecordStore>(store: &R) {
     let (_, scheduled) = on_sale(store, 10, SaleStatus::Scheduled).await;
-    let (started, changed) = store
-        .activate_sale(&scheduled.id, UnixMillis(1_700_000_090_000))
-        .await
-        .unwrap();
+    let (started, changed) = store.activate_sale(&scheduled.id, UnixMillis(1_700_000_090_000)).await.unwrap();
     assert!(changed);
-    assert_eq!(
-        (started.status, started.rules.start),
-        (SaleStatus::Active, UnixMillis(1_700_000_090_000))
-    );
+    assert_eq!((started.status, started.rules.start), (SaleStatus::Active, UnixMillis(1_700_000_090_000)));
     let stored = store.get_sale(&scheduled.id).await.unwrap().expect("sale");
     assert_eq!(sale_fields(&stored), sale_fields(&started));
 
-    let (again, changed) = store
-        .activate_sale(&scheduled.id, UnixMillis(1_700_000_095_000))
-        .await
-        .unwrap();
+    let (again, changed) = store.activate_sale(&scheduled.id, UnixMillis(1_700_000_095_000)).await.unwrap();
     assert!(!changed, "an active sale is returned unchanged");
     assert_eq!(again.rules.start, UnixMillis(1_700_000_090_000));
 
-    store
-        .end_sale(
-            &scheduled.id,
-            EndReason::ByAdmin,
-            UnixMillis(1_700_000_099_000),
-        )
-        .await
-        .unwrap();
+    store.end_sale(&scheduled.id, EndReason::ByAdmin, UnixMillis(1_700_000_099_000)).await.unwrap();
     assert!(matches!(
-        store
-            .activate_sale(&scheduled.id, UnixMillis(1_700_000_100_000))
-            .await,
+        store.activate_sale(&scheduled.id, UnixMillis(1_700_000_100_000)).await,
         Err(StoreError::WrongStatus(SaleStatus::Ended))
     ));
-    assert!(matches!(
-        store
-            .activate_sale(&SaleId::generate(), UnixMillis(0))
-            .await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(store.activate_sale(&SaleId::generate(), UnixMillis(0)).await, Err(StoreError::NotFound)));
 }
 
 async fn an_end_returns_unsold_units_exactly_once<R: RecordStore>(store: &R) {
     let lamp = product(50);
     store.create_product(lamp.clone()).await.unwrap();
-    let open = store
-        .create_sale(sale(&lamp, 20, SaleStatus::Active))
-        .await
-        .unwrap();
+    let open = store.create_sale(sale(&lamp, 20, SaleStatus::Active)).await.unwrap();
     assert_eq!(inventory(store, &lamp).await, 30);
     let buyer = UserId::generate();
     let outcomes = store
-        .commit_orders(&[
-            order(&open, &buyer, 3, "a"),
-            order(&open, &buyer, 3, "b"),
-            order(&open, &buyer, 1, "c"),
-        ])
+        .commit_orders(&[order(&open, &buyer, 3, "a"), order(&open, &buyer, 3, "b"), order(&open, &buyer, 1, "c")])
         .await
         .unwrap();
     assert!(outcomes.iter().all(Result::is_ok));
 
     let at = UnixMillis(1_700_000_400_000);
-    let (ended, changed) = store
-        .end_sale(&open.id, EndReason::ByAdmin, at)
-        .await
-        .unwrap();
+    let (ended, changed) = store.end_sale(&open.id, EndReason::ByAdmin, at).await.unwrap();
     assert!(changed);
     assert_eq!(
         (ended.status, ended.end_reason, ended.ended_at, ended.sold),
         (SaleStatus::Ended, Some(EndReason::ByAdmin), Some(at), 7)
     );
-    assert_eq!(
-        inventory(store, &lamp).await,
-        30 + 13,
-        "allocated - sold goes back"
-    );
+    assert_eq!(inventory(store, &lamp).await, 30 + 13, "allocated - sold goes back");
 
-    let (again, changed) = store
-        .end_sale(&open.id, EndReason::TimeUp, UnixMillis(1_700_000_500_000))
-        .await
-        .unwrap();
+    let (again, changed) = store.end_sale(&open.id, EndReason::TimeUp, UnixMillis(1_700_000_500_000)).await.unwrap();
     assert!(!changed, "an ended sale does not end again");
-    assert_eq!(
-        (again.end_reason, again.ended_at),
-        (Some(EndReason::ByAdmin), Some(at))
-    );
+    assert_eq!((again.end_reason, again.ended_at), (Some(EndReason::ByAdmin), Some(at)));
     assert_eq!(inventory(store, &lamp).await, 43, "units return once");
     let stored = store.get_sale(&open.id).await.unwrap().expect("sale");
     assert_eq!(sale_fields(&stored), sale_fields(&ended));
 
     let (_, untouched) = on_sale(store, 8, SaleStatus::Scheduled).await;
-    let (ended, _) = store
-        .end_sale(&untouched.id, EndReason::TimeUp, at)
-        .await
-        .unwrap();
+    let (ended, _) = store.end_sale(&untouched.id, EndReason::TimeUp, at).await.unwrap();
     assert_eq!((ended.sold, ended.end_reason), (0, Some(EndReason::TimeUp)));
-    let product = store
-        .get_product(&untouched.product_id)
-        .await
-        .unwrap()
-        .expect("product");
-    assert_eq!(
-        product.inventory, 18,
-        "an unsold sale gives everything back"
-    );
+    let product = store.get_product(&untouched.product_id).await.unwrap().expect("product");
+    assert_eq!(product.inventory, 18, "an unsold sale gives everything back");
 
-    assert!(matches!(
-        store
-            .end_sale(&SaleId::generate(), EndReason::ByAdmin, at)
-            .await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(store.end_sale(&SaleId::generate(), EndReason::ByAdmin, at).await, Err(StoreError::NotFound)));
 }
 
 async fn a_batch_refuses_per_order_and_keeps_the_rest<R: RecordStore>(store: &R) {
     let (_, a) = on_sale(store, 5, SaleStatus::Active).await;
     let (_, b) = on_sale(store, 10, SaleStatus::Active).await;
     let (_, c) = on_sale(store, 10, SaleStatus::Active).await;
-    store
-        .end_sale(&c.id, EndReason::ByAdmin, UnixMillis(1_700_000_300_000))
-        .await
-        .unwrap();
+    store.end_sale(&c.id, EndReason::ByAdmin, UnixMillis(1_700_000_300_000)).await.unwrap();
     let (ann, bob, cat) = (UserId::generate(), UserId::generate(), UserId::generate());
 
-    assert_eq!(
-        store
-            .commit_orders(&[order(&a, &ann, 1, "k0")])
-            .await
-            .unwrap(),
-        vec![Ok(())]
-    );
+    assert_eq!(store.commit_orders(&[order(&a, &ann, 1, "k0")]).await.unwrap(), vec![Ok(())]);
     let batch = vec![
         order(&a, &ann, 2, "k1"), // sold 3 of 5
         order(&a, &bob, 3, "k2"), // would be 6
@@ -476,41 +313,24 @@ async fn a_batch_refuses_per_order_and_keeps_the_rest<R: RecordStore>(store: &R)
             Ok(()),
         ]
     );
-    assert_eq!(
-        (
-            sold(store, &a).await,
-            sold(store, &b).await,
-            sold(store, &c).await
-        ),
-        (5, 3, 0)
-    );
+    assert_eq!((sold(store, &a).await, sold(store, &b).await, sold(store, &c).await), (5, 3, 0));
     for (order, outcome) in batch.iter().zip(&outcomes) {
         let stored = store.get_order(&order.id).await.unwrap();
         match outcome {
-            Ok(()) => assert_eq!(
-                stored.as_ref(),
-                Some(order),
-                "accepted orders are stored as given"
-            ),
+            Ok(()) => assert_eq!(stored.as_ref(), Some(order), "accepted orders are stored as given"),
             Err(_) => assert_eq!(stored, None, "refused orders are not stored"),
         }
     }
 
     // Against orders stored by an earlier batch.
     let later = [order(&b, &cat, 1, "k9"), order(&b, &cat, 1, "k10")];
-    assert_eq!(
-        store.commit_orders(&later).await.unwrap(),
-        vec![Err(CommitRefusal::Duplicate), Ok(())]
-    );
+    assert_eq!(store.commit_orders(&later).await.unwrap(), vec![Err(CommitRefusal::Duplicate), Ok(())]);
     assert_eq!(sold(store, &b).await, 4);
 
     // A batch naming a missing sale writes nothing at all.
     let ghost = sale(&product(1), 1, SaleStatus::Active);
     let doomed = [order(&b, &bob, 1, "x"), order(&ghost, &bob, 1, "y")];
-    assert!(matches!(
-        store.commit_orders(&doomed).await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(store.commit_orders(&doomed).await, Err(StoreError::NotFound)));
     assert_eq!(store.get_order(&doomed[0].id).await.unwrap(), None);
     assert_eq!(sold(store, &b).await, 4);
 
@@ -528,74 +348,26 @@ async fn orders_are_found_by_buyer_sale_and_key<R: RecordStore>(store: &R) {
     let mut o3 = order(&t, &ann, 3, "first");
     o3.created_at = UnixMillis(i64::from(i32::MAX) + 1);
     let o4 = order(&s, &ann, 1, "second");
-    store
-        .commit_orders(&[o1.clone(), o2.clone()])
-        .await
-        .unwrap();
-    store
-        .commit_orders(std::slice::from_ref(&o3))
-        .await
-        .unwrap();
-    store
-        .commit_orders(std::slice::from_ref(&o4))
-        .await
-        .unwrap();
+    store.commit_orders(&[o1.clone(), o2.clone()]).await.unwrap();
+    store.commit_orders(std::slice::from_ref(&o3)).await.unwrap();
+    store.commit_orders(std::slice::from_ref(&o4)).await.unwrap();
 
-    assert_eq!(
-        store.orders_of_buyer(&ann, None).await.unwrap(),
-        vec![o1.clone(), o3.clone(), o4.clone()]
-    );
-    assert_eq!(
-        store.orders_of_buyer(&ann, Some(&s.id)).await.unwrap(),
-        vec![o1.clone(), o4.clone()]
-    );
-    assert_eq!(
-        store.orders_of_buyer(&ann, Some(&t.id)).await.unwrap(),
-        vec![o3.clone()]
-    );
-    assert_eq!(
-        store.orders_of_buyer(&bob, Some(&t.id)).await.unwrap(),
-        vec![]
-    );
-    assert_eq!(
-        store
-            .orders_of_buyer(&UserId::generate(), None)
-            .await
-            .unwrap(),
-        vec![]
-    );
+    assert_eq!(store.orders_of_buyer(&ann, None).await.unwrap(), vec![o1.clone(), o3.clone(), o4.clone()]);
+    assert_eq!(store.orders_of_buyer(&ann, Some(&s.id)).await.unwrap(), vec![o1.clone(), o4.clone()]);
+    assert_eq!(store.orders_of_buyer(&ann, Some(&t.id)).await.unwrap(), vec![o3.clone()]);
+    assert_eq!(store.orders_of_buyer(&bob, Some(&t.id)).await.unwrap(), vec![]);
+    assert_eq!(store.orders_of_buyer(&UserId::generate(), None).await.unwrap(), vec![]);
 
-    assert_eq!(
-        store.orders_of_sale(&s.id).await.unwrap(),
-        vec![o1.clone(), o2.clone(), o4.clone()]
-    );
+    assert_eq!(store.orders_of_sale(&s.id).await.unwrap(), vec![o1.clone(), o2.clone(), o4.clone()]);
     assert_eq!(store.orders_of_sale(&t.id).await.unwrap(), vec![o3.clone()]);
-    assert_eq!(
-        store.orders_of_sale(&SaleId::generate()).await.unwrap(),
-        vec![]
-    );
+    assert_eq!(store.orders_of_sale(&SaleId::generate()).await.unwrap(), vec![]);
 
     let first = IdempotencyKey::parse("first").unwrap();
-    assert_eq!(
-        store.order_by_key(&ann, &s.id, &first).await.unwrap(),
-        Some(o1.clone())
-    );
-    assert_eq!(
-        store.order_by_key(&bob, &s.id, &first).await.unwrap(),
-        Some(o2.clone())
-    );
-    assert_eq!(
-        store.order_by_key(&ann, &t.id, &first).await.unwrap(),
-        Some(o3.clone())
-    );
+    assert_eq!(store.order_by_key(&ann, &s.id, &first).await.unwrap(), Some(o1.clone()));
+    assert_eq!(store.order_by_key(&bob, &s.id, &first).await.unwrap(), Some(o2.clone()));
+    assert_eq!(store.order_by_key(&ann, &t.id, &first).await.unwrap(), Some(o3.clone()));
     assert_eq!(store.order_by_key(&bob, &t.id, &first).await.unwrap(), None);
-    assert_eq!(
-        store
-            .order_by_key(&ann, &s.id, &IdempotencyKey::parse("third").unwrap())
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(store.order_by_key(&ann, &s.id, &IdempotencyKey::parse("third").unwrap()).await.unwrap(), None);
 
     assert_eq!(store.get_order(&o3.id).await.unwrap(), Some(o3));
     assert_eq!(store.get_order(&OrderId::generate()).await.unwrap(), None);
@@ -670,9 +442,7 @@ async fn a_reopened_embedded_record_finds_orders_by_sale_buyer_and_key() {
 /// A MongoDB record in a database of its own on the shared test server.
 async fn mongo_store(prefix: &str) -> MongoRecords {
     let server = tokio::task::block_in_place(mongo_support::shared);
-    connect(&server.uri(), &mongo_support::fresh_database(prefix))
-        .await
-        .expect("connecting to the test server")
+    connect(&server.uri(), &mongo_support::fresh_database(prefix)).await.expect("connecting to the test server")
 }
 
 /// Several nodes' committers at once, and another client holding transactions on the sale
@@ -687,10 +457,7 @@ async fn concurrent_batches_never_oversell_and_retry_conflicts() {
     let store = connect(&server.uri(), &database).await.unwrap();
     let lamp = product(INITIAL);
     store.create_product(lamp.clone()).await.unwrap();
-    let sale = store
-        .create_sale(sale(&lamp, ALLOCATED, SaleStatus::Active))
-        .await
-        .unwrap();
+    let sale = store.create_sale(sale(&lamp, ALLOCATED, SaleStatus::Active)).await.unwrap();
 
     let raw = mongodb::Client::with_uri_str(server.uri()).await.unwrap();
     let sales = raw.database(&database).collection::<Document>("sales");
@@ -705,10 +472,7 @@ async fn concurrent_batches_never_oversell_and_retry_conflicts() {
                 let mut session = raw.start_session().await.unwrap();
                 session.start_transaction().await.unwrap();
                 let touched = sales
-                    .update_one(
-                        doc! { "_id": &sale_id },
-                        doc! { "$set": { "touched": true } },
-                    )
+                    .update_one(doc! { "_id": &sale_id }, doc! { "$set": { "touched": true } })
                     .session(&mut session)
                     .await;
                 if touched.is_ok() {
@@ -737,18 +501,10 @@ async fn concurrent_batches_never_oversell_and_retry_conflicts() {
             for batch in 0..12u32 {
                 let orders: Vec<OrderRecord> = (0..5u32)
                     .map(|i| {
-                        order(
-                            &sale,
-                            &buyer,
-                            (task * 7 + batch * 3 + i) % 3 + 1,
-                            &format!("t{task}-b{batch}-o{i}"),
-                        )
+                        order(&sale, &buyer, (task * 7 + batch * 3 + i) % 3 + 1, &format!("t{task}-b{batch}-o{i}"))
                     })
                     .collect();
-                let outcomes = store
-                    .commit_orders(&orders)
-                    .await
-                    .expect("a batch commits despite conflicts");
+                let outcomes = store.commit_orders(&orders).await.expect("a batch commits despite conflicts");
                 for (order, outcome) in orders.into_iter().zip(outcomes) {
                     match outcome {
                         Ok(()) => accepted.push(order),
@@ -764,21 +520,13 @@ async fn concurrent_batches_never_oversell_and_retry_conflicts() {
     for buyer in buyers {
         accepted.extend(buyer.await.unwrap());
     }
-    assert_eq!(
-        intruder.await.unwrap(),
-        3,
-        "the intruder held its transactions"
-    );
+    assert_eq!(intruder.await.unwrap(), 3, "the intruder held its transactions");
 
     // Single units until the record refuses: the allocation sells out exactly.
     let last_buyer = UserId::generate();
     for i in 0.. {
         let one = order(&sale, &last_buyer, 1, &format!("last-{i}"));
-        match store
-            .commit_orders(std::slice::from_ref(&one))
-            .await
-            .unwrap()[0]
-        {
+        match store.commit_orders(std::slice::from_ref(&one)).await.unwrap()[0] {
             Ok(()) => accepted.push(one),
             Err(CommitRefusal::WouldOversell) => break,
             Err(other) => panic!("unexpected refusal {other:?}"),
@@ -788,30 +536,15 @@ async fn concurrent_batches_never_oversell_and_retry_conflicts() {
     let units: i64 = accepted.iter().map(|o| i64::from(o.quantity)).sum();
     let stored = store.orders_of_sale(&sale.id).await.unwrap();
     let stored_units: i64 = stored.iter().map(|o| i64::from(o.quantity)).sum();
-    assert_eq!(
-        sold(&*store, &sale).await,
-        ALLOCATED,
-        "sold exactly the allocation"
-    );
-    assert_eq!(
-        (units, stored_units),
-        (ALLOCATED, ALLOCATED),
-        "every accepted unit is stored, nothing else"
-    );
+    assert_eq!(sold(&*store, &sale).await, ALLOCATED, "sold exactly the allocation");
+    assert_eq!((units, stored_units), (ALLOCATED, ALLOCATED), "every accepted unit is stored, nothing else");
     assert_eq!(
         stored.iter().map(|o| &o.id).collect::<HashSet<_>>(),
         accepted.iter().map(|o| &o.id).collect::<HashSet<_>>()
     );
-    let (_, changed) = store
-        .end_sale(&sale.id, EndReason::SoldOut, UnixMillis(1_700_000_600_000))
-        .await
-        .unwrap();
+    let (_, changed) = store.end_sale(&sale.id, EndReason::SoldOut, UnixMillis(1_700_000_600_000)).await.unwrap();
     assert!(changed);
-    assert_eq!(
-        inventory(&*store, &lamp).await + ALLOCATED,
-        INITIAL,
-        "inventory + sold = what there was"
-    );
+    assert_eq!(inventory(&*store, &lamp).await + ALLOCATED, INITIAL, "inventory + sold = what there was");
     assert!(store.retries() > 0, "conflicting batches were retried");
 }
 
@@ -824,54 +557,18 @@ async fn mongo_documents_use_string_ids_and_integer_money() {
     let store = connect(&server.uri(), &database).await.unwrap();
     let (lamp, sale) = on_sale(&store, 10, SaleStatus::Active).await;
     let buyer = UserId::generate();
-    store
-        .commit_orders(&[order(&sale, &buyer, 2, "k")])
-        .await
-        .unwrap();
+    store.commit_orders(&[order(&sale, &buyer, 2, "k")]).await.unwrap();
 
-    let raw = mongodb::Client::with_uri_str(server.uri())
-        .await
-        .unwrap()
-        .database(&database);
-    let stored = raw
-        .collection::<Document>("sales")
-        .find_one(doc! { "product_id": lamp.id.as_str() })
-        .await
-        .unwrap();
+    let raw = mongodb::Client::with_uri_str(server.uri()).await.unwrap().database(&database);
+    let stored = raw.collection::<Document>("sales").find_one(doc! { "product_id": lamp.id.as_str() }).await.unwrap();
     let stored = stored.expect("the sale is found by its product id as a string");
     assert_eq!(stored.get("_id"), Some(&Bson::String(sale.id.to_string())));
-    assert!(
-        is_integer(
-            stored
-                .get_document("unit_price")
-                .unwrap()
-                .get("amount_minor")
-        ),
-        "{stored:?}"
-    );
-    assert!(
-        is_integer(stored.get("start_at")) && is_integer(stored.get("sold")),
-        "{stored:?}"
-    );
-    let order = raw
-        .collection::<Document>("orders")
-        .find_one(doc! { "buyer_id": buyer.as_str() })
-        .await
-        .unwrap();
+    assert!(is_integer(stored.get_document("unit_price").unwrap().get("amount_minor")), "{stored:?}");
+    assert!(is_integer(stored.get("start_at")) && is_integer(stored.get("sold")), "{stored:?}");
+    let order = raw.collection::<Document>("orders").find_one(doc! { "buyer_id": buyer.as_str() }).await.unwrap();
     let order = order.expect("the order is found by its buyer id as a string");
-    assert_eq!(
-        order.get("sale_id"),
-        Some(&Bson::String(sale.id.to_string()))
-    );
-    assert!(
-        is_integer(
-            order
-                .get_document("unit_price")
-                .unwrap()
-                .get("amount_minor")
-        ),
-        "{order:?}"
-    );
+    assert_eq!(order.get("sale_id"), Some(&Bson::String(sale.id.to_string())));
+    assert!(is_integer(order.get_document("unit_price").unwrap().get("amount_minor")), "{order:?}");
 }
 
 fn is_integer(value: Option<&Bson>) -> bool {
@@ -887,24 +584,12 @@ async fn connect_to_an_unreachable_server_fails_fast_and_hides_the_password() {
         listener.local_addr().unwrap().port()
     };
     let started = Instant::now();
-    let error = match connect(
-        &format!("mongodb://ann:s3cret@127.0.0.1:{port}/"),
-        "flashsale",
-    )
-    .await
-    {
+    let error = match connect(&format!("mongodb://ann:s3cret@127.0.0.1:{port}/"), "flashsale").await {
         Ok(_) => panic!("connected to a closed port"),
         Err(error) => format!("{error:#}"),
     };
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert!(
-        error.contains("MongoDB") && error.contains(&format!("127.0.0.1:{port}")),
-        "{error}"
-    );
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert!(error.contains("MongoDB") && error.contains(&format!("127.0.0.1:{port}")), "{error}");
     assert!(!error.contains("s3cret"), "{error}");
 }
 
@@ -917,10 +602,7 @@ async fn connect_refuses_a_standalone_server() {
         Ok(_) => panic!("accepted a standalone server"),
         Err(error) => format!("{error:#}"),
     };
-    assert!(
-        error.contains("standalone") && error.contains("replica set") && error.contains(&uri),
-        "{error}"
-    );
+    assert!(error.contains("standalone") && error.contains("replica set") && error.contains(&uri), "{error}");
 }
 
 /// A server that goes away makes operations `Unavailable`; the same server restarted on its
@@ -929,49 +611,27 @@ async fn connect_refuses_a_standalone_server() {
 async fn a_stopped_server_is_unavailable_and_a_restarted_one_has_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("record.db");
-    let mut server =
-        tokio::task::block_in_place(|| mongo_support::MongoTestServer::start(Some(&file)));
+    let mut server = tokio::task::block_in_place(|| mongo_support::MongoTestServer::start(Some(&file)));
     let store = connect(&server.uri(), "restart").await.unwrap();
     let (lamp, sale) = on_sale(&store, 10, SaleStatus::Active).await;
     let buyer = UserId::generate();
-    store
-        .commit_orders(&[order(&sale, &buyer, 2, "before")])
-        .await
-        .unwrap();
+    store.commit_orders(&[order(&sale, &buyer, 2, "before")]).await.unwrap();
 
     let port = server.port();
     server.kill();
-    assert!(matches!(
-        store.get_product(&lamp.id).await,
-        Err(StoreError::Unavailable(_))
-    ));
-    assert!(matches!(
-        store
-            .commit_orders(&[order(&sale, &buyer, 1, "during")])
-            .await,
-        Err(StoreError::Unavailable(_))
-    ));
+    assert!(matches!(store.get_product(&lamp.id).await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(store.commit_orders(&[order(&sale, &buyer, 1, "during")]).await, Err(StoreError::Unavailable(_))));
 
-    let _server =
-        tokio::task::block_in_place(|| mongo_support::MongoTestServer::start_on(port, Some(&file)));
+    let _server = tokio::task::block_in_place(|| mongo_support::MongoTestServer::start_on(port, Some(&file)));
     let deadline = Instant::now() + Duration::from_secs(20);
     let outcomes = loop {
-        match store
-            .commit_orders(&[order(&sale, &buyer, 1, "after")])
-            .await
-        {
+        match store.commit_orders(&[order(&sale, &buyer, 1, "after")]).await {
             Ok(outcomes) => break outcomes,
-            Err(StoreError::Unavailable(_)) if Instant::now() < deadline => {
-                tokio::task::yield_now().await
-            }
+            Err(StoreError::Unavailable(_)) if Instant::now() < deadline => tokio::task::yield_now().await,
             Err(other) => panic!("the store did not recover: {other:?}"),
         }
     };
     assert_eq!(outcomes, vec![Ok(())]);
-    assert_eq!(
-        sold(&store, &sale).await,
-        3,
-        "the order from before the stop survived, the refused one is absent"
-    );
+    assert_eq!(sold(&store, &sale).await, 3, "the order from before the stop survived, the refused one is absent");
     assert_eq!(store.orders_of_sale(&sale.id).await.unwrap().len(), 2);
 }

@@ -176,7 +176,8 @@ async fn browsers_watch_a_sale_over_grpc_web() {
     let last = snapshots.last().expect("a final snapshot");
     assert_eq!((last.status(), last.end_reason()), (pb::SaleStatus::Ended, pb::EndReason::ByAdmin), "{snapshots:?}");
     assert_eq!(frames.last().map(|(flags, _)| flags & 0x80), Some(0x80), "trailers come last");
-    let trailers = frames.iter().find(|(flags, _)| flags & 0x80 != 0).map(|(_, t)| String::from_utf8_lossy(t).to_lowercase());
+    let trailers =
+        frames.iter().find(|(flags, _)| flags & 0x80 != 0).map(|(_, t)| String::from_utf8_lossy(t).to_lowercase());
     let trailers = trailers.expect("a trailers frame");
     assert!(trailers.contains("grpc-status:0") || trailers.contains("grpc-status: 0"), "{trailers}");
 }

@@ -61,28 +61,13 @@ impl MongoTestServer {
             .unwrap_or_else(|| manifest.join("tests/support/mongo_server.py"));
         let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mongo-test-server");
         std::fs::create_dir_all(&logs).expect("creating the test server log directory");
-        let log = logs.join(format!(
-            "{}-{}.log",
-            std::process::id(),
-            STARTED.fetch_add(1, Ordering::Relaxed)
-        ));
+        let log = logs.join(format!("{}-{}.log", std::process::id(), STARTED.fetch_add(1, Ordering::Relaxed)));
         let stderr = std::fs::File::create(&log).expect("creating the test server log");
         let db = db.map_or_else(|| "memory".to_owned(), |p| p.display().to_string());
         let mut child = Command::new(&python)
             .arg(&launcher)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--db",
-                &db,
-                "--exit-on-stdin-eof",
-            ])
-            .args(
-                replica_set
-                    .map(|name| ["--replica-set", name])
-                    .into_iter()
-                    .flatten(),
-            )
+            .args(["--port", &port.to_string(), "--db", &db, "--exit-on-stdin-eof"])
+            .args(replica_set.map(|name| ["--replica-set", name]).into_iter().flatten())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -99,10 +84,7 @@ impl MongoTestServer {
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             for line in lines.by_ref().map_while(Result::ok) {
-                if let Some(port) = line
-                    .strip_prefix("LISTENING ")
-                    .and_then(|p| p.trim().parse::<u16>().ok())
-                {
+                if let Some(port) = line.strip_prefix("LISTENING ").and_then(|p| p.trim().parse::<u16>().ok()) {
                     let _ = ready.send(port);
                     break;
                 }

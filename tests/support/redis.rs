@@ -106,7 +106,10 @@ fn redis_server_binary() -> PathBuf {
         .find(|path| path.is_file())
         .unwrap_or_else(|| {
             let debian = PathBuf::from("/usr/bin/redis-server");
-            assert!(debian.is_file(), "redis-server not found on PATH nor in /usr/bin: install Debian's redis-server (scripts/test does)");
+            assert!(
+                debian.is_file(),
+                "redis-server not found on PATH nor in /usr/bin: install Debian's redis-server (scripts/test does)"
+            );
             debian
         })
 }
@@ -122,4 +125,3 @@ pub fn fresh_prefix() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     format!("t{}-{}:", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
-

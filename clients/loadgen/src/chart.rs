@@ -30,13 +30,7 @@ pub fn rate_series(acks: &[f64], end: f64, bucket: f64) -> Vec<(f64, f64)> {
 
 /// Writes the chart to `path` (SVG).
 pub fn write(path: &Path, data: &ChartData<'_>) -> anyhow::Result<()> {
-    let end = data
-        .acks
-        .iter()
-        .copied()
-        .chain(data.remaining.iter().map(|&(t, _)| t))
-        .fold(0.0f64, f64::max)
-        .max(0.001);
+    let end = data.acks.iter().copied().chain(data.remaining.iter().map(|&(t, _)| t)).fold(0.0f64, f64::max).max(0.001);
     // About 60 buckets across the run, no finer than 10 ms.
     let bucket = (end / 60.0).max(0.01);
     let rates = rate_series(data.acks, end, bucket);
@@ -118,7 +112,12 @@ mod tests {
     fn writes_an_svg() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chart.svg");
-        let data = ChartData { title: "test".into(), remaining: &[(0.0, 10), (0.5, 4), (1.0, 0)], acks: &[0.1, 0.2, 0.6], allocated: 10 };
+        let data = ChartData {
+            title: "test".into(),
+            remaining: &[(0.0, 10), (0.5, 4), (1.0, 0)],
+            acks: &[0.1, 0.2, 0.6],
+            allocated: 10,
+        };
         write(&path, &data).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("remaining stock"));

@@ -24,7 +24,10 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<Report> {
         concurrency: args.concurrency,
         options: args.rush.clone(),
     };
-    println!("flood: {} attempts for {} units ({} per unit)", scenario.attempts, scenario.units, args.attempts_per_unit);
+    println!(
+        "flood: {} attempts for {} units ({} per unit)",
+        scenario.attempts, scenario.units, args.attempts_per_unit
+    );
     let prepared = rehearse::prepare(&session, &scenario).await?;
     let epoch = Instant::now();
     let feed = rehearse::follow_feed(&session, &prepared.sale.id, epoch).await?;
@@ -61,7 +64,12 @@ pub fn rejection_figures(rush: &RushResult, figures: &mut Figures) {
     let span = last.saturating_sub(first);
     let rate = per_sec(refused.len() as u64, span);
     let latency = Percentiles::of(&latency);
-    println!("rejections: {} in {:.3} s = {rate:.0} rejections/s; latency {}", refused.len(), span.as_secs_f64(), latency.line());
+    println!(
+        "rejections: {} in {:.3} s = {rate:.0} rejections/s; latency {}",
+        refused.len(),
+        span.as_secs_f64(),
+        latency.line()
+    );
     figures.add("rejections", refused.len());
     figures.add("rejections_per_sec", format!("{rate:.1}"));
     latency.add_to(figures, "rejection_latency");

@@ -49,11 +49,17 @@ async fn sold_out(args: PrepareH2loadArgs) -> anyhow::Result<()> {
     session
         .pool
         .purchase()
-        .purchase(authed(pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: 1, idempotency_key: "first".into() }, &first))
+        .purchase(authed(
+            pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: 1, idempotency_key: "first".into() },
+            &first,
+        ))
         .await
         .context("buying the only unit")?;
     let sale = setup::get_sale(&session, &sale.id).await?;
-    anyhow::ensure!(sale.status() == pb::SaleStatus::Ended, "the one-unit sale did not end after its only unit was sold");
+    anyhow::ensure!(
+        sale.status() == pb::SaleStatus::Ended,
+        "the one-unit sale did not end after its only unit was sold"
+    );
     let token = mint(keys, &format!("h2load-{tag}-late"), "Late", Role::Buyer);
     let request = pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: 1, idempotency_key: "late".into() };
     write(&args.body, &frame(&request))?;

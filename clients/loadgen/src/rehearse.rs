@@ -85,8 +85,14 @@ pub async fn prepare(session: &Session, scenario: &Scenario) -> anyhow::Result<P
         if scenario.per_user_limit == 0 { "none".to_string() } else { scenario.per_user_limit.to_string() }
     );
     let started = Instant::now();
-    let (buyers, source) =
-        setup::buyers(session, scenario.buyers, scenario.options.mint_tokens, scenario.options.register_concurrency, &tag).await?;
+    let (buyers, source) = setup::buyers(
+        session,
+        scenario.buyers,
+        scenario.options.mint_tokens,
+        scenario.options.register_concurrency,
+        &tag,
+    )
+    .await?;
     println!("buyers: {} {} in {:.1} s", buyers.len(), source, started.elapsed().as_secs_f64());
     Ok(Prepared { sale, buyers: Arc::new(buyers), source, tag })
 }
@@ -104,7 +110,11 @@ pub struct FeedLog {
 
 /// Opens WatchSale and follows it in a task until the stream ends; returns once the first
 /// snapshot arrived.
-pub async fn follow_feed(session: &Session, sale_id: &str, epoch: Instant) -> anyhow::Result<tokio::task::JoinHandle<FeedLog>> {
+pub async fn follow_feed(
+    session: &Session,
+    sale_id: &str,
+    epoch: Instant,
+) -> anyhow::Result<tokio::task::JoinHandle<FeedLog>> {
     let mut stream = session
         .pool
         .feeds()
@@ -135,7 +145,8 @@ pub async fn follow_feed(session: &Session, sale_id: &str, epoch: Instant) -> an
 
 /// Runs the rush with a progress bar.
 pub async fn run_rush(session: &Session, scenario: &Scenario, prepared: &Prepared, epoch: Instant) -> RushResult {
-    let quantities = rush::draw_quantities(scenario.attempts, scenario.min_qty, scenario.max_qty, scenario.options.seed);
+    let quantities =
+        rush::draw_quantities(scenario.attempts, scenario.min_qty, scenario.max_qty, scenario.options.seed);
     let plan = RushPlan {
         sale_id: prepared.sale.id.clone(),
         buyers: prepared.buyers.clone(),
@@ -170,7 +181,9 @@ impl CpuMeter {
     fn finish(self) -> rush::CpuUse {
         rush::CpuUse {
             server: self.server.and_then(|(pid, t0)| crate::target::cpu_time(pid).ok().map(|t| t.saturating_sub(t0))),
-            loadgen: self.ours.and_then(|t0| crate::target::cpu_time(std::process::id()).ok().map(|t| t.saturating_sub(t0))),
+            loadgen: self
+                .ours
+                .and_then(|t0| crate::target::cpu_time(std::process::id()).ok().map(|t| t.saturating_sub(t0))),
         }
     }
 }
@@ -187,7 +200,13 @@ pub struct Finished {
 
 /// Ends the sale if still open, waits for the feed's ENDED snapshot, lists every buyer's orders
 /// and judges.
-pub async fn finish(session: &Session, scenario: &Scenario, prepared: &Prepared, rush: &RushResult, feed: tokio::task::JoinHandle<FeedLog>) -> anyhow::Result<Finished> {
+pub async fn finish(
+    session: &Session,
+    scenario: &Scenario,
+    prepared: &Prepared,
+    rush: &RushResult,
+    feed: tokio::task::JoinHandle<FeedLog>,
+) -> anyhow::Result<Finished> {
     let sale_id = prepared.sale.id.as_str();
     let ended = setup::end_sale_if_open(session, sale_id).await?;
     if ended.end_reason() != pb::EndReason::SoldOut {
@@ -259,7 +278,11 @@ pub fn rush_figures(rush: &RushResult, figures: &mut Figures) {
     figures.add("attempts_per_sec", format!("{attempt_rate:.1}"));
     let cores = |cpu: Option<Duration>| cpu.map(|c| c.as_secs_f64() / rush.elapsed.as_secs_f64().max(1e-9));
     if let (Some(server), Some(cores)) = (rush.cpu.server, cores(rush.cpu.server)) {
-        println!("cpu during the rush: server {:.2} s ({cores:.2} cores), {:.1} µs per attempt", server.as_secs_f64(), server.as_secs_f64() * 1e6 / attempts.max(1) as f64);
+        println!(
+            "cpu during the rush: server {:.2} s ({cores:.2} cores), {:.1} µs per attempt",
+            server.as_secs_f64(),
+            server.as_secs_f64() * 1e6 / attempts.max(1) as f64
+        );
         figures.add("server_cpu_cores", format!("{cores:.2}"));
         figures.add("server_cpu_us_per_attempt", format!("{:.1}", server.as_secs_f64() * 1e6 / attempts.max(1) as f64));
     }
@@ -281,7 +304,13 @@ pub fn verdict_figures(finished: &Finished, figures: &mut Figures) {
 }
 
 /// Writes the chart of a rehearsal.
-pub fn write_chart(path: &std::path::Path, title: String, rush: &RushResult, feed: &FeedLog, allocated: i64) -> anyhow::Result<()> {
+pub fn write_chart(
+    path: &std::path::Path,
+    title: String,
+    rush: &RushResult,
+    feed: &FeedLog,
+    allocated: i64,
+) -> anyhow::Result<()> {
     let start = rush.records.iter().map(|r| r.start).min().unwrap_or_default();
     let secs = |d: Duration| d.saturating_sub(start).as_secs_f64();
     let remaining: Vec<(f64, i64)> = feed.points.iter().map(|&(t, _, remaining)| (secs(t), remaining)).collect();
@@ -307,7 +336,10 @@ pub async fn run(args: RehearseArgs) -> anyhow::Result<Report> {
     rush_figures(&rush, &mut figures);
     verdict_figures(&finished, &mut figures);
     if let Some(path) = &args.chart {
-        let title = format!("rehearsal: {} buyers, {} units, concurrency {}", scenario.buyers, scenario.units, scenario.concurrency);
+        let title = format!(
+            "rehearsal: {} buyers, {} units, concurrency {}",
+            scenario.buyers, scenario.units, scenario.concurrency
+        );
         write_chart(path, title, &rush, &finished.feed, finished.sale.allocated)?;
     }
     if let Some(path) = &scenario.options.figures {

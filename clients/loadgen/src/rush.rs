@@ -104,8 +104,7 @@ impl Refusal {
     /// How long to wait before retry number `attempt`: RetryInfo's delay, else exponential
     /// backoff from 10 ms up to 1 s.
     pub fn retry_after(&self, attempt: u32) -> Duration {
-        self.retry_delay
-            .unwrap_or_else(|| Duration::from_millis(10u64 << attempt.min(7)).min(Duration::from_secs(1)))
+        self.retry_delay.unwrap_or_else(|| Duration::from_millis(10u64 << attempt.min(7)).min(Duration::from_secs(1)))
     }
 }
 
@@ -223,7 +222,10 @@ async fn attempt(pool: &Pool, plan: &RushPlan, j: usize, epoch: Instant) -> Atte
     let mut calls = 0;
     let outcome = loop {
         calls += 1;
-        let request = authed(pb::PurchaseRequest { sale_id: plan.sale_id.clone(), quantity, idempotency_key: key.clone() }, &buyer.bearer);
+        let request = authed(
+            pb::PurchaseRequest { sale_id: plan.sale_id.clone(), quantity, idempotency_key: key.clone() },
+            &buyer.bearer,
+        );
         match pool.purchase().purchase(request).await {
             Ok(response) => {
                 let response = response.into_inner();

@@ -88,7 +88,10 @@ pub async fn create_sale(session: &Session, spec: &SaleSpec, tag: &str) -> anyho
                 per_user_limit: spec.per_user_limit,
                 max_per_purchase: spec.max_per_purchase,
                 start_time: None,
-                end_time: Some(prost_types::Timestamp { seconds: end.as_secs() as i64, nanos: end.subsec_nanos() as i32 }),
+                end_time: Some(prost_types::Timestamp {
+                    seconds: end.as_secs() as i64,
+                    nanos: end.subsec_nanos() as i32,
+                }),
             },
             &session.admin,
         ))
@@ -125,7 +128,13 @@ pub async fn end_sale_if_open(session: &Session, sale_id: &str) -> anyhow::Resul
 }
 
 /// `count` buyers, minted or registered.
-pub async fn buyers(session: &Session, count: usize, mint_tokens: bool, concurrency: usize, tag: &str) -> anyhow::Result<(Vec<Buyer>, BuyerSource)> {
+pub async fn buyers(
+    session: &Session,
+    count: usize,
+    mint_tokens: bool,
+    concurrency: usize,
+    tag: &str,
+) -> anyhow::Result<(Vec<Buyer>, BuyerSource)> {
     if mint_tokens {
         let keys = session.keys_for("--mint-tokens")?;
         let buyers = (0..count)
@@ -191,7 +200,12 @@ pub fn retryable(status: &tonic::Status) -> bool {
 }
 
 /// Every order of each buyer in the sale (ListMyOrders), `concurrency` calls at a time.
-pub async fn list_orders(session: &Session, buyers: &[Buyer], sale_id: &str, concurrency: usize) -> anyhow::Result<Vec<Vec<pb::Order>>> {
+pub async fn list_orders(
+    session: &Session,
+    buyers: &[Buyer],
+    sale_id: &str,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Vec<pb::Order>>> {
     let progress = Arc::new(crate::stats::progress_bar(buyers.len() as u64, "ListMyOrders"));
     let results: Vec<anyhow::Result<(usize, Vec<pb::Order>)>> = futures::stream::iter(buyers.iter().enumerate())
         .map(|(i, buyer)| {
@@ -206,7 +220,9 @@ pub async fn list_orders(session: &Session, buyers: &[Buyer], sale_id: &str, con
                             tokio::time::sleep(Refusal::from_status(&status).retry_after(attempt)).await;
                             attempt += 1;
                         }
-                        Err(status) => return Err(status).with_context(|| format!("ListMyOrders of buyer {}", buyer.id)),
+                        Err(status) => {
+                            return Err(status).with_context(|| format!("ListMyOrders of buyer {}", buyer.id))
+                        }
                     }
                 };
                 progress.inc(1);

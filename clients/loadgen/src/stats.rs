@@ -70,7 +70,14 @@ impl Percentiles {
         if self.count == 0 {
             return "no values".into();
         }
-        format!("p50 {}  p90 {}  p99 {}  max {}  ({} values)", ms(self.p50), ms(self.p90), ms(self.p99), ms(self.max), self.count)
+        format!(
+            "p50 {}  p90 {}  p99 {}  max {}  ({} values)",
+            ms(self.p50),
+            ms(self.p90),
+            ms(self.p99),
+            ms(self.max),
+            self.count
+        )
     }
 
     /// Adds `prefix_p50_ms` .. `prefix_max_ms` to `figures`.

@@ -126,7 +126,9 @@ impl Session {
 
     /// The signing keys, or an error saying why they are needed.
     pub fn keys_for(&self, what: &str) -> anyhow::Result<&JwtKeys> {
-        self.keys.as_ref().with_context(|| format!("{what} needs the server's secret: pass --jwt-secret (or --spawn-server)"))
+        self.keys
+            .as_ref()
+            .with_context(|| format!("{what} needs the server's secret: pass --jwt-secret (or --spawn-server)"))
     }
 }
 
@@ -159,7 +161,8 @@ pub struct SpawnedServer {
 impl SpawnedServer {
     /// Starts `binary serve` and waits for its `flashsale listening grpc=.. metrics=..` line.
     pub async fn start(binary: &Path, secret: &str) -> anyhow::Result<Self> {
-        let data_dir = tempfile::Builder::new().prefix("loadgen-server-").tempdir().context("creating a temp data dir")?;
+        let data_dir =
+            tempfile::Builder::new().prefix("loadgen-server-").tempdir().context("creating a temp data dir")?;
         let log = data_dir.path().join("server.log");
         let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut child = tokio::process::Command::new(binary)
@@ -239,7 +242,8 @@ mod tests {
 
     #[test]
     fn reads_the_listening_line() {
-        let (grpc, metrics) = parse_listening("flashsale listening grpc=127.0.0.1:4321 metrics=127.0.0.1:9876").unwrap();
+        let (grpc, metrics) =
+            parse_listening("flashsale listening grpc=127.0.0.1:4321 metrics=127.0.0.1:9876").unwrap();
         assert_eq!(grpc.port(), 4321);
         assert_eq!(metrics.port(), 9876);
         assert!(parse_listening("something else").is_err());

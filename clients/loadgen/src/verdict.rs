@@ -92,7 +92,9 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
 
     let unexpected: Vec<String> = refusals
         .iter()
-        .filter(|(label, _)| !matches!(label.as_str(), "SOLD_OUT" | "INSUFFICIENT_STOCK" | "SALE_ENDED" | "USER_LIMIT_REACHED"))
+        .filter(|(label, _)| {
+            !matches!(label.as_str(), "SOLD_OUT" | "INSUFFICIENT_STOCK" | "SALE_ENDED" | "USER_LIMIT_REACHED")
+        })
         .map(|(label, n)| format!("{n}× {label}"))
         .chain(failures.iter().map(|(label, n)| format!("{n}× failed {label}")))
         .collect();
@@ -106,9 +108,17 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
         "only stock or limit refusals",
         unexpected.is_empty() && odd_ends == 0,
         if unexpected.is_empty() && odd_ends == 0 {
-            format!("{} acknowledged; refused: {}", acked.len(), if summary.is_empty() { "none".into() } else { summary.join(", ") })
+            format!(
+                "{} acknowledged; refused: {}",
+                acked.len(),
+                if summary.is_empty() { "none".into() } else { summary.join(", ") }
+            )
         } else {
-            format!("unexpected: {}{}", unexpected.join(", "), if odd_ends > 0 { format!(", {odd_ends}× SALE_ENDED not by sell-out") } else { String::new() })
+            format!(
+                "unexpected: {}{}",
+                unexpected.join(", "),
+                if odd_ends > 0 { format!(", {odd_ends}× SALE_ENDED not by sell-out") } else { String::new() }
+            )
         },
     );
 
@@ -139,7 +149,8 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
     for &(buyer, quantity) in acked.values() {
         *acked_by_buyer.entry(buyer).or_default() += u64::from(quantity);
     }
-    let listed_by_buyer: Vec<u64> = e.listed.iter().map(|orders| orders.iter().map(|o| u64::from(o.quantity)).sum()).collect();
+    let listed_by_buyer: Vec<u64> =
+        e.listed.iter().map(|orders| orders.iter().map(|o| u64::from(o.quantity)).sum()).collect();
     let most_acked = acked_by_buyer.values().copied().max().unwrap_or(0);
     let most_listed = listed_by_buyer.iter().copied().max().unwrap_or(0);
     let limit = u64::from(e.per_user_limit);
@@ -159,7 +170,8 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
     for (i, orders) in e.listed.iter().enumerate() {
         for order in orders {
             listed_ids.insert(order.id.as_str());
-            let ours = acked.get(order.id.as_str()).is_none_or(|&(buyer, q)| buyer as usize == i && q == order.quantity);
+            let ours =
+                acked.get(order.id.as_str()).is_none_or(|&(buyer, q)| buyer as usize == i && q == order.quantity);
             if order.buyer_id != e.buyers[i].id || order.sale_id != e.sale.id || !ours {
                 misplaced += 1;
             }
@@ -180,7 +192,10 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
     match e.final_snapshot {
         Some(s) => verdict.check(
             "final WatchSale snapshot agrees",
-            s.status() == pb::SaleStatus::Ended && s.sold == acked_sum && s.sold == sold && s.remaining == allocated - sold,
+            s.status() == pb::SaleStatus::Ended
+                && s.sold == acked_sum
+                && s.sold == sold
+                && s.remaining == allocated - sold,
             format!("{:?} snapshot: sold {}, remaining {}; orders sum to {acked_sum}", s.status(), s.sold, s.remaining),
         ),
         None => verdict.check("final WatchSale snapshot agrees", false, "the feed delivered no ENDED snapshot".into()),
@@ -207,7 +222,14 @@ mod tests {
     fn sold_out(buyer: u32, quantity: u32) -> AttemptRecord {
         let mut refusal = Refusal::from_status(&tonic::Status::resource_exhausted("sold out"));
         refusal.reason = "SOLD_OUT".into();
-        AttemptRecord { buyer, quantity, start: Duration::ZERO, end: Duration::from_millis(1), calls: 1, outcome: Outcome::Refused(refusal) }
+        AttemptRecord {
+            buyer,
+            quantity,
+            start: Duration::ZERO,
+            end: Duration::from_millis(1),
+            calls: 1,
+            outcome: Outcome::Refused(refusal),
+        }
     }
 
     fn order(id: &str, buyer: &str, quantity: u32) -> pb::Order {
@@ -228,7 +250,14 @@ mod tests {
         let records = [acked(0, "o1", 2), acked(1, "o2", 1), sold_out(2, 1)];
         let listed = [vec![order("o1", "b0", 2)], vec![order("o2", "b1", 1)], vec![]];
         let (sale, snapshot) = (sale(3, 3), ended(3, 0));
-        let e = Evidence { records: &records, buyers: &buyers, per_user_limit: 2, sale: &sale, final_snapshot: Some(&snapshot), listed: &listed };
+        let e = Evidence {
+            records: &records,
+            buyers: &buyers,
+            per_user_limit: 2,
+            sale: &sale,
+            final_snapshot: Some(&snapshot),
+            listed: &listed,
+        };
         let verdict = judge(&e);
         assert!(verdict.passed(), "{}", verdict.render());
     }
@@ -239,12 +268,24 @@ mod tests {
         let records = [acked(0, "o1", 3), acked(1, "o2", 1)];
         let listed = [vec![order("o1", "b0", 3)], vec![]];
         let (sale, snapshot) = (sale(3, 4), ended(4, 0));
-        let e = Evidence { records: &records, buyers: &buyers, per_user_limit: 2, sale: &sale, final_snapshot: Some(&snapshot), listed: &listed };
+        let e = Evidence {
+            records: &records,
+            buyers: &buyers,
+            per_user_limit: 2,
+            sale: &sale,
+            final_snapshot: Some(&snapshot),
+            listed: &listed,
+        };
         let verdict = judge(&e);
         let failed: Vec<&str> = verdict.checks.iter().filter(|c| !c.passed).map(|c| c.name).collect();
         assert_eq!(
             failed,
-            ["no oversell", "no buyer above the per-user limit", "ListMyOrders holds every acknowledged order", "final WatchSale snapshot agrees"]
+            [
+                "no oversell",
+                "no buyer above the per-user limit",
+                "ListMyOrders holds every acknowledged order",
+                "final WatchSale snapshot agrees"
+            ]
         );
     }
 
@@ -254,7 +295,14 @@ mod tests {
         let records = [acked(0, "o1", 1), sold_out(1, 1)];
         let listed = [vec![order("o1", "b0", 1)], vec![]];
         let (sale, snapshot) = (sale(3, 1), ended(1, 2));
-        let e = Evidence { records: &records, buyers: &buyers, per_user_limit: 0, sale: &sale, final_snapshot: Some(&snapshot), listed: &listed };
+        let e = Evidence {
+            records: &records,
+            buyers: &buyers,
+            per_user_limit: 0,
+            sale: &sale,
+            final_snapshot: Some(&snapshot),
+            listed: &listed,
+        };
         let verdict = judge(&e);
         assert!(!verdict.passed());
         assert!(!verdict.checks[2].passed, "{}", verdict.render());

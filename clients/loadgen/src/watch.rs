@@ -60,9 +60,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<Report> {
     let epoch = Instant::now();
     let (ready_tx, mut ready_rx) = mpsc::channel::<bool>(n);
     let opened_at = Instant::now();
-    let watchers: Vec<_> = (0..n)
-        .map(|_| tokio::spawn(watcher(watch_pool.clone(), sale_id.clone(), epoch, ready_tx.clone())))
-        .collect();
+    let watchers: Vec<_> =
+        (0..n).map(|_| tokio::spawn(watcher(watch_pool.clone(), sale_id.clone(), epoch, ready_tx.clone()))).collect();
     drop(ready_tx);
     let (mut ok, mut failed) = (0usize, 0usize);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -124,7 +123,10 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<Report> {
         }
     }
     rehearse::verdict_figures(&finished, &mut figures);
-    let ended_ok = logs.iter().filter(|l| l.saw_end && l.points.last().is_some_and(|&(sold, _)| sold == finished.sale.sold)).count();
+    let ended_ok = logs
+        .iter()
+        .filter(|l| l.saw_end && l.points.last().is_some_and(|&(sold, _)| sold == finished.sale.sold))
+        .count();
     println!("watchers that saw the final ENDED snapshot with sold {}: {ended_ok} of {n}", finished.sale.sold);
     figures.add("watchers_saw_end", ended_ok);
     let mut verdict = finished.verdict;
@@ -179,7 +181,13 @@ async fn watcher(pool: Arc<Pool>, sale_id: String, epoch: Instant, ready: mpsc::
 
 /// Purchase→delivery latency over every watcher (see the module doc), printed and recorded;
 /// returns the number of snapshots the watchers received after their first.
-pub fn delivery_figures(rush: &RushResult, logs: &[WatcherLog], samples_per_watcher: usize, sold: i64, figures: &mut Figures) -> usize {
+pub fn delivery_figures(
+    rush: &RushResult,
+    logs: &[WatcherLog],
+    samples_per_watcher: usize,
+    sold: i64,
+    figures: &mut Figures,
+) -> usize {
     let mut acks: Vec<(Duration, i64)> = rush
         .records
         .iter()
@@ -244,9 +252,18 @@ mod tests {
 
     #[test]
     fn each_purchase_is_delivered_by_the_first_snapshot_that_covers_it() {
-        let rush = RushResult { records: vec![ack(10, 2), ack(20, 1), ack(30, 3)], epoch: Instant::now(), elapsed: Duration::from_millis(30), cpu: Default::default() };
+        let rush = RushResult {
+            records: vec![ack(10, 2), ack(20, 1), ack(30, 3)],
+            epoch: Instant::now(),
+            elapsed: Duration::from_millis(30),
+            cpu: Default::default(),
+        };
         // Snapshots at 15 ms (sold 2), 50 ms (sold 6).
-        let log = WatcherLog { points: vec![(0, Duration::ZERO), (2, Duration::from_millis(15)), (6, Duration::from_millis(50))], saw_end: true, error: None };
+        let log = WatcherLog {
+            points: vec![(0, Duration::ZERO), (2, Duration::from_millis(15)), (6, Duration::from_millis(50))],
+            saw_end: true,
+            error: None,
+        };
         let mut figures = Figures::default();
         delivery_figures(&rush, &[log], 0, 6, &mut figures);
         // Latencies: 5 ms, 30 ms, 20 ms.

@@ -81,8 +81,24 @@ async fn default_rehearsal_sells_exactly_the_allocation() {
 async fn per_user_limit_holds_with_repeated_attempts() {
     let server = start_server().await;
     let args = [
-        "rehearse", "--jwt-secret", SECRET, "--mint-tokens", "--buyers", "60", "--attempts-per-buyer", "4",
-        "--per-user-limit", "3", "--min-qty", "1", "--max-qty", "2", "--units", "150", "--concurrency", "40",
+        "rehearse",
+        "--jwt-secret",
+        SECRET,
+        "--mint-tokens",
+        "--buyers",
+        "60",
+        "--attempts-per-buyer",
+        "4",
+        "--per-user-limit",
+        "3",
+        "--min-qty",
+        "1",
+        "--max-qty",
+        "2",
+        "--units",
+        "150",
+        "--concurrency",
+        "40",
     ];
     let report = loadgen(&server, &args).await;
     assert!(report.verdict.passed(), "{}", report.verdict.render());
@@ -97,7 +113,20 @@ async fn per_user_limit_holds_with_repeated_attempts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demand_below_stock_is_all_served() {
     let server = start_server().await;
-    let args = ["rehearse", "--jwt-secret", SECRET, "--mint-tokens", "--buyers", "20", "--min-qty", "2", "--max-qty", "2", "--units", "100"];
+    let args = [
+        "rehearse",
+        "--jwt-secret",
+        SECRET,
+        "--mint-tokens",
+        "--buyers",
+        "20",
+        "--min-qty",
+        "2",
+        "--max-qty",
+        "2",
+        "--units",
+        "100",
+    ];
     let report = loadgen(&server, &args).await;
     assert!(report.verdict.passed(), "{}", report.verdict.render());
     assert_eq!((report.sale.sold, report.sale.remaining), (40, 60));
@@ -107,11 +136,19 @@ async fn demand_below_stock_is_all_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_and_watch_pass_their_verdicts() {
     let server = start_server().await;
-    let flood = loadgen(&server, &["flood", "--jwt-secret", SECRET, "--mint-tokens", "--units", "20", "--attempts-per-unit", "10"]).await;
+    let flood = loadgen(
+        &server,
+        &["flood", "--jwt-secret", SECRET, "--mint-tokens", "--units", "20", "--attempts-per-unit", "10"],
+    )
+    .await;
     assert!(flood.verdict.passed(), "{}", flood.verdict.render());
     assert_eq!(flood.figures.get("rejections"), Some("180"));
 
-    let watch = loadgen(&server, &["watch", "--jwt-secret", SECRET, "--mint-tokens", "--watchers", "50", "--units", "100", "--buyers", "100"]).await;
+    let watch = loadgen(
+        &server,
+        &["watch", "--jwt-secret", SECRET, "--mint-tokens", "--watchers", "50", "--units", "100", "--buyers", "100"],
+    )
+    .await;
     assert!(watch.verdict.passed(), "{}", watch.verdict.render());
     assert_eq!(watch.figures.get("watchers_saw_end"), Some("50"));
     assert_eq!(watch.figures.get("delivery_undelivered"), Some("0"));

@@ -12,12 +12,12 @@ use foldhash::HashMap;
 use tokio::sync::Notify;
 
 use crate::domain::{
-    check_purchase, BuyerSnapshot, EndReason, IdempotencyKey, Leaderboard, ProductId,
-    PurchaseRefusal, SaleId, SaleRules, SaleStatus, UnixMillis, UserId,
+    check_purchase, BuyerSnapshot, EndReason, IdempotencyKey, Leaderboard, ProductId, PurchaseRefusal, SaleId,
+    SaleRules, SaleStatus, UnixMillis, UserId,
 };
 use crate::store::{
-    tally, Confirmed, HotError, HotStore, OrderRecord, Reservation, ReserveRequest, SaleRecord,
-    SaleView, Settled, LEADERBOARD_MAX,
+    tally, Confirmed, HotError, HotStore, OrderRecord, Reservation, ReserveRequest, SaleRecord, SaleView, Settled,
+    LEADERBOARD_MAX,
 };
 
 /// Hot state of every loaded sale.
@@ -128,12 +128,8 @@ impl HotStore for MemoryHot {
             return Ok(Reservation::Existing { order: entry.order.clone(), settled: entry.durable });
         }
         let bought = state.buyers.get(&request.buyer_id).copied().unwrap_or(0);
-        let live = BuyerSnapshot {
-            status: state.status,
-            end_reason: state.end_reason,
-            remaining: state.remaining,
-            bought,
-        };
+        let live =
+            BuyerSnapshot { status: state.status, end_reason: state.end_reason, remaining: state.remaining, bought };
         let quantity = check_purchase(&state.rules, live, request.now, request.quantity)?;
         let order = OrderRecord {
             id: request.new_order_id.clone(),

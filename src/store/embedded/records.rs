@@ -21,10 +21,9 @@ use foldhash::{HashMap, HashSet};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::domain::{EndReason, Email, IdempotencyKey, OrderId, ProductId, SaleId, SaleStatus, UnixMillis, UserId};
+use crate::domain::{Email, EndReason, IdempotencyKey, OrderId, ProductId, SaleId, SaleStatus, UnixMillis, UserId};
 use crate::store::{
-    CommitOutcome, CommitRefusal, OrderRecord, ProductRecord, RecordStore, SaleRecord, StoreError,
-    UserRecord,
+    CommitOutcome, CommitRefusal, OrderRecord, ProductRecord, RecordStore, SaleRecord, StoreError, UserRecord,
 };
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -93,7 +92,10 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     Ok(serde_json::from_slice(bytes)?)
 }
 
-fn get<T: DeserializeOwned>(table: &impl ReadableTable<&'static str, &'static [u8]>, id: &str) -> Result<Option<T>, StoreError> {
+fn get<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<T>, StoreError> {
     table.get(id)?.map(|v| decode(v.value())).transpose()
 }
 
@@ -127,9 +129,7 @@ impl RedbRecords {
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || work(&db))
-            .await
-            .map_err(|e| StoreError::Internal(Box::new(e)))?
+        tokio::task::spawn_blocking(move || work(&db)).await.map_err(|e| StoreError::Internal(Box::new(e)))?
     }
 
     async fn update_sale<F>(&self, id: &SaleId, change: F) -> Result<(SaleRecord, bool), StoreError>
@@ -158,7 +158,10 @@ impl RedbRecords {
 }
 
 /// The orders with these ids, in the order given (ids the table lacks are skipped).
-fn orders_in(orders: &impl ReadableTable<&'static str, &'static [u8]>, ids: &[OrderId]) -> Result<Vec<OrderRecord>, StoreError> {
+fn orders_in(
+    orders: &impl ReadableTable<&'static str, &'static [u8]>,
+    ids: &[OrderId],
+) -> Result<Vec<OrderRecord>, StoreError> {
     let mut found = Vec::with_capacity(ids.len());
     for id in ids {
         if let Some(order) = get::<OrderRecord>(orders, id.as_str())? {
@@ -335,8 +338,7 @@ impl RecordStore for RedbRecords {
             sale.ended_at = Some(at);
             let unsold = sale.rules.allocated - sale.sold;
             let mut products = txn.open_table(PRODUCTS)?;
-            let mut product: ProductRecord =
-                get(&products, sale.product_id.as_str())?.ok_or(StoreError::NotFound)?;
+            let mut product: ProductRecord = get(&products, sale.product_id.as_str())?.ok_or(StoreError::NotFound)?;
             product.inventory += unsold;
             products.insert(product.id.as_str(), encode(&product)?.as_slice())?;
             Ok(true)
@@ -415,13 +417,19 @@ impl RecordStore for RedbRecords {
     }
 
     async fn orders_of_sale(&self, sale: &SaleId) -> Result<Vec<OrderRecord>, StoreError> {
-        let mut ids = self.index.lock().unwrap_or_else(|e| e.into_inner()).by_sale.get(sale).cloned().unwrap_or_default();
+        let mut ids =
+            self.index.lock().unwrap_or_else(|e| e.into_inner()).by_sale.get(sale).cloned().unwrap_or_default();
         // Commit order can differ slightly from creation order; UUIDv7 ids sort by creation.
         ids.sort_unstable();
         self.blocking(move |db| orders_in(&db.begin_read()?.open_table(ORDERS)?, &ids)).await
     }
 
-    async fn order_by_key(&self, buyer: &UserId, sale: &SaleId, key: &IdempotencyKey) -> Result<Option<OrderRecord>, StoreError> {
+    async fn order_by_key(
+        &self,
+        buyer: &UserId,
+        sale: &SaleId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<OrderRecord>, StoreError> {
         let lookup = (buyer.clone(), sale.clone(), key.clone());
         let Some(id) = self.index.lock().unwrap_or_else(|e| e.into_inner()).by_key.get(&lookup).cloned() else {
             return Ok(None);

@@ -15,8 +15,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Currency, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, ProductId, Role,
-    SaleId, SaleRules, SaleStatus, UnixMillis, UserId,
+    Currency, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, ProductId, Role, SaleId, SaleRules,
+    SaleStatus, UnixMillis, UserId,
 };
 use crate::store::{OrderRecord, ProductRecord, SaleRecord, StoreError, UserRecord};
 
@@ -30,18 +30,8 @@ pub(super) struct CorruptDocument {
     reason: String,
 }
 
-fn corrupt(
-    collection: &'static str,
-    id: &str,
-    field: &'static str,
-    reason: impl ToString,
-) -> StoreError {
-    StoreError::Internal(Box::new(CorruptDocument {
-        collection,
-        id: id.to_owned(),
-        field,
-        reason: reason.to_string(),
-    }))
+fn corrupt(collection: &'static str, id: &str, field: &'static str, reason: impl ToString) -> StoreError {
+    StoreError::Internal(Box::new(CorruptDocument { collection, id: id.to_owned(), field, reason: reason.to_string() }))
 }
 
 /// An amount of money.
@@ -53,19 +43,12 @@ pub(super) struct MoneyDoc {
 
 impl MoneyDoc {
     fn new(money: Money) -> Self {
-        Self {
-            amount_minor: money.amount_minor,
-            currency: money.currency.as_str().to_owned(),
-        }
+        Self { amount_minor: money.amount_minor, currency: money.currency.as_str().to_owned() }
     }
 
     fn parse(&self, collection: &'static str, id: &str) -> Result<Money, StoreError> {
-        let currency =
-            Currency::parse(&self.currency).map_err(|e| corrupt(collection, id, "currency", e))?;
-        Ok(Money {
-            amount_minor: self.amount_minor,
-            currency,
-        })
+        let currency = Currency::parse(&self.currency).map_err(|e| corrupt(collection, id, "currency", e))?;
+        Ok(Money { amount_minor: self.amount_minor, currency })
     }
 }
 
@@ -98,13 +81,11 @@ impl TryFrom<UserDoc> for UserRecord {
     type Error = StoreError;
 
     fn try_from(doc: UserDoc) -> Result<Self, StoreError> {
-        let bad =
-            |field, reason: crate::domain::FieldViolation| corrupt("users", &doc.id, field, reason);
+        let bad = |field, reason: crate::domain::FieldViolation| corrupt("users", &doc.id, field, reason);
         Ok(UserRecord {
             id: UserId::parse(&doc.id).map_err(|e| bad("_id", e))?,
             email: Email::parse(&doc.email).map_err(|e| bad("email", e))?,
-            display_name: DisplayName::parse(&doc.display_name)
-                .map_err(|e| bad("display_name", e))?,
+            display_name: DisplayName::parse(&doc.display_name).map_err(|e| bad("display_name", e))?,
             role: Role::parse(&doc.role).map_err(|e| bad("role", e))?,
             password_hash: doc.password_hash,
             created_at: UnixMillis(doc.created_at),
@@ -177,7 +158,6 @@ impl SaleDoc {
     }
 }
 
-
 impl From<&SaleRecord> for SaleDoc {
     fn from(sale: &SaleRecord) -> Self {
         Self {
@@ -203,18 +183,14 @@ impl TryFrom<SaleDoc> for SaleRecord {
 
     fn try_from(doc: SaleDoc) -> Result<Self, StoreError> {
         let id = &doc.id;
-        let count =
-            |field, value: i64| u32::try_from(value).map_err(|e| corrupt("sales", id, field, e));
+        let count = |field, value: i64| u32::try_from(value).map_err(|e| corrupt("sales", id, field, e));
         let end_reason = match &doc.end_reason {
             None => None,
-            Some(raw) => {
-                Some(EndReason::parse(raw).ok_or_else(|| corrupt("sales", id, "end_reason", raw))?)
-            }
+            Some(raw) => Some(EndReason::parse(raw).ok_or_else(|| corrupt("sales", id, "end_reason", raw))?),
         };
         Ok(SaleRecord {
             id: SaleId::parse(id).map_err(|e| corrupt("sales", id, "_id", e))?,
-            product_id: ProductId::parse(&doc.product_id)
-                .map_err(|e| corrupt("sales", id, "product_id", e))?,
+            product_id: ProductId::parse(&doc.product_id).map_err(|e| corrupt("sales", id, "product_id", e))?,
             rules: SaleRules {
                 allocated: doc.allocated,
                 per_user_limit: count("per_user_limit", doc.per_user_limit)?,
@@ -224,8 +200,7 @@ impl TryFrom<SaleDoc> for SaleRecord {
                 unit_price: doc.unit_price.parse("sales", id)?,
             },
             sold: doc.sold,
-            status: SaleStatus::parse(&doc.status)
-                .ok_or_else(|| corrupt("sales", id, "status", &doc.status))?,
+            status: SaleStatus::parse(&doc.status).ok_or_else(|| corrupt("sales", id, "status", &doc.status))?,
             end_reason,
             ended_at: doc.ended_at.map(UnixMillis),
             created_at: UnixMillis(doc.created_at),
@@ -269,13 +244,10 @@ impl TryFrom<OrderDoc> for OrderRecord {
         let id = &doc.id;
         Ok(OrderRecord {
             id: OrderId::parse(id).map_err(|e| corrupt("orders", id, "_id", e))?,
-            sale_id: SaleId::parse(&doc.sale_id)
-                .map_err(|e| corrupt("orders", id, "sale_id", e))?,
-            buyer_id: UserId::parse(&doc.buyer_id)
-                .map_err(|e| corrupt("orders", id, "buyer_id", e))?,
+            sale_id: SaleId::parse(&doc.sale_id).map_err(|e| corrupt("orders", id, "sale_id", e))?,
+            buyer_id: UserId::parse(&doc.buyer_id).map_err(|e| corrupt("orders", id, "buyer_id", e))?,
             buyer_name: doc.buyer_name.as_str().into(),
-            quantity: u32::try_from(doc.quantity)
-                .map_err(|e| corrupt("orders", id, "quantity", e))?,
+            quantity: u32::try_from(doc.quantity).map_err(|e| corrupt("orders", id, "quantity", e))?,
             unit_price: doc.unit_price.parse("orders", id)?,
             idempotency_key: IdempotencyKey::parse(&doc.idempotency_key)
                 .map_err(|e| corrupt("orders", id, "idempotency_key", e))?,
@@ -315,10 +287,7 @@ mod tests {
         let document = bson::to_document(&SaleDoc::from(&sale())).unwrap();
         assert!(matches!(document.get("_id"), Some(Bson::String(_))));
         assert!(matches!(document.get("product_id"), Some(Bson::String(_))));
-        assert!(matches!(
-            document.get("start_at"),
-            Some(Bson::Int64(1_700_000_000_000))
-        ));
+        assert!(matches!(document.get("start_at"), Some(Bson::Int64(1_700_000_000_000))));
         assert!(matches!(document.get("sold"), Some(Bson::Int64(3))));
         let price = document.get_document("unit_price").unwrap();
         assert_eq!(price, &doc! { "amount_minor": 1999_i64, "currency": "EUR" });
@@ -335,20 +304,12 @@ mod tests {
             let value = document.get_i64(field).unwrap();
             document.insert(field, Bson::Int32(value as i32));
         }
-        document.insert(
-            "unit_price",
-            doc! { "amount_minor": 1999_i32, "currency": "EUR" },
-        );
+        document.insert("unit_price", doc! { "amount_minor": 1999_i32, "currency": "EUR" });
         let back = SaleRecord::try_from(bson::from_document::<SaleDoc>(document).unwrap()).unwrap();
         assert_eq!(back.rules, original.rules);
         assert_eq!(
             (back.sold, back.status, back.end_reason, back.ended_at),
-            (
-                3,
-                SaleStatus::Ended,
-                Some(EndReason::SoldOut),
-                original.ended_at
-            )
+            (3, SaleStatus::Ended, Some(EndReason::SoldOut), original.ended_at)
         );
     }
 

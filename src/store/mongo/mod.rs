@@ -37,18 +37,14 @@ use mongodb::error::{
     UNKNOWN_TRANSACTION_COMMIT_RESULT,
 };
 use mongodb::options::{
-    ClientOptions, DatabaseOptions, IndexOptions, ReadConcern, ReturnDocument, TransactionOptions,
-    WriteConcern,
+    ClientOptions, DatabaseOptions, IndexOptions, ReadConcern, ReturnDocument, TransactionOptions, WriteConcern,
 };
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel, SessionCursor};
 use serde::de::DeserializeOwned;
 
-use crate::domain::{
-    Email, EndReason, IdempotencyKey, OrderId, ProductId, SaleId, SaleStatus, UnixMillis, UserId,
-};
+use crate::domain::{Email, EndReason, IdempotencyKey, OrderId, ProductId, SaleId, SaleStatus, UnixMillis, UserId};
 use crate::store::{
-    CommitOutcome, CommitRefusal, OrderRecord, ProductRecord, RecordStore, SaleRecord, StoreError,
-    UserRecord,
+    CommitOutcome, CommitRefusal, OrderRecord, ProductRecord, RecordStore, SaleRecord, StoreError, UserRecord,
 };
 
 use documents::{OrderDoc, ProductDoc, SaleDoc, UserDoc};
@@ -103,24 +99,13 @@ pub struct MongoRecords {
 /// `database`. Errors name MongoDB and the URI, without its credentials.
 pub async fn connect(uri: &str, database: &str) -> anyhow::Result<MongoRecords> {
     let shown = redact_uri(uri);
-    let mut options = ClientOptions::parse(uri)
-        .await
-        .with_context(|| format!("invalid MongoDB URI {shown}"))?;
-    options
-        .server_selection_timeout
-        .get_or_insert(SERVER_SELECTION_TIMEOUT);
+    let mut options = ClientOptions::parse(uri).await.with_context(|| format!("invalid MongoDB URI {shown}"))?;
+    options.server_selection_timeout.get_or_insert(SERVER_SELECTION_TIMEOUT);
     options.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
-    options
-        .app_name
-        .get_or_insert_with(|| "flashsale".to_owned());
-    let client = Client::with_options(options)
-        .with_context(|| format!("invalid MongoDB options in {shown}"))?;
+    options.app_name.get_or_insert_with(|| "flashsale".to_owned());
+    let client = Client::with_options(options).with_context(|| format!("invalid MongoDB options in {shown}"))?;
     let records = MongoRecords::new(client, database);
-    records
-        .db
-        .run_command(doc! { "ping": 1 })
-        .await
-        .with_context(|| format!("MongoDB at {shown} is unreachable"))?;
+    records.db.run_command(doc! { "ping": 1 }).await.with_context(|| format!("MongoDB at {shown} is unreachable"))?;
     let hello = records
         .db
         .run_command(doc! { "hello": 1 })
@@ -131,9 +116,10 @@ pub async fn connect(uri: &str, database: &str) -> anyhow::Result<MongoRecords> 
         replicated,
         "MongoDB at {shown} is a standalone server: flashsale needs a replica set (or a sharded cluster) for transactions"
     );
-    records.create_indexes().await.with_context(|| {
-        format!("creating the indexes of MongoDB database {database:?} at {shown}")
-    })?;
+    records
+        .create_indexes()
+        .await
+        .with_context(|| format!("creating the indexes of MongoDB database {database:?} at {shown}"))?;
     tracing::info!(uri = %shown, database, "connected to MongoDB");
     Ok(records)
 }
@@ -185,45 +171,16 @@ impl MongoRecords {
         fn index(keys: Document, name: &str, unique: bool) -> IndexModel {
             IndexModel::builder()
                 .keys(keys)
-                .options(
-                    IndexOptions::builder()
-                        .name(name.to_owned())
-                        .unique(unique)
-                        .build(),
-                )
+                .options(IndexOptions::builder().name(name.to_owned()).unique(unique).build())
                 .build()
         }
-        self.users
-            .create_index(index(doc! { "email": 1 }, "email_unique", true))
-            .await?;
+        self.users.create_index(index(doc! { "email": 1 }, "email_unique", true)).await?;
         self.orders
-            .create_index(index(
-                doc! { "buyer_id": 1, "sale_id": 1, "idempotency_key": 1 },
-                "order_key_unique",
-                true,
-            ))
+            .create_index(index(doc! { "buyer_id": 1, "sale_id": 1, "idempotency_key": 1 }, "order_key_unique", true))
             .await?;
-        self.orders
-            .create_index(index(
-                doc! { "sale_id": 1, "_id": 1 },
-                "orders_by_sale",
-                false,
-            ))
-            .await?;
-        self.orders
-            .create_index(index(
-                doc! { "buyer_id": 1, "_id": 1 },
-                "orders_by_buyer",
-                false,
-            ))
-            .await?;
-        self.sales
-            .create_index(index(
-                doc! { "product_id": 1, "_id": -1 },
-                "sales_by_product",
-                false,
-            ))
-            .await?;
+        self.orders.create_index(index(doc! { "sale_id": 1, "_id": 1 }, "orders_by_sale", false)).await?;
+        self.orders.create_index(index(doc! { "buyer_id": 1, "_id": 1 }, "orders_by_buyer", false)).await?;
+        self.sales.create_index(index(doc! { "product_id": 1, "_id": -1 }, "sales_by_product", false)).await?;
         Ok(())
     }
 
@@ -243,14 +200,9 @@ impl MongoRecords {
     async fn transaction<T, F>(&self, what: &'static str, mut body: F) -> Result<T, TxnFailure<T>>
     where
         T: Send,
-        F: for<'s> FnMut(&'s mut ClientSession) -> BoxFuture<'s, Result<Attempt<T>, MongoError>>
-            + Send,
+        F: for<'s> FnMut(&'s mut ClientSession) -> BoxFuture<'s, Result<Attempt<T>, MongoError>> + Send,
     {
-        let mut session = self
-            .client
-            .start_session()
-            .await
-            .map_err(|e| TxnFailure::Store(store_error(e)))?;
+        let mut session = self.client.start_session().await.map_err(|e| TxnFailure::Store(store_error(e)))?;
         let mut attempt = 1;
         loop {
             session
@@ -261,12 +213,7 @@ impl MongoRecords {
             let why: Box<dyn std::fmt::Display + Send + Sync> = match body(&mut session).await {
                 Ok(Attempt::Commit(answer)) => match self.commit(what, &mut session).await {
                     Ok(()) => return Ok(answer),
-                    Err(e)
-                        if e.contains_label(TRANSIENT_TRANSACTION_ERROR)
-                            && !is_server_selection(&e) =>
-                    {
-                        Box::new(e)
-                    }
+                    Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && !is_server_selection(&e) => Box::new(e),
                     Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => {
                         return Err(TxnFailure::CommitUnknown { answer, error: e })
                     }
@@ -280,10 +227,7 @@ impl MongoRecords {
                     abort_quietly(&mut session).await;
                     Box::new(why)
                 }
-                Err(e)
-                    if e.contains_label(TRANSIENT_TRANSACTION_ERROR)
-                        && !is_server_selection(&e) =>
-                {
+                Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && !is_server_selection(&e) => {
                     abort_quietly(&mut session).await;
                     Box::new(e)
                 }
@@ -293,13 +237,11 @@ impl MongoRecords {
                 }
             };
             if attempt >= MAX_TXN_ATTEMPTS {
-                return Err(TxnFailure::Store(StoreError::Unavailable(Box::new(
-                    GaveUp {
-                        operation: what,
-                        attempts: attempt,
-                        last: why.to_string(),
-                    },
-                ))));
+                return Err(TxnFailure::Store(StoreError::Unavailable(Box::new(GaveUp {
+                    operation: what,
+                    attempts: attempt,
+                    last: why.to_string(),
+                }))));
             }
             self.note_retry(what, attempt, &why);
             tokio::time::sleep(backoff(attempt)).await;
@@ -309,18 +251,11 @@ impl MongoRecords {
 
     /// Commits, retrying while the outcome is unknown (the driver then commits with majority
     /// write concern, and a server that already committed answers success).
-    async fn commit(
-        &self,
-        what: &'static str,
-        session: &mut ClientSession,
-    ) -> Result<(), MongoError> {
+    async fn commit(&self, what: &'static str, session: &mut ClientSession) -> Result<(), MongoError> {
         let mut attempt = 1;
         loop {
             match session.commit_transaction().await {
-                Err(e)
-                    if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
-                        && attempt < MAX_COMMIT_ATTEMPTS =>
-                {
+                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && attempt < MAX_COMMIT_ATTEMPTS => {
                     self.note_retry(what, attempt, &e);
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
@@ -347,23 +282,13 @@ impl MongoRecords {
             .session(&mut *s)
             .await?;
         if taken.matched_count == 0 {
-            let refusal = match self
-                .products
-                .find_one(doc! { "_id": product_id })
-                .session(&mut *s)
-                .await?
-            {
+            let refusal = match self.products.find_one(doc! { "_id": product_id }).session(&mut *s).await? {
                 None => StoreError::NotFound,
-                Some(product) => StoreError::InsufficientInventory {
-                    inventory: product.inventory,
-                },
+                Some(product) => StoreError::InsufficientInventory { inventory: product.inventory },
             };
             return Ok(Attempt::Abort(Err(refusal)));
         }
-        self.sales
-            .insert_one(SaleDoc::from(sale))
-            .session(&mut *s)
-            .await?;
+        self.sales.insert_one(SaleDoc::from(sale)).session(&mut *s).await?;
         Ok(Attempt::Commit(sale.clone()))
     }
 
@@ -375,12 +300,7 @@ impl MongoRecords {
         reason: EndReason,
         at: UnixMillis,
     ) -> Result<Attempt<(SaleRecord, bool)>, MongoError> {
-        let Some(current) = self
-            .sales
-            .find_one(doc! { "_id": id.as_str() })
-            .session(&mut *s)
-            .await?
-        else {
+        let Some(current) = self.sales.find_one(doc! { "_id": id.as_str() }).session(&mut *s).await? else {
             return Ok(Attempt::Abort(Err(StoreError::NotFound)));
         };
         let ended = current.is_ended();
@@ -407,16 +327,11 @@ impl MongoRecords {
             .session(&mut *s)
             .await?;
         if marked.matched_count == 0 {
-            return Ok(Attempt::Conflict(
-                "the sale changed while it was being ended",
-            ));
+            return Ok(Attempt::Conflict("the sale changed while it was being ended"));
         }
         let returned = self
             .products
-            .update_one(
-                doc! { "_id": sale.product_id.as_str() },
-                doc! { "$inc": { "inventory": allocated - sold } },
-            )
+            .update_one(doc! { "_id": sale.product_id.as_str() }, doc! { "$inc": { "inventory": allocated - sold } })
             .session(&mut *s)
             .await?;
         if returned.matched_count == 0 {
@@ -436,16 +351,9 @@ impl MongoRecords {
         batch: &[OrderRecord],
     ) -> Result<Attempt<Vec<CommitOutcome>>, MongoError> {
         let sale_ids: Vec<&str> = distinct(batch.iter().map(|o| o.sale_id.as_str()));
-        let found = self
-            .sales
-            .find(doc! { "_id": { "$in": &sale_ids } })
-            .session(&mut *s)
-            .await?;
-        let mut sales: HashMap<String, SaleDoc> = collect(found, s)
-            .await?
-            .into_iter()
-            .map(|sale| (sale.id.clone(), sale))
-            .collect();
+        let found = self.sales.find(doc! { "_id": { "$in": &sale_ids } }).session(&mut *s).await?;
+        let mut sales: HashMap<String, SaleDoc> =
+            collect(found, s).await?.into_iter().map(|sale| (sale.id.clone(), sale)).collect();
         if sales.len() != sale_ids.len() {
             return Ok(Attempt::Abort(Err(StoreError::NotFound)));
         }
@@ -500,16 +408,12 @@ impl MongoRecords {
                 .session(&mut *s)
                 .await?;
             if raised.matched_count != 1 {
-                return Ok(Attempt::Conflict(
-                    "a sale ended or sold more while the batch was decided",
-                ));
+                return Ok(Attempt::Conflict("a sale ended or sold more while the batch was decided"));
             }
         }
         match self.orders.insert_many(&accepted).session(&mut *s).await {
             Ok(_) => Ok(Attempt::Commit(outcomes)),
-            Err(e) if is_duplicate_key(&e) => Ok(Attempt::Conflict(
-                "an order with the same key was stored meanwhile",
-            )),
+            Err(e) if is_duplicate_key(&e) => Ok(Attempt::Conflict("an order with the same key was stored meanwhile")),
             Err(e) => Err(e),
         }
     }
@@ -526,11 +430,7 @@ impl MongoRecords {
             "idempotency_key": { "$in": distinct(batch.iter().map(|o| o.idempotency_key.as_str())) },
         };
         let found = self.orders.find(filter).session(&mut *s).await?;
-        Ok(collect(found, s)
-            .await?
-            .into_iter()
-            .map(|o| (o.buyer_id, o.sale_id, o.idempotency_key))
-            .collect())
+        Ok(collect(found, s).await?.into_iter().map(|o| (o.buyer_id, o.sale_id, o.idempotency_key)).collect())
     }
 
     async fn find_orders(&self, filter: Document) -> Result<Vec<OrderRecord>, StoreError> {
@@ -560,12 +460,7 @@ impl MongoRecords {
     }
 
     async fn sale_by_id(&self, id: &str) -> Result<Option<SaleRecord>, StoreError> {
-        self.sales
-            .find_one(doc! { "_id": id })
-            .await
-            .map_err(store_error)?
-            .map(SaleRecord::try_from)
-            .transpose()
+        self.sales.find_one(doc! { "_id": id }).await.map_err(store_error)?.map(SaleRecord::try_from).transpose()
     }
 }
 
@@ -621,9 +516,7 @@ async fn abort_quietly(session: &mut ClientSession) {
 }
 
 fn backoff(attempt: u32) -> Duration {
-    let full = BACKOFF_FIRST
-        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-        .min(BACKOFF_CAP);
+    let full = BACKOFF_FIRST.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(BACKOFF_CAP);
     let millis = full.as_millis() as u64;
     Duration::from_millis(rand::random_range(millis / 2..=millis))
 }
@@ -660,13 +553,10 @@ fn is_unavailable(error: &MongoError) -> bool {
         | ErrorKind::DnsResolve { .. }
         | ErrorKind::Shutdown => true,
         ErrorKind::Command(command) => UNAVAILABLE_CODES.contains(&command.code),
-        ErrorKind::Write(WriteFailure::WriteConcernError(concern)) => {
+        ErrorKind::Write(WriteFailure::WriteConcernError(concern)) => UNAVAILABLE_CODES.contains(&concern.code),
+        ErrorKind::InsertMany(InsertManyError { write_concern_error: Some(concern), .. }) => {
             UNAVAILABLE_CODES.contains(&concern.code)
         }
-        ErrorKind::InsertMany(InsertManyError {
-            write_concern_error: Some(concern),
-            ..
-        }) => UNAVAILABLE_CODES.contains(&concern.code),
         _ => false,
     }
 }
@@ -675,10 +565,9 @@ fn is_duplicate_key(error: &MongoError) -> bool {
     const DUPLICATE_KEY: i32 = 11000;
     match error.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(write)) => write.code == DUPLICATE_KEY,
-        ErrorKind::InsertMany(InsertManyError {
-            write_errors: Some(errors),
-            ..
-        }) => errors.iter().any(|e| e.code == DUPLICATE_KEY),
+        ErrorKind::InsertMany(InsertManyError { write_errors: Some(errors), .. }) => {
+            errors.iter().any(|e| e.code == DUPLICATE_KEY)
+        }
         ErrorKind::Command(command) => command.code == DUPLICATE_KEY,
         _ => false,
     }
@@ -707,11 +596,7 @@ impl RecordStore for MongoRecords {
     async fn upsert_user_by_email(&self, mut user: UserRecord) -> Result<UserRecord, StoreError> {
         // Insert-or-replace under the unique email index: a lost race to insert reads again.
         for _ in 0..3 {
-            let existing = self
-                .users
-                .find_one(doc! { "email": user.email.as_str() })
-                .await
-                .map_err(store_error)?;
+            let existing = self.users.find_one(doc! { "email": user.email.as_str() }).await.map_err(store_error)?;
             match existing {
                 Some(existing) => {
                     user.id = UserRecord::try_from(existing)?.id;
@@ -731,9 +616,7 @@ impl RecordStore for MongoRecords {
                 },
             }
         }
-        Err(StoreError::Internal(
-            "the account kept changing while it was being stored".into(),
-        ))
+        Err(StoreError::Internal("the account kept changing while it was being stored".into()))
     }
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError> {
@@ -746,10 +629,7 @@ impl RecordStore for MongoRecords {
     }
 
     async fn create_product(&self, product: ProductRecord) -> Result<(), StoreError> {
-        self.products
-            .insert_one(ProductDoc::from(&product))
-            .await
-            .map_err(store_error)?;
+        self.products.insert_one(ProductDoc::from(&product)).await.map_err(store_error)?;
         Ok(())
     }
 
@@ -777,10 +657,7 @@ impl RecordStore for MongoRecords {
 
     async fn add_stock(&self, id: &ProductId, units: i64) -> Result<ProductRecord, StoreError> {
         self.products
-            .find_one_and_update(
-                doc! { "_id": id.as_str() },
-                doc! { "$inc": { "inventory": units } },
-            )
+            .find_one_and_update(doc! { "_id": id.as_str() }, doc! { "$inc": { "inventory": units } })
             .return_document(ReturnDocument::After)
             .await
             .map_err(store_error)?
@@ -800,16 +677,13 @@ impl RecordStore for MongoRecords {
         match outcome {
             Ok(sale) => Ok(sale),
             Err(TxnFailure::Store(e)) => Err(e),
-            Err(TxnFailure::CommitUnknown { answer, error }) => {
-                match self.sale_by_id(sale.id.as_str()).await {
-                    Ok(Some(_)) => Ok(answer),
-                    Ok(None) => Err(StoreError::Unavailable(Box::new(NotCommitted {
-                        operation: "create_sale",
-                        source: error,
-                    }))),
-                    Err(check) => Err(unsettled("create_sale", error, check)),
+            Err(TxnFailure::CommitUnknown { answer, error }) => match self.sale_by_id(sale.id.as_str()).await {
+                Ok(Some(_)) => Ok(answer),
+                Ok(None) => {
+                    Err(StoreError::Unavailable(Box::new(NotCommitted { operation: "create_sale", source: error })))
                 }
-            }
+                Err(check) => Err(unsettled("create_sale", error, check)),
+            },
         }
     }
 
@@ -826,21 +700,13 @@ impl RecordStore for MongoRecords {
     }
 
     async fn open_sales(&self) -> Result<Vec<SaleRecord>, StoreError> {
-        self.find_sales(doc! { "status": { "$ne": SaleStatus::Ended.as_str() } })
-            .await
+        self.find_sales(doc! { "status": { "$ne": SaleStatus::Ended.as_str() } }).await
     }
 
-    async fn activate_sale(
-        &self,
-        id: &SaleId,
-        start: UnixMillis,
-    ) -> Result<(SaleRecord, bool), StoreError> {
+    async fn activate_sale(&self, id: &SaleId, start: UnixMillis) -> Result<(SaleRecord, bool), StoreError> {
         // Read, then a write conditional on the status read: a concurrent change reads again.
         for _ in 0..5 {
-            let mut sale = self
-                .sale_by_id(id.as_str())
-                .await?
-                .ok_or(StoreError::NotFound)?;
+            let mut sale = self.sale_by_id(id.as_str()).await?.ok_or(StoreError::NotFound)?;
             match sale.status {
                 SaleStatus::Active => return Ok((sale, false)),
                 SaleStatus::Ended => return Err(StoreError::WrongStatus(SaleStatus::Ended)),
@@ -861,17 +727,10 @@ impl RecordStore for MongoRecords {
                 }
             }
         }
-        Err(StoreError::Internal(
-            "the sale kept changing while it was being started".into(),
-        ))
+        Err(StoreError::Internal("the sale kept changing while it was being started".into()))
     }
 
-    async fn end_sale(
-        &self,
-        id: &SaleId,
-        reason: EndReason,
-        at: UnixMillis,
-    ) -> Result<(SaleRecord, bool), StoreError> {
+    async fn end_sale(&self, id: &SaleId, reason: EndReason, at: UnixMillis) -> Result<(SaleRecord, bool), StoreError> {
         let records = self.clone();
         let sale_id = id.clone();
         let outcome = self
@@ -890,10 +749,9 @@ impl RecordStore for MongoRecords {
                         let ours = sale.end_reason == Some(reason) && sale.ended_at == Some(at);
                         Ok(if ours { answer } else { (sale, false) })
                     }
-                    Ok(_) => Err(StoreError::Unavailable(Box::new(NotCommitted {
-                        operation: "end_sale",
-                        source: error,
-                    }))),
+                    Ok(_) => {
+                        Err(StoreError::Unavailable(Box::new(NotCommitted { operation: "end_sale", source: error })))
+                    }
                     Err(check) => Err(unsettled("end_sale", error, check)),
                 }
             }
@@ -917,12 +775,7 @@ impl RecordStore for MongoRecords {
             Err(TxnFailure::Store(e)) => Err(e),
             Err(TxnFailure::CommitUnknown { answer, error }) => {
                 // The batch's orders were inserted all or none: one of them tells.
-                let Some(probe) = batch
-                    .iter()
-                    .zip(&answer)
-                    .find(|(_, o)| o.is_ok())
-                    .map(|(order, _)| order)
-                else {
+                let Some(probe) = batch.iter().zip(&answer).find(|(_, o)| o.is_ok()).map(|(order, _)| order) else {
                     return Ok(answer);
                 };
                 match self.get_order(&probe.id).await {
@@ -946,11 +799,7 @@ impl RecordStore for MongoRecords {
             .transpose()
     }
 
-    async fn orders_of_buyer(
-        &self,
-        buyer: &UserId,
-        sale: Option<&SaleId>,
-    ) -> Result<Vec<OrderRecord>, StoreError> {
+    async fn orders_of_buyer(&self, buyer: &UserId, sale: Option<&SaleId>) -> Result<Vec<OrderRecord>, StoreError> {
         let mut filter = doc! { "buyer_id": buyer.as_str() };
         if let Some(sale) = sale {
             filter.insert("sale_id", sale.as_str());
@@ -991,17 +840,13 @@ mod tests {
             redact_uri("mongodb+srv://ann:p@ss@cluster.example.com/app"),
             "mongodb+srv://***@cluster.example.com/app"
         );
-        assert_eq!(
-            redact_uri("mongodb://127.0.0.1:27017/?w=majority"),
-            "mongodb://127.0.0.1:27017/?w=majority"
-        );
+        assert_eq!(redact_uri("mongodb://127.0.0.1:27017/?w=majority"), "mongodb://127.0.0.1:27017/?w=majority");
         assert_eq!(redact_uri("not a uri"), "not a uri");
     }
 
     #[test]
     fn unreachable_servers_are_unavailable_and_the_rest_internal() {
-        let io: MongoError =
-            ErrorKind::Io(Arc::new(std::io::ErrorKind::ConnectionRefused.into())).into();
+        let io: MongoError = ErrorKind::Io(Arc::new(std::io::ErrorKind::ConnectionRefused.into())).into();
         assert!(matches!(store_error(io), StoreError::Unavailable(_)));
         let bad = MongoError::custom("a bug");
         assert!(matches!(store_error(bad), StoreError::Internal(_)));

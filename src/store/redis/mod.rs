@@ -36,12 +36,12 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    check_purchase, BuyerSnapshot, EndReason, IdempotencyKey, LeaderboardEntry, Money, OrderId,
-    ProductId, PurchaseRefusal, SaleId, SaleRules, SaleStatus, UnixMillis, UserId,
+    check_purchase, BuyerSnapshot, EndReason, IdempotencyKey, LeaderboardEntry, Money, OrderId, ProductId,
+    PurchaseRefusal, SaleId, SaleRules, SaleStatus, UnixMillis, UserId,
 };
 use crate::store::{
-    tally, Confirmed, HotError, HotStore, OrderRecord, Reservation, ReserveRequest, SaleRecord,
-    SaleView, Settled, LEADERBOARD_MAX,
+    tally, Confirmed, HotError, HotStore, OrderRecord, Reservation, ReserveRequest, SaleRecord, SaleView, Settled,
+    LEADERBOARD_MAX,
 };
 
 pub use changes::spawn_change_listener;
@@ -240,10 +240,8 @@ struct MalformedReply(String);
 struct StillInFlight(OrderId);
 
 fn unavailable(error: RedisError) -> HotError {
-    let transient = error.is_io_error()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
-        || error.is_timeout();
+    let transient =
+        error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() || error.is_timeout();
     if !transient {
         tracing::error!(error = %error, "Redis command failed");
     }
@@ -385,17 +383,8 @@ const VIEW_FIELDS: [&str; 15] = [
 ];
 
 /// The meta fields `open_sales` reads, in order (the rules and the status).
-const RULE_FIELDS: [&str; 9] = [
-    "allocated",
-    "per_user_limit",
-    "max_per_purchase",
-    "start",
-    "end",
-    "price",
-    "currency",
-    "status",
-    "product_id",
-];
+const RULE_FIELDS: [&str; 9] =
+    ["allocated", "per_user_limit", "max_per_purchase", "start", "end", "price", "currency", "status", "product_id"];
 
 /// Meta fields read by name from an HMGET reply.
 struct Meta<'a>(HashMap<&'a str, &'a Value>);
@@ -514,10 +503,8 @@ impl HotStore for RedisHot {
         // Standings in the leaderboard's terms: units, first purchase and name of the first order.
         let mut standings: HashMap<&UserId, (i64, UnixMillis, &str)> = HashMap::new();
         for order in orders {
-            standings
-                .entry(&order.buyer_id)
-                .or_insert((0, order.created_at, &*order.buyer_name))
-                .0 += i64::from(order.quantity);
+            standings.entry(&order.buyer_id).or_insert((0, order.created_at, &*order.buyer_name)).0 +=
+                i64::from(order.quantity);
         }
         let rules = &sale.rules;
         let meta: Vec<(&str, String)> = vec![
@@ -539,12 +526,7 @@ impl HotStore for RedisHot {
         ];
         let keys = self.keys(&sale.id);
         let mut invocation = keys.invoke(&SCRIPTS.load_sale);
-        invocation
-            .arg(&keys.channel)
-            .arg(meta.len())
-            .arg(units.len())
-            .arg(orders.len())
-            .arg(standings.len());
+        invocation.arg(&keys.channel).arg(meta.len()).arg(units.len()).arg(orders.len()).arg(standings.len());
         for (field, value) in &meta {
             invocation.arg(*field).arg(value);
         }
