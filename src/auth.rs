@@ -1,19 +1,16 @@
-//! Tokens and passwords. Tokens are HS256 JWTs carrying everything the hot path needs (`sub`,
-//! `name`, `role`), so a purchase never looks a user up. Passwords are hashed with Argon2id on
-//! the blocking pool, never on the async runtime.
+//! Tokens: HS256 JWTs carrying everything the hot path needs (`sub`, `name`, `role`), so a
+//! purchase never looks a user up, and the server's signing secret. Passwords are hashed in
+//! [`crate::passwords`].
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::Argon2;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{DisplayName, Password, Role, UnixMillis, UserId};
+use crate::domain::{DisplayName, Role, UnixMillis, UserId};
 
 /// The claims of a flashsale token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,15 +38,41 @@ pub struct Caller {
     pub role: Role,
 }
 
-/// Why a token was refused.
-#[derive(Debug, thiserror::Error)]
+/// Why a token was refused. The messages are what clients read: plain words, no library text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    /// No `authorization: Bearer` metadata.
-    #[error("missing bearer token")]
+    /// No `authorization` metadata, or one without the `Bearer` scheme.
+    #[error("no bearer token: send the metadata `authorization: Bearer <token>`")]
     Missing,
-    /// Malformed, wrong signature or algorithm, expired, or claims out of shape.
-    #[error("invalid token: {0}")]
-    Invalid(String),
+    /// Not three base64url parts with a JSON header.
+    #[error("the token is malformed: a JWT is three base64url parts separated by dots")]
+    Malformed,
+    /// Signed with another algorithm than HS256 (or `none`).
+    #[error("the token's algorithm is not accepted: tokens are signed with HS256")]
+    UnsupportedAlgorithm,
+    /// The signature does not match: not issued with this service's secret, or altered.
+    #[error("the token's signature does not match: it was not issued by this service or was altered")]
+    BadSignature,
+    /// Past its `exp`.
+    #[error("the token has expired: sign in again for a new one")]
+    Expired,
+    /// Signed correctly but without the claims flashsale issues (`sub`, `name`, `role`, `exp`).
+    #[error("the token's claims are not the ones this service issues")]
+    BadClaims,
+}
+
+impl TokenError {
+    /// A stable name for what is wrong (ErrorInfo metadata `problem`).
+    pub fn problem(&self) -> &'static str {
+        match self {
+            Self::Missing => "MISSING",
+            Self::Malformed => "MALFORMED",
+            Self::UnsupportedAlgorithm => "UNSUPPORTED_ALGORITHM",
+            Self::BadSignature => "BAD_SIGNATURE",
+            Self::Expired => "EXPIRED",
+            Self::BadClaims => "BAD_CLAIMS",
+        }
+    }
 }
 
 /// Signing and verifying keys derived from the server's secret.
@@ -88,23 +111,56 @@ impl JwtKeys {
 
     /// Checks signature, algorithm and expiry (against the system clock) and the claims' shape.
     pub fn verify(&self, token: &str) -> Result<Caller, TokenError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| TokenError::Invalid(e.to_string()))?;
+        check_algorithm(token)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => TokenError::UnsupportedAlgorithm,
+                // The header was read above: a JSON error now is in the claims.
+                ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) | ErrorKind::ImmatureSignature => {
+                    TokenError::BadClaims
+                }
+                _ => TokenError::Malformed,
+            }
+        })?;
         let claims = data.claims;
-        let user_id = UserId::parse(&claims.sub).map_err(|e| TokenError::Invalid(e.to_string()))?;
-        let name = DisplayName::parse(&claims.name).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let user_id = UserId::parse(&claims.sub).map_err(|_| TokenError::BadClaims)?;
+        let name = DisplayName::parse(&claims.name).map_err(|_| TokenError::BadClaims)?;
         Ok(Caller { user_id, display_name: name.as_str().into(), role: claims.role })
     }
 
-    /// Reads the bearer token out of an `authorization` header value and verifies it.
+    /// Reads the bearer token out of an `authorization` header value and verifies it. The scheme
+    /// is matched without regard to case (RFC 7235); a value without it has no bearer token.
     pub fn verify_header(&self, header: Option<&str>) -> Result<Caller, TokenError> {
-        let header = header.ok_or(TokenError::Missing)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| TokenError::Invalid("authorization is not a Bearer token".into()))?;
+        let (scheme, token) = header.map(str::trim).and_then(|h| h.split_once(' ')).ok_or(TokenError::Missing)?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(TokenError::Missing);
+        }
         self.verify(token.trim())
     }
+}
+
+/// Refuses a token whose header does not say HS256 (`none` included) before anything else is
+/// read, so the refusal names the algorithm rather than whatever the verifier trips on.
+fn check_algorithm(token: &str) -> Result<(), TokenError> {
+    use base64::Engine;
+
+    #[derive(Deserialize)]
+    struct Header {
+        alg: String,
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(TokenError::Malformed);
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).map_err(|_| TokenError::Malformed)?;
+    let header: Header = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    if header.alg != "HS256" {
+        return Err(TokenError::UnsupportedAlgorithm);
+    }
+    Ok(())
 }
 
 /// The signing secret: the configured one, else the one kept in `data_dir/jwt_secret`, else a
@@ -138,24 +194,6 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Hashes a password with Argon2id (PHC string) on the blocking pool.
-pub async fn hash_password(password: Password) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || {
-        let hash: Result<PasswordHash, _> = Argon2::default().hash_password(password.expose().as_bytes());
-        hash.map(|hash| hash.to_string()).map_err(|e| anyhow::anyhow!("hashing password: {e}"))
-    })
-    .await?
-}
-
-/// Checks a password against a PHC hash on the blocking pool.
-pub async fn verify_password(password: Password, phc: String) -> anyhow::Result<bool> {
-    tokio::task::spawn_blocking(move || {
-        let hash = PasswordHash::new(&phc).map_err(|e| anyhow::anyhow!("stored hash is malformed: {e}"))?;
-        Ok(Argon2::default().verify_password(password.expose().as_bytes(), &hash).is_ok())
-    })
-    .await?
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,19 +218,50 @@ mod tests {
         let keys = JwtKeys::new(SECRET);
         let other = JwtKeys::new(b"another secret of at least 32 bytes!!");
         let (token, _) = other.issue("u1", "Ann", Role::Admin, now(), Duration::from_secs(60));
-        assert!(matches!(keys.verify(&token), Err(TokenError::Invalid(_))));
+        assert_eq!(keys.verify(&token).unwrap_err(), TokenError::BadSignature);
         let old = UnixMillis(now().0 - 7_200_000);
         let (expired, _) = keys.issue("u1", "Ann", Role::Admin, old, Duration::from_secs(60));
-        assert!(matches!(keys.verify(&expired), Err(TokenError::Invalid(_))));
+        assert_eq!(keys.verify(&expired).unwrap_err(), TokenError::Expired);
         assert!(matches!(keys.verify_header(None), Err(TokenError::Missing)));
     }
 
-    #[tokio::test]
-    async fn passwords_hash_and_verify() {
-        let hash = hash_password(Password::parse("correct horse").unwrap()).await.unwrap();
-        assert!(hash.starts_with("$argon2id$"));
-        assert!(verify_password(Password::parse("correct horse").unwrap(), hash.clone()).await.unwrap());
-        assert!(!verify_password(Password::parse("wrong horse!").unwrap(), hash).await.unwrap());
+    #[test]
+    fn refusals_say_what_is_wrong() {
+        use base64::Engine;
+        let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        let keys = JwtKeys::new(SECRET);
+        let (token, _) = keys.issue("u1", "Ann", Role::Buyer, now(), Duration::from_secs(60));
+        let (header, rest) = token.split_once('.').unwrap();
+        let (claims, _signature) = rest.split_once('.').unwrap();
+
+        assert_eq!(keys.verify("not-a-jwt").unwrap_err(), TokenError::Malformed);
+        assert_eq!(keys.verify("a.b.c.d").unwrap_err(), TokenError::Malformed);
+        assert_eq!(keys.verify(&format!("{header}.{claims}.AAAA")).unwrap_err(), TokenError::BadSignature);
+        let none = format!("{}.{claims}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
+        assert_eq!(keys.verify(&none).unwrap_err(), TokenError::UnsupportedAlgorithm);
+        let rs256 = format!("{}.{claims}.AAAA", b64(r#"{"alg":"RS256","typ":"JWT"}"#));
+        assert_eq!(keys.verify(&rs256).unwrap_err(), TokenError::UnsupportedAlgorithm);
+        let (expired, _) = keys.issue("u1", "Ann", Role::Buyer, UnixMillis(now().0 - 7_200_000), Duration::from_secs(60));
+        assert_eq!(keys.verify(&expired).unwrap_err(), TokenError::Expired);
+        let (bad_sub, _) = keys.issue("", "Ann", Role::Buyer, now(), Duration::from_secs(60));
+        assert_eq!(keys.verify(&bad_sub).unwrap_err(), TokenError::BadClaims);
+        for error in [TokenError::Malformed, TokenError::BadSignature, TokenError::UnsupportedAlgorithm] {
+            assert!(!error.to_string().contains("Error"), "no library text in {error}");
+        }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_without_regard_to_case() {
+        let keys = JwtKeys::new(SECRET);
+        let (token, _) = keys.issue("u1", "Ann", Role::Buyer, now(), Duration::from_secs(60));
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            assert!(keys.verify_header(Some(&format!("{scheme} {token}"))).is_ok(), "{scheme}");
+        }
+        assert_eq!(keys.verify_header(Some(&token)).unwrap_err(), TokenError::Missing);
+        assert_eq!(keys.verify_header(Some(&format!("Basic {token}"))).unwrap_err(), TokenError::Missing);
+        assert_eq!(keys.verify_header(Some("Bearer ")).unwrap_err(), TokenError::Missing);
+        assert_eq!(keys.verify_header(None).unwrap_err(), TokenError::Missing);
+        assert!(TokenError::Missing.to_string().contains("authorization: Bearer <token>"));
     }
 
     #[test]

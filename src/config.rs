@@ -91,6 +91,20 @@ pub struct SettingsArgs {
     /// How long open streams and in-flight requests may take to finish at shutdown, in ms.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 5000)]
     pub shutdown_grace_ms: u64,
+    /// Longest a purchase retry waits for its key's first attempt, still in flight, to settle
+    /// (ms); past it the retry answers UNAVAILABLE (retry with the same key).
+    #[arg(long, env = "IN_FLIGHT_WAIT_MS", default_value_t = 3000)]
+    pub in_flight_wait_ms: u64,
+    /// Threads hashing passwords (Register, Login); default: a quarter of the cores, at least 1.
+    #[arg(long, env = "AUTH_THREADS")]
+    pub auth_threads: Option<usize>,
+    /// Sign-ins that may wait for a hashing thread; more are refused at once (SIGN_IN_BUSY).
+    #[arg(long, env = "AUTH_QUEUE", default_value_t = 32)]
+    pub auth_queue: usize,
+    /// Scheduling priority (nice, 0..=19) of the hashing threads: higher leaves the cores to
+    /// purchases when both want them.
+    #[arg(long, env = "AUTH_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub auth_nice: i32,
     /// Production backends (Redis, MongoDB).
     #[command(flatten)]
     pub backends: BackendArgs,
@@ -163,6 +177,10 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// Bound on draining at shutdown.
     pub shutdown_grace: Duration,
+    /// Longest a retry waits for its key's first attempt to settle.
+    pub in_flight_wait: Duration,
+    /// The password hashing pool.
+    pub password_pool: crate::passwords::PoolSize,
     /// Redis URI: the hot path and feed fan-out go to Redis when set.
     pub redis_uri: Option<String>,
     /// Prefix of every Redis key.
@@ -190,6 +208,8 @@ impl Default for Settings {
             ip_logins_per_sec: 20,
             max_message_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(5),
+            in_flight_wait: Duration::from_secs(3),
+            password_pool: crate::passwords::PoolSize::default_for_machine(),
             redis_uri: None,
             redis_key_prefix: "flashsale:".into(),
             mongodb_uri: None,
@@ -213,6 +233,12 @@ impl From<SettingsArgs> for Settings {
             ip_logins_per_sec: args.ip_logins_per_sec,
             max_message_bytes: args.max_message_bytes,
             shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+            in_flight_wait: Duration::from_millis(args.in_flight_wait_ms),
+            password_pool: crate::passwords::PoolSize {
+                threads: args.auth_threads.unwrap_or_else(|| crate::passwords::PoolSize::default_for_machine().threads),
+                queue: args.auth_queue,
+                nice: args.auth_nice,
+            },
             redis_uri: args.backends.redis_uri,
             redis_key_prefix: args.backends.redis_key_prefix,
             mongodb_uri: args.backends.mongodb_uri,

@@ -20,12 +20,14 @@
 //!   command line, Prometheus counters.
 
 pub mod auth;
+pub mod backends;
 pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod feeds;
 pub mod grpc;
 pub mod metrics;
+pub mod passwords;
 pub mod server;
 pub mod service;
 pub mod store;

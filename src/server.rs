@@ -16,6 +16,7 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::backends::Backends;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::grpc::{authenticate, AdminApi, AuthApi, FeedsApi, PurchaseApi, RateLimits};
@@ -46,15 +47,31 @@ fn cors() -> CorsLayer {
         .max_age(Duration::from_secs(24 * 3600))
 }
 
-/// Serves until `shutdown` is cancelled, then drains for at most the grace period.
+/// Opens the backends the settings name, then serves until `shutdown` is cancelled and drains
+/// for at most the grace period.
 pub async fn run(
     listeners: Listeners,
     settings: Settings,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let backends = Backends::open(&settings).await?;
+    run_with(listeners, settings, backends, clock, shutdown).await
+}
+
+/// Serves on the given backends (tests pass their own) until `shutdown` is cancelled, then
+/// drains for at most the grace period.
+pub async fn run_with(
+    listeners: Listeners,
+    settings: Settings,
+    backends: Backends,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let metrics = crate::metrics::handle();
-    let app = App::open(&settings, clock.clone(), shutdown.clone()).await?;
+    let secret = crate::auth::load_or_create_secret(settings.jwt_secret.as_deref(), &settings.data_dir)?;
+    let keys = crate::auth::JwtKeys::new(&secret);
+    let app = App::start(backends, keys, &settings, clock.clone(), shutdown.clone()).await?;
     let limits = Arc::new(RateLimits::new(&settings));
     let max = settings.max_message_bytes;
 
@@ -90,7 +107,13 @@ pub async fn run(
         .add_service(feeds);
     // Plain HTTP routes (the browser page) share the port with gRPC and grpc-web.
     // grpc-web wraps the gRPC routes only: it answers 400 to any other HTTP/1.1 request, the page's GETs included.
-    let router = routes.routes().into_axum_router().layer(tonic_web::GrpcWebLayer::new()).merge(crate::web::router());
+    // Inside grpc-web, so that its translation applies to the explained refusals too.
+    let router = routes
+        .routes()
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(max, crate::grpc::explain_refusals))
+        .layer(tonic_web::GrpcWebLayer::new())
+        .merge(crate::web::router());
 
     let grpc = Server::builder()
         .accept_http1(true)
@@ -129,18 +152,26 @@ pub async fn run(
     };
     tokio::spawn(housekeeping);
 
-    let serving = async { tokio::join!(grpc, metrics_server) };
-    let grace = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(settings.shutdown_grace).await;
+    let serving = async {
+        let (grpc, metrics) = tokio::join!(grpc, metrics_server);
+        grpc.context("gRPC server failed")?;
+        metrics.context("metrics server failed")
     };
+    tokio::pin!(serving);
     tokio::select! {
-        (grpc, metrics) = serving => {
-            grpc.context("gRPC server failed")?;
-            metrics.context("metrics server failed")?;
-            tracing::info!("server stopped");
-        }
-        _ = grace => tracing::warn!(grace = ?settings.shutdown_grace, "connections still open after the grace period; stopping anyway"),
+        served = &mut serving => return served, // failed before any shutdown
+        _ = shutdown.cancelled() => {}
     }
+    // Draining, within the grace period: open streams end, answers go out, and purchases whose
+    // callers went away finish settling.
+    let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
+    match tokio::time::timeout_at(deadline, serving).await {
+        Ok(served) => served?,
+        Err(_) => tracing::warn!(grace = ?settings.shutdown_grace, "connections still open after the grace period; stopping anyway"),
+    }
+    if !app.drain(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
+        tracing::warn!("work still running after the grace period; stopping anyway");
+    }
+    tracing::info!("server stopped");
     Ok(())
 }

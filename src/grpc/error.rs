@@ -39,6 +39,7 @@ pub fn reason_of(error: &ServiceError) -> ErrorReason {
             PurchaseRefusal::IdempotencyKeyReused => ErrorReason::IdempotencyKeyReused,
         },
         ServiceError::RateLimited { .. } => ErrorReason::RateLimited,
+        ServiceError::SignInBusy { .. } => ErrorReason::SignInBusy,
         ServiceError::Unavailable(_) => ErrorReason::BackendUnavailable,
         ServiceError::Internal(_) => ErrorReason::InternalError,
     }
@@ -60,7 +61,11 @@ impl From<ServiceError> for Status {
                 details.add_bad_request_violation(v.field, v.description.clone());
                 Code::InvalidArgument
             }
-            ServiceError::Unauthenticated(_) | ServiceError::BadCredentials => Code::Unauthenticated,
+            ServiceError::Unauthenticated(problem) => {
+                metadata.insert("problem".into(), problem.problem().into());
+                Code::Unauthenticated
+            }
+            ServiceError::BadCredentials => Code::Unauthenticated,
             ServiceError::AdminRequired => Code::PermissionDenied,
             ServiceError::ProductNotFound | ServiceError::SaleNotFound | ServiceError::OrderNotFound => Code::NotFound,
             ServiceError::Purchase(PurchaseRefusal::SaleNotFound) => Code::NotFound,
@@ -93,6 +98,11 @@ impl From<ServiceError> for Status {
                 details.set_retry_info(Some(*retry_after));
                 metadata.insert("retry_after_ms".into(), retry_after.as_millis().to_string());
                 Code::ResourceExhausted
+            }
+            ServiceError::SignInBusy { retry_after } => {
+                details.set_retry_info(Some(*retry_after));
+                metadata.insert("retry_after_ms".into(), retry_after.as_millis().to_string());
+                Code::Unavailable
             }
             ServiceError::Unavailable(_) => {
                 tracing::warn!(error = ?anyhow_chain(&error), "request failed: backend unavailable");

@@ -1,4 +1,8 @@
-//! Products, stock and the sale lifecycle.
+//! Products, stock and the sale lifecycle. A use case that writes more than once (a sale's
+//! creation, start and end touch the record and the hot state) runs detached
+//! ([`App::detached`]); the others are one atomic write each.
+
+use std::sync::Arc;
 
 use crate::domain::{EndReason, ProductId, SaleId, SaleRules, SaleStatus, UnixMillis};
 use crate::store::{ProductRecord, SaleRecord, SaleView, StoreError};
@@ -49,7 +53,14 @@ impl App {
     }
 
     /// Creates a sale, taking its units from the product's inventory.
-    pub async fn create_sale(&self, new: NewSale) -> Result<SaleView, ServiceError> {
+    pub async fn create_sale(self: &Arc<Self>, new: NewSale) -> Result<SaleView, ServiceError> {
+        // Detached: the record's sale and its hot state (which the scheduler follows) are two
+        // writes; a caller that goes between them must not leave a sale nobody opens or ends.
+        let app = self.clone();
+        self.detached(async move { app.create_sale_now(new).await }).await
+    }
+
+    async fn create_sale_now(&self, new: NewSale) -> Result<SaleView, ServiceError> {
         let now = self.clock.now();
         let mut rules = new.rules;
         if new.start_now {
@@ -82,7 +93,13 @@ impl App {
     }
 
     /// Opens a scheduled sale now.
-    pub async fn start_sale(&self, id: &SaleId) -> Result<SaleView, ServiceError> {
+    pub async fn start_sale(self: &Arc<Self>, id: &SaleId) -> Result<SaleView, ServiceError> {
+        // Detached: the record, then the hot state; see `create_sale`.
+        let (app, id) = (self.clone(), id.clone());
+        self.detached(async move { app.start_sale_now(&id).await }).await
+    }
+
+    async fn start_sale_now(&self, id: &SaleId) -> Result<SaleView, ServiceError> {
         let sale = self.records.get_sale(id).await?.ok_or(ServiceError::SaleNotFound)?;
         if sale.status != SaleStatus::Scheduled {
             return Err(ServiceError::SaleNotScheduled(sale.status));
@@ -95,7 +112,8 @@ impl App {
         self.sale_view(id).await
     }
 
-    /// SCHEDULED -> ACTIVE in the record, then in the hot state and feeds.
+    /// SCHEDULED -> ACTIVE in the record, then in the hot state and feeds. Callers run it
+    /// detached or in a background task: two writes.
     pub(super) async fn activate(&self, id: &SaleId, start: UnixMillis) -> Result<(), ServiceError> {
         let (sale, changed) = match self.records.activate_sale(id, start).await {
             Err(StoreError::NotFound) => return Err(ServiceError::SaleNotFound),
@@ -112,13 +130,20 @@ impl App {
     }
 
     /// Ends a sale now (BY_ADMIN); ending an ended sale changes nothing.
-    pub async fn end_sale(&self, id: &SaleId) -> Result<SaleView, ServiceError> {
-        self.end_sale_now(id, EndReason::ByAdmin).await?;
-        self.sale_view(id).await
+    pub async fn end_sale(self: &Arc<Self>, id: &SaleId) -> Result<SaleView, ServiceError> {
+        // Detached: the hot state stops selling, then the record ends the sale and returns the
+        // unsold units; a caller that goes between them must not leave the two disagreeing.
+        let (app, id) = (self.clone(), id.clone());
+        self.detached(async move {
+            app.end_sale_now(&id, EndReason::ByAdmin).await?;
+            app.sale_view(&id).await
+        })
+        .await
     }
 
     /// Ends a sale for `reason`: the hot state stops taking purchases first, then the record
     /// ends it after every order already queued and returns the unsold units exactly once.
+    /// Callers run it detached or in a background task: it writes three times.
     pub(super) async fn end_sale_now(&self, id: &SaleId, reason: EndReason) -> Result<(), ServiceError> {
         let mut sale = self.records.get_sale(id).await?.ok_or(ServiceError::SaleNotFound)?;
         if sale.status == SaleStatus::Ended {

@@ -1,7 +1,8 @@
 //! The application: use cases over the two backend traits, in domain types.
 //!
-//! - [`App::open`] opens the backends, rebuilds hot state from the record and starts the
-//!   background tasks (group committer, lifecycle scheduler).
+//! - [`App::start`] takes the backends built at start-up ([`crate::backends`]), rebuilds hot
+//!   state from the record and starts the background tasks (group committer, lifecycle
+//!   scheduler, reconciliation with a shared hot state).
 //! - `purchase.rs`: the purchase flow (reserve -> group commit -> confirm or release).
 //! - `admin.rs`: products, stock and the sale lifecycle; `users.rs`: accounts and tokens.
 //! - `committer.rs`: group commit; `scheduler.rs`: time-driven transitions;
@@ -17,16 +18,20 @@ mod users;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::{JwtKeys, TokenError};
+use crate::backends::Backends;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::domain::{EndReason, FieldViolation, PurchaseRefusal, SaleStatus};
 use crate::feeds::FeedHub;
-use crate::store::embedded::{MemoryHot, RedbRecords};
+use crate::passwords::{PasswordPool, PoolError};
 use crate::store::{HotError, HotStore, RecordStore, StoreError};
 
 pub use admin::NewSale;
@@ -79,6 +84,13 @@ pub enum ServiceError {
         /// When a retry may succeed.
         retry_after: Duration,
     },
+    /// Password hashing is at capacity (its queue is full): Register and Login are refused at
+    /// once rather than queued without bound.
+    #[error("too many sign-ins at once; retry in {retry_after:?}")]
+    SignInBusy {
+        /// When a retry may find room.
+        retry_after: Duration,
+    },
     /// A backend is down or the server is stopping; safe to retry with the same key.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -118,6 +130,15 @@ impl From<StoreError> for ServiceError {
     }
 }
 
+impl From<PoolError> for ServiceError {
+    fn from(error: PoolError) -> Self {
+        match error {
+            PoolError::Busy { retry_after } => Self::SignInBusy { retry_after },
+            other => Self::Internal(Box::new(other)),
+        }
+    }
+}
+
 impl From<HotError> for ServiceError {
     fn from(error: HotError) -> Self {
         match error {
@@ -135,65 +156,95 @@ pub struct App {
     feeds: FeedHub,
     clock: Arc<dyn Clock>,
     keys: JwtKeys,
+    passwords: PasswordPool,
     token_ttl: Duration,
     /// Age after which reconciliation settles an in-flight reservation.
     orphan_after: Duration,
+    /// Longest a retry waits for its key's first attempt to settle.
+    in_flight_wait: Duration,
     /// Wakes the scheduler when a sale's deadlines change.
     schedule_changed: Notify,
+    /// Work that must run to its end once started, whatever happens to the request that started
+    /// it (see [`App::detached`]), and the background tasks; shutdown waits for them.
+    tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
 impl App {
-    /// Opens the embedded backend in `settings.data_dir`, rebuilds hot state, ensures the
+    /// Starts the application on `backends`: rebuilds hot state from the record, ensures the
     /// configured admin, and starts the background tasks (stopped by `shutdown`).
-    pub async fn open(
+    pub async fn start(
+        backends: Backends,
+        keys: JwtKeys,
         settings: &Settings,
         clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
-        let secret = crate::auth::load_or_create_secret(settings.jwt_secret.as_deref(), &settings.data_dir)?;
-        let records = open_records(settings).await?;
-        let hot = open_hot(settings).await?;
+        let Backends { records, hot, shared } = backends;
+        let tasks = TaskTracker::new();
         let app = Arc::new(Self {
             committer: Committer::start(records.clone()),
             feeds: FeedHub::new(hot.clone(), clock.clone(), settings.feed_interval, shutdown.clone()),
             records,
             hot,
             clock,
-            keys: JwtKeys::new(&secret),
+            keys,
+            passwords: PasswordPool::start(settings.password_pool).context("starting the password hashing threads")?,
             token_ttl: settings.token_ttl,
             orphan_after: settings.orphan_after,
+            in_flight_wait: settings.in_flight_wait,
             schedule_changed: Notify::new(),
+            tasks,
             shutdown,
         });
+        // Start-up work is not a request: nothing cancels it but the process ending, and after a
+        // crash the next start does it again from the record.
         app.recover().await.context("rebuilding hot state from the record")?;
         if let Some((email, password)) = &settings.admin {
             app.ensure_admin(email, password).await.context("creating the configured admin")?;
         }
-        if let Some(uri) = &settings.redis_uri {
-            // Purchases on other nodes reach this node's watchers through Redis pub/sub.
+        if let Some(changes) = shared {
+            // Purchases on other nodes reach this node's watchers through the shared store.
             let node = Arc::downgrade(&app);
             let on_change = Arc::new(move |sale: crate::domain::SaleId| {
                 if let Some(app) = node.upgrade() {
                     app.feeds.touch(&sale);
                 }
             });
-            crate::store::redis::spawn_change_listener(
-                uri,
-                &settings.redis_key_prefix,
-                on_change,
-                app.shutdown.clone(),
-            );
+            changes.spawn(on_change, app.shutdown.clone());
             app.reconcile().await.context("reconciling Redis with the record")?;
-            tokio::spawn(reconcile::run(app.clone(), settings.reconcile_interval));
+            app.tasks.spawn(reconcile::run(app.clone(), settings.reconcile_interval));
         }
-        tokio::spawn(scheduler::run(app.clone()));
+        app.tasks.spawn(scheduler::run(app.clone()));
         Ok(app)
     }
 
     /// The token keys (for the auth interceptor).
     pub fn keys(&self) -> &JwtKeys {
         &self.keys
+    }
+
+    /// Waits, at most `limit`, for the work started by requests and the background tasks to
+    /// finish (they stop at shutdown); true when everything finished.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(limit, self.tasks.wait()).await.is_ok()
+    }
+
+    /// Runs `work` in a task of its own and waits for its answer. A request's future is dropped
+    /// at its next `.await` when the client goes away (deadline, cancel, reset stream, closed
+    /// connection); work spawned here is not: dropping the request drops only the wait, and the
+    /// work runs to its end. Every use case that writes more than once goes through here, so a
+    /// client can never leave a change half made.
+    async fn detached<T, F>(&self, work: F) -> Result<T, ServiceError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, ServiceError>> + Send + 'static,
+    {
+        match self.tasks.spawn(work).await {
+            Ok(answer) => answer,
+            Err(failed) => Err(ServiceError::Internal(Box::new(failed))),
+        }
     }
 
     /// Loads every open sale's hot state from its durable orders, and ends sales that were
@@ -208,40 +259,5 @@ impl App {
             tracing::info!(sale = %sale.id, sold = sale.sold, allocated = sale.rules.allocated, "sale restored");
         }
         Ok(())
-    }
-}
-
-/// The durable record: MongoDB when `MONGODB_URI` is set, else redb in the data directory.
-async fn open_records(settings: &Settings) -> anyhow::Result<Arc<dyn RecordStore>> {
-    match &settings.mongodb_uri {
-        Some(uri) => {
-            if settings.jwt_secret.is_none() {
-                tracing::warn!("MONGODB_URI without JWT_SECRET: each node signs with its own generated secret, so tokens from one node fail on another");
-            }
-            let records = crate::store::mongo::connect(uri, &settings.mongodb_database)
-                .await
-                .context("opening the MongoDB record (MONGODB_URI)")?;
-            tracing::info!(database = %settings.mongodb_database, "durable record: MongoDB");
-            Ok(Arc::new(records))
-        }
-        None => {
-            let records = RedbRecords::open(&settings.data_dir).context("opening the embedded record")?;
-            tracing::info!(data_dir = %settings.data_dir.display(), "durable record: embedded (redb)");
-            Ok(Arc::new(records))
-        }
-    }
-}
-
-/// The hot path: Redis when `REDIS_URI` is set, else in process.
-async fn open_hot(settings: &Settings) -> anyhow::Result<Arc<dyn HotStore>> {
-    match &settings.redis_uri {
-        Some(uri) => {
-            let hot = crate::store::redis::connect(uri, &settings.redis_key_prefix)
-                .await
-                .context("opening the Redis hot store (REDIS_URI)")?;
-            tracing::info!(prefix = %settings.redis_key_prefix, "hot path: Redis");
-            Ok(Arc::new(hot))
-        }
-        None => Ok(Arc::new(MemoryHot::default())),
     }
 }

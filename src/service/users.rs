@@ -1,6 +1,6 @@
-//! Accounts and tokens.
+//! Accounts and tokens. Password hashing runs on the bounded pool ([`crate::passwords`]): when
+//! it is full, Register and Login answer SIGN_IN_BUSY at once.
 
-use crate::auth::{hash_password, verify_password};
 use crate::domain::{DisplayName, Email, Password, Role, UnixMillis, UserId};
 use crate::store::UserRecord;
 
@@ -25,7 +25,7 @@ const DUMMY_HASH: &str =
 impl App {
     /// Creates a buyer account and signs a token for it.
     pub async fn register(&self, email: Email, name: DisplayName, password: Password) -> Result<Session, ServiceError> {
-        let password_hash = hash_password(password).await.map_err(|e| ServiceError::Internal(e.into()))?;
+        let password_hash = self.passwords.hash(password).await?;
         let user = UserRecord {
             id: UserId::generate(),
             email,
@@ -42,7 +42,7 @@ impl App {
     pub async fn login(&self, email: Email, password: Password) -> Result<Session, ServiceError> {
         let user = self.records.user_by_email(&email).await?;
         let hash = user.as_ref().map_or(DUMMY_HASH.to_owned(), |u| u.password_hash.clone());
-        let valid = verify_password(password, hash).await.map_err(|e| ServiceError::Internal(e.into()))?;
+        let valid = self.passwords.verify(password, hash).await?;
         match user {
             Some(user) if valid => Ok(self.session(user)),
             _ => Err(ServiceError::BadCredentials),
@@ -58,7 +58,7 @@ impl App {
             email,
             display_name: DisplayName::parse("Admin")?,
             role: Role::Admin,
-            password_hash: hash_password(password).await.map_err(|e| ServiceError::Internal(e.into()))?,
+            password_hash: self.passwords.hash(password).await?,
             created_at: self.clock.now(),
         };
         let user = self.records.upsert_user_by_email(user).await?;

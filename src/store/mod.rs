@@ -298,7 +298,8 @@ pub trait HotStore: Send + Sync + 'static {
     async fn confirm(&self, order: &OrderRecord) -> Result<Confirmed, HotError>;
     /// The order will not be durable: give its units back and free its key.
     async fn release(&self, order: &OrderRecord) -> Result<(), HotError>;
-    /// Waits until an in-flight order is confirmed or released.
+    /// Waits until an in-flight order is confirmed or released, however long that takes (the
+    /// caller bounds the wait).
     async fn wait_settled(&self, order: &OrderRecord) -> Result<Settled, HotError>;
     /// Records a status change (and the start, which StartSale moves).
     async fn set_status(&self, sale: &SaleRecord) -> Result<(), HotError>;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
+use flashsale::backends::Backends;
 use flashsale::clock::{Clock, ManualClock, SystemClock};
 use flashsale::domain::{Role, UnixMillis};
 use flashsale::pb;
@@ -47,6 +48,9 @@ pub struct AppOptions {
     pub manual_clock: Option<UnixMillis>,
     /// Reuse this data directory (restart tests).
     pub data_dir: Option<Arc<tempfile::TempDir>>,
+    /// Wraps the backends the settings name before the server starts on them (test doubles that
+    /// pause or fail at a chosen step, see `gates.rs`).
+    pub wrap: Option<Box<dyn FnOnce(Backends) -> Backends + Send>>,
 }
 
 impl Default for AppOptions {
@@ -64,6 +68,7 @@ impl Default for AppOptions {
             },
             manual_clock: None,
             data_dir: None,
+            wrap: None,
         }
     }
 }
@@ -128,7 +133,13 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let metrics_addr = metrics.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let listeners = flashsale::server::Listeners { grpc, metrics: Some(metrics) };
-    let server = tokio::spawn(flashsale::server::run(listeners, settings, clock, shutdown.clone()));
+    let server = match options.wrap {
+        None => tokio::spawn(flashsale::server::run(listeners, settings, clock, shutdown.clone())),
+        Some(wrap) => {
+            let backends = wrap(Backends::open(&settings).await.expect("open the backends"));
+            tokio::spawn(flashsale::server::run_with(listeners, settings, backends, clock, shutdown.clone()))
+        }
+    };
 
     let channel =
         Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect to the test server");

@@ -2,6 +2,8 @@
 
 mod auth;
 mod cluster;
+mod gates;
+mod abandon;
 mod crash;
 mod errors;
 mod feeds;

@@ -56,9 +56,6 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reconnection attempts per failed connection, with exponential backoff from 100 ms: during an
 /// outage a call fails within about a second instead of hanging.
 const RECONNECT_RETRIES: usize = 2;
-/// How long `wait_settled` polls an in-flight order before it gives up with `Unavailable` (the
-/// node that reserved it may have died; reconciliation settles it, the buyer retries).
-const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 
 /// The scripts, one per operation, loaded from their own files. `Script` sends EVALSHA and, on
 /// NOSCRIPT (a restarted or flushed server), loads the script and runs it again.
@@ -233,11 +230,6 @@ impl StoredOrder {
 #[derive(Debug, thiserror::Error)]
 #[error("unexpected reply from Redis: {0}")]
 struct MalformedReply(String);
-
-/// An in-flight order did not settle within [`SETTLE_LIMIT`].
-#[derive(Debug, thiserror::Error)]
-#[error("order {0} is still in flight after {SETTLE_LIMIT:?}")]
-struct StillInFlight(OrderId);
 
 fn unavailable(error: RedisError) -> HotError {
     let transient =
@@ -617,15 +609,12 @@ impl HotStore for RedisHot {
 
     async fn wait_settled(&self, order: &OrderRecord) -> Result<Settled, HotError> {
         // Polling with a short backoff: an order settles within one group commit, so a
-        // subscription per waiter would cost more than the few reads it saves.
-        let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+        // subscription per waiter would cost more than the few reads it saves. The caller bounds
+        // the wait (the node that reserved it may have died: reconciliation settles it then).
         let mut pause = Duration::from_millis(2);
         loop {
             if let Some(settled) = self.settlement(order).await? {
                 return Ok(settled);
-            }
-            if tokio::time::Instant::now() + pause > deadline {
-                return Err(HotError::Unavailable(Box::new(StillInFlight(order.id.clone()))));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));

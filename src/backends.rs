@@ -1,0 +1,80 @@
+//! Chooses and builds the backends from the settings, once, at start-up: the durable record
+//! (MongoDB when `MONGODB_URI` is set, else redb in the data directory) and the hot path (Redis
+//! when `REDIS_URI` is set, else in process). The service receives them built
+//! ([`crate::service::App::start`]) and never looks at the settings to pick one; tests hand it
+//! their own (wrapped to pause or fail at a chosen step).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::domain::SaleId;
+use crate::store::embedded::{MemoryHot, RedbRecords};
+use crate::store::{HotStore, RecordStore};
+
+/// The two backends the service runs on, and where other nodes' changes come from.
+pub struct Backends {
+    /// The durable record.
+    pub records: Arc<dyn RecordStore>,
+    /// The hot path.
+    pub hot: Arc<dyn HotStore>,
+    /// Set when the hot state is shared with other nodes (Redis): their changes arrive here, and
+    /// the node reconciles the shared state with the record.
+    pub shared: Option<ChangeSource>,
+}
+
+/// Change notifications of a shared hot state (Redis pub/sub).
+#[derive(Debug, Clone)]
+pub struct ChangeSource {
+    uri: String,
+    prefix: String,
+}
+
+impl ChangeSource {
+    /// Redis at `uri`, keys under `prefix`.
+    pub fn redis(uri: &str, prefix: &str) -> Self {
+        Self { uri: uri.to_owned(), prefix: prefix.to_owned() }
+    }
+
+    /// Calls `on_change(sale)` for every change another node makes, until `shutdown`.
+    pub fn spawn(&self, on_change: Arc<dyn Fn(SaleId) + Send + Sync>, shutdown: CancellationToken) -> JoinHandle<()> {
+        crate::store::redis::spawn_change_listener(&self.uri, &self.prefix, on_change, shutdown)
+    }
+}
+
+impl Backends {
+    /// The backends the settings name.
+    pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
+        let records: Arc<dyn RecordStore> = match &settings.mongodb_uri {
+            Some(uri) => {
+                if settings.jwt_secret.is_none() {
+                    tracing::warn!("MONGODB_URI without JWT_SECRET: each node signs with its own generated secret, so tokens from one node fail on another");
+                }
+                let records = crate::store::mongo::connect(uri, &settings.mongodb_database)
+                    .await
+                    .context("opening the MongoDB record (MONGODB_URI)")?;
+                tracing::info!(database = %settings.mongodb_database, "durable record: MongoDB");
+                Arc::new(records)
+            }
+            None => {
+                let records = RedbRecords::open(&settings.data_dir).context("opening the embedded record")?;
+                tracing::info!(data_dir = %settings.data_dir.display(), "durable record: embedded (redb)");
+                Arc::new(records)
+            }
+        };
+        let (hot, shared): (Arc<dyn HotStore>, _) = match &settings.redis_uri {
+            Some(uri) => {
+                let hot = crate::store::redis::connect(uri, &settings.redis_key_prefix)
+                    .await
+                    .context("opening the Redis hot store (REDIS_URI)")?;
+                tracing::info!(prefix = %settings.redis_key_prefix, "hot path: Redis");
+                (Arc::new(hot), Some(ChangeSource::redis(uri, &settings.redis_key_prefix)))
+            }
+            None => (Arc::new(MemoryHot::default()), None),
+        };
+        Ok(Self { records, hot, shared })
+    }
+}
