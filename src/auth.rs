@@ -241,7 +241,8 @@ mod tests {
         assert_eq!(keys.verify(&none).unwrap_err(), TokenError::UnsupportedAlgorithm);
         let rs256 = format!("{}.{claims}.AAAA", b64(r#"{"alg":"RS256","typ":"JWT"}"#));
         assert_eq!(keys.verify(&rs256).unwrap_err(), TokenError::UnsupportedAlgorithm);
-        let (expired, _) = keys.issue("u1", "Ann", Role::Buyer, UnixMillis(now().0 - 7_200_000), Duration::from_secs(60));
+        let (expired, _) =
+            keys.issue("u1", "Ann", Role::Buyer, UnixMillis(now().0 - 7_200_000), Duration::from_secs(60));
         assert_eq!(keys.verify(&expired).unwrap_err(), TokenError::Expired);
         let (bad_sub, _) = keys.issue("", "Ann", Role::Buyer, now(), Duration::from_secs(60));
         assert_eq!(keys.verify(&bad_sub).unwrap_err(), TokenError::BadClaims);

@@ -167,7 +167,9 @@ pub async fn run_with(
     let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
     match tokio::time::timeout_at(deadline, serving).await {
         Ok(served) => served?,
-        Err(_) => tracing::warn!(grace = ?settings.shutdown_grace, "connections still open after the grace period; stopping anyway"),
+        Err(_) => {
+            tracing::warn!(grace = ?settings.shutdown_grace, "connections still open after the grace period; stopping anyway")
+        }
     }
     if !app.drain(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
         tracing::warn!("work still running after the grace period; stopping anyway");

@@ -71,7 +71,12 @@ fn explain(refused: &Status, method: &str, limit: usize) -> Option<Status> {
                 // e.g. a compression this server does not speak: tonic's words are the reason.
                 other => other.to_owned(),
             };
-            (Code::Unimplemented, ErrorReason::UnknownMethod, message, HashMap::from([("method".to_owned(), method.to_owned())]))
+            (
+                Code::Unimplemented,
+                ErrorReason::UnknownMethod,
+                message,
+                HashMap::from([("method".to_owned(), method.to_owned())]),
+            )
         }
         _ => return None,
     };

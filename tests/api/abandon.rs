@@ -23,8 +23,8 @@ use tonic::Code;
 
 use crate::gates::{Gates, Step};
 use crate::helpers::{
-    assert_refused, authed, is_sold_out, poll_until, production_backends, refusal, spawn_app_with, use_shared_production_backends,
-    AppOptions, SECRET,
+    assert_refused, authed, is_sold_out, poll_until, production_backends, refusal, spawn_app_with,
+    use_shared_production_backends, AppOptions, SECRET,
 };
 
 /// The application itself, in process, on gated backends: a test drops a purchase's future
@@ -261,7 +261,8 @@ async fn half_the_callers_give_up_and_the_sale_still_sells_exactly_its_allocatio
                     let mode = [GiveUp::Deadline, GiveUp::DropCall, GiveUp::CloseConnection][rng.random_range(0..3)];
                     (mode, Duration::from_micros(rng.random_range(0..=20_000)))
                 };
-                let request = pb::PurchaseRequest { sale_id, quantity: 1 + (i % 2) as u32, idempotency_key: format!("imp-{i}") };
+                let request =
+                    pb::PurchaseRequest { sale_id, quantity: 1 + (i % 2) as u32, idempotency_key: format!("imp-{i}") };
                 let mut request = authed(request, &token);
                 match mode {
                     GiveUp::Deadline => {

@@ -9,7 +9,9 @@ use flashsale::pb;
 use prost::Message;
 use tonic::Code;
 
-use crate::helpers::{assert_refused, authed, base64url_encode, jwt_claims, refusal, spawn_app, TestApp};
+use crate::helpers::{
+    assert_refused, authed, base64url_encode, error_metadata, jwt_claims, refusal, spawn_app, TestApp,
+};
 
 async fn register(app: &TestApp, email: &str, name: &str, password: &str) -> Result<pb::AuthResponse, tonic::Status> {
     app.auth()
@@ -117,17 +119,26 @@ async fn forged_and_expired_tokens_are_refused() {
     let other_keys = JwtKeys::new(b"some-other-secret-that-is-32-bytes-long!!");
     let (foreign, _) = other_keys.issue("stranger", "Stranger", Role::Admin, now, Duration::from_secs(3600));
     let cases = [
-        ("expired", expired),
-        ("tampered signature", tampered(&good)),
-        ("signed with another secret", foreign),
-        ("alg none", unsigned_admin_token()),
+        ("expired", expired, "EXPIRED"),
+        ("tampered signature", tampered(&good), "BAD_SIGNATURE"),
+        ("signed with another secret", foreign, "BAD_SIGNATURE"),
+        ("alg none", unsigned_admin_token(), "UNSUPPORTED_ALGORITHM"),
+        ("not a JWT", "x".into(), "MALFORMED"),
+        ("garbled header", "eyJhbGciOiJIUzI1NiJ9t.e30.AAAA".into(), "MALFORMED"),
     ];
-    for (what, token) in cases {
+    for (what, token, problem) in cases {
         let status = refusal(purchase_with(&app, &token).await);
         assert_eq!(
             (status.code(), crate::helpers::reason(&status).as_str()),
             (Code::Unauthenticated, "TOKEN_INVALID"),
             "{what} token: {status:?}"
+        );
+        assert_eq!(error_metadata(&status, "problem").as_deref(), Some(problem), "{what} token: {status:?}");
+        // Plain words, not the verifier's: no "JSON error", "Base64 error", "InvalidSignature".
+        let message = status.message();
+        assert!(
+            !message.contains("error") && !message.contains("Error") && !message.contains("Invalid"),
+            "{what}: {message}"
         );
     }
     let status =
@@ -256,4 +267,87 @@ async fn feeds_and_auth_need_no_token() {
 
     register(&app, "hal@example.com", "Hal", "hal-password").await.expect("Register without a token");
     login(&app, "hal@example.com", "hal-password").await.expect("Login without a token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive_and_required() {
+    let app = spawn_app().await;
+    let sale = app.active_sale(10, 0, 1).await;
+    let token = app.buyer_token("schemer", "Schemer");
+    let with_header = |value: String, key: &str| {
+        let mut request = tonic::Request::new(pb::PurchaseRequest {
+            sale_id: sale.id.clone(),
+            quantity: 1,
+            idempotency_key: key.into(),
+        });
+        request.metadata_mut().insert("authorization", value.parse().unwrap());
+        request
+    };
+    for (i, scheme) in ["Bearer", "bearer", "BEARER", "bEARER"].into_iter().enumerate() {
+        app.purchase()
+            .purchase(with_header(format!("{scheme} {token}"), &format!("k{i}")))
+            .await
+            .unwrap_or_else(|status| panic!("{scheme}: {status:?}"));
+    }
+    for value in [token.clone(), format!("Token {token}"), "Bearer".into()] {
+        let status = refusal(app.purchase().purchase(with_header(value.clone(), "refused")).await);
+        assert_refused(&status, Code::Unauthenticated, "TOKEN_MISSING");
+        assert!(status.message().contains("authorization: Bearer <token>"), "shows the expected form: {status:?}");
+    }
+}
+
+/// Sign-ins beyond the hashing pool's capacity are refused at once, with a hint of when to retry,
+/// and the pool has the threads it was given. The real binary, so that its threads can be counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_beyond_the_hashing_pool_are_refused_at_once() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let server = crate::helpers::BinaryServer::start([
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--data-dir",
+        data_dir,
+        "--jwt-secret",
+        "sign-in-storm-secret-long-enough-for-hs256",
+        "--ip-logins-per-sec",
+        "0",
+        "--auth-threads",
+        "1",
+        "--auth-queue",
+        "0",
+    ]);
+    let channel = server.channel().await;
+    let outcomes = futures::future::join_all((0..24).map(|i| {
+        let mut auth = pb::auth_service_client::AuthServiceClient::new(channel.clone());
+        async move {
+            auth.register(pb::RegisterRequest {
+                email: format!("storm{i}@example.com"),
+                display_name: format!("Storm {i}"),
+                password: "correct horse".into(),
+            })
+            .await
+        }
+    }))
+    .await;
+    let registered = outcomes.iter().filter(|o| o.is_ok()).count();
+    let busy: Vec<&tonic::Status> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(registered >= 1, "the pool serves while full: {busy:?}");
+    assert!(!busy.is_empty(), "24 sign-ins at once on one thread with no queue: some are refused");
+    for status in busy {
+        assert_refused(status, Code::Unavailable, "SIGN_IN_BUSY");
+        let retry = tonic_types::StatusExt::get_error_details(status).retry_info().and_then(|r| r.retry_delay);
+        assert!(retry.is_some_and(|d| d > Duration::ZERO), "RetryInfo says when to retry: {status:?}");
+    }
+    // Counted once the server answered (it prints its address before it starts the service).
+    let hashing_threads = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("flashsale-auth"))
+        .count();
+    assert_eq!(hashing_threads, 1, "the pool runs the threads it was given");
 }

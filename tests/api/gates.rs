@@ -10,8 +10,8 @@ use flashsale::domain::{
     Email, EndReason, IdempotencyKey, OrderId, ProductId, SaleId, SaleRules, SaleStatus, UnixMillis, UserId,
 };
 use flashsale::store::{
-    CommitOutcome, Confirmed, HotError, HotStore, OrderRecord, ProductRecord, RecordStore, Reservation,
-    ReserveRequest, SaleRecord, SaleView, Settled, StoreError, UserRecord,
+    CommitOutcome, Confirmed, HotError, HotStore, OrderRecord, ProductRecord, RecordStore, Reservation, ReserveRequest,
+    SaleRecord, SaleView, Settled, StoreError, UserRecord,
 };
 use tokio::sync::oneshot;
 

@@ -589,6 +589,11 @@ impl BinaryServer {
             .unwrap_or_else(|e| panic!("connect to flashsale at {}: {e}; its log:\n{}", self.addr, self.log_text()))
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown, no flush, nothing.
     pub fn kill(&mut self) {
         self.child.kill().expect("kill -9 flashsale");
@@ -615,5 +620,63 @@ pub fn clean_env(command: &mut std::process::Command) {
         if let Some(value) = std::env::var_os(keep) {
             command.env(keep, value);
         }
+    }
+}
+
+/// Request and answer bytes as they are: for requests no generated client would send.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+impl TestApp {
+    /// Calls `path` (e.g. "/flashsale.v1.AuthService/Login") with `body` as the request message,
+    /// bytes as they are, with `token` if given; the answer's bytes.
+    pub async fn raw_call(
+        &self,
+        path: &'static str,
+        body: Vec<u8>,
+        token: Option<&str>,
+    ) -> Result<Vec<u8>, tonic::Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready().await.expect("the channel is ready");
+        let request = match token {
+            Some(token) => authed(body, token),
+            None => tonic::Request::new(body),
+        };
+        grpc.unary(request, http::uri::PathAndQuery::from_static(path), RawCodec).await.map(tonic::Response::into_inner)
     }
 }

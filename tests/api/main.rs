@@ -1,12 +1,12 @@
 //! Integration tests: the real server on a real socket, one test binary.
 
+mod abandon;
 mod auth;
 mod cluster;
-mod gates;
-mod abandon;
 mod crash;
 mod errors;
 mod feeds;
+mod gates;
 mod grpcurl;
 mod helpers;
 mod hot_contract;
