@@ -58,13 +58,18 @@ impl App {
         let orphan_before = now.0 - self.orphan_after.as_millis() as i64;
         for order in in_flight.iter().filter(|o| o.created_at.0 <= orphan_before) {
             let stored = self.records.order_by_key(&order.buyer_id, &order.sale_id, &order.idempotency_key).await?;
-            if stored.is_some_and(|stored| stored.id == order.id) {
+            // Each settlement is one idempotent script: a reconciliation stopped between two of
+            // them (shutdown) leaves the rest for the next round.
+            let outcome = if stored.is_some_and(|stored| stored.id == order.id) {
                 tracing::warn!(sale = %sale.id, order = %order.id, "orphaned reservation is durable: confirming it");
                 self.hot.confirm(order).await?;
+                "confirmed"
             } else {
                 tracing::warn!(sale = %sale.id, order = %order.id, "orphaned reservation was never durable: releasing it");
                 self.hot.release(order).await?;
-            }
+                "released"
+            };
+            metrics::counter!("flashsale_settlements_total", "outcome" => outcome, "by" => "sweep").increment(1);
             settled += 1;
         }
         if settled > 0 {

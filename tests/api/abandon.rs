@@ -330,6 +330,8 @@ async fn half_the_callers_give_up_and_the_sale_still_sells_exactly_its_allocatio
     for order in impatient.iter().flatten().chain(patient.iter().flatten()) {
         assert_eq!(stored.get(&order.id), Some(&order.quantity), "acknowledged order {} is stored", order.id);
     }
+    let in_flight = app.metric(&format!("flashsale_units_in_flight{{sale=\"{}\"}}", sale.id)).await;
+    assert_eq!(in_flight, Some(0.0), "nothing is left in flight");
     let abandoned = IMPATIENT - impatient.iter().flatten().count();
     assert!(abandoned > 0, "some impatient callers did give up");
 }

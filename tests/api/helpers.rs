@@ -680,3 +680,25 @@ impl TestApp {
         grpc.unary(request, http::uri::PathAndQuery::from_static(path), RawCodec).await.map(tonic::Response::into_inner)
     }
 }
+
+impl TestApp {
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let exchange = async {
+            let mut socket = tokio::net::TcpStream::connect(self.metrics_addr).await.expect("connect to /metrics");
+            let request = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.metrics_addr);
+            socket.write_all(request.as_bytes()).await.expect("send");
+            let mut raw = Vec::new();
+            socket.read_to_end(&mut raw).await.expect("read");
+            String::from_utf8_lossy(&raw).into_owned()
+        };
+        tokio::time::timeout(STREAM_DEADLINE, exchange).await.expect("/metrics answers")
+    }
+
+    /// The value of one sample of `/metrics` (its name with labels, as printed), if present.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = self.metrics_text().await;
+        text.lines().find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
