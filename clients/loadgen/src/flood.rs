@@ -1,7 +1,7 @@
 //! `loadgen flood`: many attempts per unit, quantity 1. Once the few units are gone every
 //! further attempt takes the sold-out rejection path; this measures how fast the server says no.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::cli::FloodArgs;
 use crate::rehearse::{self, Report, Scenario};
@@ -23,6 +23,8 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<Report> {
         per_user_limit: 0,
         concurrency: args.concurrency,
         options: args.rush.clone(),
+        abandon: None,
+        retry_bound: Duration::ZERO,
     };
     println!(
         "flood: {} attempts for {} units ({} per unit)",

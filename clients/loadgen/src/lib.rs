@@ -8,7 +8,9 @@
 //! - [`setup`]: what a rehearsal prepares through the API: a product and an ACTIVE sale, and
 //!   buyers (registered through AuthService, or tokens minted with the server's secret).
 //! - [`rush`]: the purchase engine: N concurrent workers, retries of UNAVAILABLE with the same
-//!   idempotency key, one record per attempt.
+//!   idempotency key, one record per attempt; callers that give up (`--abandon`), some coming
+//!   back with their key, then patient buyers until the sale sells out.
+//! - [`storm`]: callers registering and logging in during a rush (`--sign-in-storm`).
 //! - [`verdict`]: the correctness checks of a finished rush (exact sell-out, no oversell,
 //!   per-user limit, ListMyOrders and the final WatchSale snapshot agree).
 //! - [`stats`]: throughput and HDR latency percentiles, printed and as `name value` figures.
@@ -23,6 +25,7 @@ pub mod rehearse;
 pub mod rush;
 pub mod setup;
 pub mod stats;
+pub mod storm;
 pub mod target;
 pub mod verdict;
 pub mod watch;

@@ -12,6 +12,7 @@ use crate::cli::{RehearseArgs, RushOptions};
 use crate::rush::{self, Outcome, RushPlan, RushResult};
 use crate::setup::{self, Buyer, BuyerSource, SaleSpec};
 use crate::stats::{self, per_sec, Figures, Percentiles};
+use crate::storm::Storm;
 use crate::target::Session;
 use crate::verdict::{self, Evidence, Verdict};
 
@@ -34,6 +35,10 @@ pub struct Scenario {
     pub concurrency: usize,
     /// Rate cap, retries, seed, buyer tokens, figures file.
     pub options: RushOptions,
+    /// Callers that give up, if any.
+    pub abandon: Option<rush::Abandon>,
+    /// Longest one retry call of a come-back caller may take.
+    pub retry_bound: Duration,
 }
 
 impl From<&RehearseArgs> for Scenario {
@@ -47,6 +52,12 @@ impl From<&RehearseArgs> for Scenario {
             per_user_limit: a.per_user_limit,
             concurrency: a.concurrency,
             options: a.rush.clone(),
+            abandon: (a.abandon > 0.0).then(|| rush::Abandon {
+                ratio: a.abandon,
+                within: Duration::from_millis(a.abandon_within_ms),
+                retry_ratio: a.abandon_retry,
+            }),
+            retry_bound: Duration::from_millis(a.retry_bound_ms),
         }
     }
 }
@@ -155,6 +166,8 @@ pub async fn run_rush(session: &Session, scenario: &Scenario, prepared: &Prepare
         rate: scenario.options.rate,
         max_retries: scenario.options.max_retries,
         key_prefix: format!("lg-{}", prepared.tag),
+        abandon: scenario.abandon,
+        seed: scenario.options.seed.unwrap_or_else(rand::random),
     };
     let progress = stats::progress_bar(scenario.attempts as u64, "purchasing");
     let cpu = CpuMeter::start(session.server_pid);
@@ -208,6 +221,11 @@ pub async fn finish(
     feed: tokio::task::JoinHandle<FeedLog>,
 ) -> anyhow::Result<Finished> {
     let sale_id = prepared.sale.id.as_str();
+    // Before anything ends the sale: with callers that gave up, nothing may be left in flight.
+    let after_rush = match scenario.abandon {
+        Some(_) => Some(setup::get_sale(session, sale_id).await?),
+        None => None,
+    };
     let ended = setup::end_sale_if_open(session, sale_id).await?;
     if ended.end_reason() != pb::EndReason::SoldOut {
         println!("the sale did not sell out; ended it ({:?})", ended.end_reason());
@@ -229,6 +247,9 @@ pub async fn finish(
         sale: &sale,
         final_snapshot,
         listed: &listed,
+        abandon: after_rush
+            .as_ref()
+            .map(|after_rush| verdict::AbandonEvidence { after_rush, retry_bound: scenario.retry_bound }),
     });
     Ok(Finished { sale, feed, verdict })
 }
@@ -320,21 +341,66 @@ pub fn write_chart(
     Ok(())
 }
 
-/// `loadgen rehearse`.
+/// `loadgen rehearse`. With `--sign-in-storm N`, the rush runs twice on fresh sales: as asked,
+/// then during a storm of N callers signing in, and both throughputs are reported.
 pub async fn run(args: RehearseArgs) -> anyhow::Result<Report> {
     let session = Session::open(&args.target).await?;
     println!("server: {}", session.addr);
     let scenario = Scenario::from(&args);
-    let prepared = prepare(&session, &scenario).await?;
-    let epoch = Instant::now();
-    let feed = follow_feed(&session, &prepared.sale.id, epoch).await?;
-    let rush = run_rush(&session, &scenario, &prepared, epoch).await;
-    let finished = finish(&session, &scenario, &prepared, &rush, feed).await?;
-
     let mut figures = Figures::default();
+    let (verdict, sale) = if args.sign_in_storm == 0 {
+        let (finished, _) = rehearse_once(&session, &scenario, &args, &mut figures).await?;
+        (finished.verdict, finished.sale)
+    } else {
+        let mut calm = Figures::default();
+        let (baseline, calm_rate) = rehearse_once(&session, &scenario, &args, &mut calm).await?;
+        println!();
+        println!("the same rush again, during a sign-in storm of {} callers:", args.sign_in_storm);
+        let storm = Storm::start(session.pool.clone(), args.sign_in_storm, &crate::setup::run_tag());
+        let (mut stormy, storm_rate) = rehearse_once(&session, &scenario, &args, &mut figures).await?;
+        let storm = storm.stop().await;
+        storm.report(&mut figures);
+        let ratio = storm_rate / calm_rate.max(f64::MIN_POSITIVE);
+        println!("throughput: {calm_rate:.0} acknowledged purchases/s alone, {storm_rate:.0}/s during the storm: {ratio:.2}×");
+        figures.add("calm_purchases_per_sec", format!("{calm_rate:.1}"));
+        figures.add("storm_ratio", format!("{ratio:.3}"));
+        stormy.verdict.checks.push(crate::verdict::Check {
+            name: "the rush without the storm passed too",
+            passed: baseline.verdict.passed(),
+            detail: format!("sold {} of {}", baseline.sale.sold, baseline.sale.allocated),
+        });
+        print!("{}", stormy.verdict.render());
+        (stormy.verdict, stormy.sale)
+    };
+    if let Some(path) = &scenario.options.figures {
+        figures.write(path)?;
+    }
+    if let Some(server) = session.server {
+        server.stop().await;
+    }
+    Ok(Report { verdict, sale, figures })
+}
+
+/// Prepares a sale, rushes it, finishes and judges it, prints and adds the figures; returns the
+/// outcome and the acknowledged purchases/s.
+async fn rehearse_once(
+    session: &Session,
+    scenario: &Scenario,
+    args: &RehearseArgs,
+    figures: &mut Figures,
+) -> anyhow::Result<(Finished, f64)> {
+    let prepared = prepare(session, scenario).await?;
+    let epoch = Instant::now();
+    let feed = follow_feed(session, &prepared.sale.id, epoch).await?;
+    let rush = run_rush(session, scenario, &prepared, epoch).await;
+    let finished = finish(session, scenario, &prepared, &rush, feed).await?;
+
     figures.add("buyers_source", if prepared.source == BuyerSource::Minted { "minted" } else { "registered" });
-    rush_figures(&rush, &mut figures);
-    verdict_figures(&finished, &mut figures);
+    rush_figures(&rush, figures);
+    if scenario.abandon.is_some() {
+        abandon_figures(&rush, figures);
+    }
+    verdict_figures(&finished, figures);
     if let Some(path) = &args.chart {
         let title = format!(
             "rehearsal: {} buyers, {} units, concurrency {}",
@@ -342,11 +408,31 @@ pub async fn run(args: RehearseArgs) -> anyhow::Result<Report> {
         );
         write_chart(path, title, &rush, &finished.feed, finished.sale.allocated)?;
     }
-    if let Some(path) = &scenario.options.figures {
-        figures.write(path)?;
-    }
-    if let Some(server) = session.server {
-        server.stop().await;
-    }
-    Ok(Report { verdict: finished.verdict, sale: finished.sale, figures })
+    let acks = rush.records.iter().filter(|r| matches!(r.outcome, Outcome::Acked { .. })).count();
+    Ok((finished, per_sec(acks as u64, rush.elapsed)))
+}
+
+/// What the callers that gave up did, and how long the sale took to sell its last unit.
+fn abandon_figures(rush: &RushResult, figures: &mut Figures) {
+    let gave_up = rush.records.iter().filter(|r| r.gave_up.is_some()).count();
+    let came_back = rush.records.iter().filter(|r| r.longest_retry_call.is_some()).count();
+    let start = rush.records.iter().map(|r| r.start).min().unwrap_or_default();
+    let last_unit = rush
+        .records
+        .iter()
+        .filter(|r| r.acked_units() > 0)
+        .map(|r| r.end)
+        .max()
+        .unwrap_or_default()
+        .saturating_sub(start);
+    let longest_retry = rush.records.iter().filter_map(|r| r.longest_retry_call).max().unwrap_or_default();
+    println!(
+        "callers that gave up: {gave_up} ({came_back} came back with their key; longest retry call {} ms); last unit sold {:.3} s after the first attempt",
+        longest_retry.as_millis(),
+        last_unit.as_secs_f64()
+    );
+    figures.add("gave_up", gave_up);
+    figures.add("came_back", came_back);
+    figures.add("longest_retry_call_ms", longest_retry.as_millis());
+    figures.add("last_unit_s", format!("{:.3}", last_unit.as_secs_f64()));
 }

@@ -31,6 +31,7 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(6 * 3600);
 pub struct Pool {
     channels: Vec<Channel>,
     next: AtomicUsize,
+    endpoint: Endpoint,
 }
 
 impl Pool {
@@ -44,7 +45,12 @@ impl Pool {
         for _ in 0..count.max(1) {
             channels.push(endpoint.connect().await.with_context(|| format!("connecting to {addr}"))?);
         }
-        Ok(Self { channels, next: AtomicUsize::new(0) })
+        Ok(Self { channels, next: AtomicUsize::new(0), endpoint })
+    }
+
+    /// A new connection of its own (closed when its last handle is dropped).
+    pub async fn fresh_channel(&self) -> anyhow::Result<Channel> {
+        self.endpoint.connect().await.context("opening a connection")
     }
 
     /// The next connection in turn.

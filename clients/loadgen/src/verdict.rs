@@ -61,6 +61,16 @@ pub struct Evidence<'a> {
     pub final_snapshot: Option<&'a pb::SaleSnapshot>,
     /// ListMyOrders of each buyer in the sale, indexed like `buyers`.
     pub listed: &'a [Vec<pb::Order>],
+    /// With callers that gave up: what else is checked.
+    pub abandon: Option<AbandonEvidence<'a>>,
+}
+
+/// What a rush with callers that gave up must show besides.
+pub struct AbandonEvidence<'a> {
+    /// GetSale right after the rush, before anything ended the sale.
+    pub after_rush: &'a pb::Sale,
+    /// Longest one retry call of a come-back caller may take.
+    pub retry_bound: std::time::Duration,
 }
 
 /// Judges a finished rush.
@@ -72,6 +82,8 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
     let mut refusals: BTreeMap<String, u64> = BTreeMap::new();
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     let mut stock_refused_quantities: Vec<u32> = Vec::new();
+    // Keys of callers that gave up for good: their orders may be durable all the same.
+    let mut abandoned_keys: HashSet<&str> = HashSet::new();
     for r in e.records {
         match &r.outcome {
             Outcome::Acked { order_id, quantity, .. } => {
@@ -86,8 +98,15 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
             Outcome::Failed(refusal) => {
                 *failures.entry(format!("{} ({})", refusal.label(), refusal.message)).or_default() += 1;
             }
+            Outcome::Abandoned => {
+                abandoned_keys.insert(r.key.as_str());
+            }
         }
     }
+    // Orders of those keys, from ListMyOrders.
+    let abandoned_durable: Vec<&pb::Order> =
+        e.listed.iter().flatten().filter(|o| abandoned_keys.contains(o.idempotency_key.as_str())).collect();
+    let abandoned_units: i64 = abandoned_durable.iter().map(|o| i64::from(o.quantity)).sum();
     let acked_sum: i64 = acked.values().map(|&(_, q)| i64::from(q)).sum();
 
     let unexpected: Vec<String> = refusals
@@ -103,7 +122,14 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
         .iter()
         .filter(|r| matches!(&r.outcome, Outcome::Refused(f) if f.reason == "SALE_ENDED" && !f.is_stock()))
         .count();
-    let summary: Vec<String> = refusals.iter().map(|(l, n)| format!("{n}× {l}")).collect();
+    let mut summary: Vec<String> = refusals.iter().map(|(l, n)| format!("{n}× {l}")).collect();
+    if !abandoned_keys.is_empty() {
+        summary.push(format!(
+            "{}× abandoned for good ({} of them bought all the same)",
+            abandoned_keys.len(),
+            abandoned_durable.len()
+        ));
+    }
     verdict.check(
         "only stock or limit refusals",
         unexpected.is_empty() && odd_ends == 0,
@@ -125,8 +151,12 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
     let (allocated, sold) = (e.sale.allocated, e.sale.sold);
     verdict.check(
         "no oversell",
-        sold <= allocated && acked_sum == sold,
-        format!("GetSale sold {sold} of {allocated} allocated; acknowledged orders sum to {acked_sum}"),
+        sold <= allocated && acked_sum + abandoned_units == sold,
+        if abandoned_units > 0 {
+            format!("GetSale sold {sold} of {allocated} allocated; acknowledged orders sum to {acked_sum}, orders of callers that gave up to {abandoned_units}")
+        } else {
+            format!("GetSale sold {sold} of {allocated} allocated; acknowledged orders sum to {acked_sum}")
+        },
     );
 
     // Sold out, or no refused buyer asked for what is still left.
@@ -170,6 +200,9 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
     for (i, orders) in e.listed.iter().enumerate() {
         for order in orders {
             listed_ids.insert(order.id.as_str());
+            if abandoned_keys.contains(order.idempotency_key.as_str()) {
+                continue; // bought by a caller that gave up: counted above
+            }
             let ours =
                 acked.get(order.id.as_str()).is_none_or(|&(buyer, q)| buyer as usize == i && q == order.quantity);
             if order.buyer_id != e.buyers[i].id || order.sale_id != e.sale.id || !ours {
@@ -178,7 +211,7 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
         }
     }
     let missing = acked.keys().filter(|id| !listed_ids.contains(*id)).count();
-    let extra = listed_ids.iter().filter(|id| !acked.contains_key(*id)).count();
+    let extra = listed_ids.iter().filter(|id| !acked.contains_key(*id)).count().saturating_sub(abandoned_durable.len());
     let listed_sum: u64 = listed_by_buyer.iter().sum();
     verdict.check(
         "ListMyOrders holds every acknowledged order",
@@ -189,14 +222,54 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
         ),
     );
 
+    if let Some(abandon) = &e.abandon {
+        let rushed = abandon.after_rush;
+        verdict.check(
+            "nothing left in flight",
+            rushed.sold + rushed.remaining == rushed.allocated,
+            format!(
+                "after the rush: sold {} + remaining {} of {} allocated ({:?})",
+                rushed.sold,
+                rushed.remaining,
+                rushed.allocated,
+                rushed.status()
+            ),
+        );
+        verdict.check(
+            "sold out while buyers asked",
+            e.sale.end_reason() == pb::EndReason::SoldOut && sold == allocated,
+            format!("ended {:?}, sold {sold} of {allocated}", e.sale.end_reason()),
+        );
+        let came_back: Vec<&AttemptRecord> = e.records.iter().filter(|r| r.longest_retry_call.is_some()).collect();
+        let unanswered =
+            came_back.iter().filter(|r| !matches!(r.outcome, Outcome::Acked { .. } | Outcome::Refused(_))).count();
+        let longest = came_back.iter().filter_map(|r| r.longest_retry_call).max().unwrap_or_default();
+        verdict.check(
+            "every come-back caller answered within the bound",
+            unanswered == 0 && longest <= abandon.retry_bound,
+            format!(
+                "{} abandoned keys retried: {unanswered} without an answer; longest call {} ms (bound {} ms)",
+                came_back.len(),
+                longest.as_millis(),
+                abandon.retry_bound.as_millis()
+            ),
+        );
+    }
+
     match e.final_snapshot {
         Some(s) => verdict.check(
             "final WatchSale snapshot agrees",
             s.status() == pb::SaleStatus::Ended
-                && s.sold == acked_sum
+                && s.sold == acked_sum + abandoned_units
                 && s.sold == sold
                 && s.remaining == allocated - sold,
-            format!("{:?} snapshot: sold {}, remaining {}; orders sum to {acked_sum}", s.status(), s.sold, s.remaining),
+            format!(
+                "{:?} snapshot: sold {}, remaining {}; orders sum to {}",
+                s.status(),
+                s.sold,
+                s.remaining,
+                acked_sum + abandoned_units
+            ),
         ),
         None => verdict.check("final WatchSale snapshot agrees", false, "the feed delivered no ENDED snapshot".into()),
     }
@@ -216,20 +289,28 @@ mod tests {
 
     fn acked(buyer: u32, id: &str, quantity: u32) -> AttemptRecord {
         let outcome = Outcome::Acked { order_id: id.into(), quantity, replayed: false };
-        AttemptRecord { buyer, quantity, start: Duration::ZERO, end: Duration::from_millis(1), calls: 1, outcome }
+        record(buyer, quantity, outcome)
     }
 
-    fn sold_out(buyer: u32, quantity: u32) -> AttemptRecord {
-        let mut refusal = Refusal::from_status(&tonic::Status::resource_exhausted("sold out"));
-        refusal.reason = "SOLD_OUT".into();
+    fn record(buyer: u32, quantity: u32, outcome: Outcome) -> AttemptRecord {
         AttemptRecord {
             buyer,
             quantity,
             start: Duration::ZERO,
             end: Duration::from_millis(1),
             calls: 1,
-            outcome: Outcome::Refused(refusal),
+            outcome,
+            key: format!("k{buyer}-{quantity}"),
+            gave_up: None,
+            comes_back: false,
+            longest_retry_call: None,
         }
+    }
+
+    fn sold_out(buyer: u32, quantity: u32) -> AttemptRecord {
+        let mut refusal = Refusal::from_status(&tonic::Status::resource_exhausted("sold out"));
+        refusal.reason = "SOLD_OUT".into();
+        record(buyer, quantity, Outcome::Refused(refusal))
     }
 
     fn order(id: &str, buyer: &str, quantity: u32) -> pb::Order {
@@ -257,6 +338,7 @@ mod tests {
             sale: &sale,
             final_snapshot: Some(&snapshot),
             listed: &listed,
+            abandon: None,
         };
         let verdict = judge(&e);
         assert!(verdict.passed(), "{}", verdict.render());
@@ -275,6 +357,7 @@ mod tests {
             sale: &sale,
             final_snapshot: Some(&snapshot),
             listed: &listed,
+            abandon: None,
         };
         let verdict = judge(&e);
         let failed: Vec<&str> = verdict.checks.iter().filter(|c| !c.passed).map(|c| c.name).collect();
@@ -302,9 +385,56 @@ mod tests {
             sale: &sale,
             final_snapshot: Some(&snapshot),
             listed: &listed,
+            abandon: None,
         };
         let verdict = judge(&e);
         assert!(!verdict.passed());
         assert!(!verdict.checks[2].passed, "{}", verdict.render());
+    }
+
+    #[test]
+    fn orders_of_callers_that_gave_up_count_but_strangers_do_not() {
+        let buyers = [buyer(0), buyer(1)];
+        let mut gone = record(1, 1, Outcome::Abandoned);
+        gone.key = "left".into();
+        let records = [acked(0, "o1", 2), gone];
+        let mut bought_anyway = order("o2", "b1", 1);
+        bought_anyway.idempotency_key = "left".into();
+        let (sale, snapshot, after) = (sale(3, 3), ended(3, 0), sale(3, 3));
+        let mut sold_out = sale.clone();
+        sold_out.end_reason = pb::EndReason::SoldOut as i32;
+        let listed = [vec![order("o1", "b0", 2)], vec![bought_anyway.clone()]];
+        let abandon = || Some(AbandonEvidence { after_rush: &after, retry_bound: Duration::from_secs(5) });
+        let e = Evidence {
+            records: &records,
+            buyers: &buyers,
+            per_user_limit: 0,
+            sale: &sold_out,
+            final_snapshot: Some(&snapshot),
+            listed: &listed,
+            abandon: abandon(),
+        };
+        let verdict = judge(&e);
+        assert!(verdict.passed(), "{}", verdict.render());
+
+        // The same order under a key nobody used: not accounted for.
+        let mut stranger = bought_anyway;
+        stranger.idempotency_key = "unknown".into();
+        let listed = [vec![order("o1", "b0", 2)], vec![stranger]];
+        let verdict = judge(&Evidence { listed: &listed, ..e });
+        assert!(!verdict.passed(), "{}", verdict.render());
+
+        // Units left in flight after the rush fail the check of their own.
+        let mut stuck = sale.clone();
+        stuck.remaining = 0;
+        stuck.sold = 2;
+        let listed = [vec![order("o1", "b0", 2)], vec![order("o2", "b1", 1)]];
+        let e = Evidence {
+            listed: &listed,
+            abandon: Some(AbandonEvidence { after_rush: &stuck, retry_bound: Duration::from_secs(5) }),
+            ..e
+        };
+        let verdict = judge(&e);
+        assert!(verdict.checks.iter().any(|c| c.name == "nothing left in flight" && !c.passed), "{}", verdict.render());
     }
 }

@@ -48,6 +48,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<Report> {
         per_user_limit: 0,
         concurrency: args.concurrency,
         options: args.rush.clone(),
+        abandon: None,
+        retry_bound: Duration::ZERO,
     };
     let prepared = rehearse::prepare(&session, &scenario).await?;
     let sale_id = prepared.sale.id.clone();
@@ -247,6 +249,10 @@ mod tests {
             end: Duration::from_millis(end_ms),
             calls: 1,
             outcome: Outcome::Acked { order_id: format!("o{end_ms}"), quantity, replayed: false },
+            key: format!("k{end_ms}"),
+            gave_up: None,
+            comes_back: false,
+            longest_retry_call: None,
         }
     }
 

@@ -153,3 +153,73 @@ async fn flood_and_watch_pass_their_verdicts() {
     assert_eq!(watch.figures.get("watchers_saw_end"), Some("50"));
     assert_eq!(watch.figures.get("delivery_undelivered"), Some("0"));
 }
+
+/// Half the callers give up (deadline, dropped call, closed connection) within 20 ms, half of
+/// those come back with their key; patient buyers finish the sale. The verdict checks that the
+/// sale sold out, nothing was left in flight, every come-back caller was answered within the
+/// bound, and every order (acknowledged or bought by a caller who left) is accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_give_up_leave_nothing_behind() {
+    let server = start_server().await;
+    let args = [
+        "rehearse",
+        "--jwt-secret",
+        SECRET,
+        "--mint-tokens",
+        "--buyers",
+        "200",
+        "--attempts-per-buyer",
+        "2",
+        "--max-qty",
+        "2",
+        "--units",
+        "400",
+        "--concurrency",
+        "64",
+        "--abandon",
+        "0.5",
+        "--abandon-within-ms",
+        "20",
+    ];
+    let report = loadgen(&server, &args).await;
+    assert!(report.verdict.passed(), "{}", report.verdict.render());
+    let names: Vec<&str> = report.verdict.checks.iter().map(|c| c.name).collect();
+    for check in
+        ["nothing left in flight", "sold out while buyers asked", "every come-back caller answered within the bound"]
+    {
+        assert!(names.contains(&check), "the verdict checks {check:?}: {names:?}");
+    }
+    assert_eq!((report.sale.sold, report.sale.remaining), (400, 0));
+    let gave_up: usize = report.figures.get("gave_up").unwrap().parse().unwrap();
+    assert!(gave_up > 100, "about half of 400 attempts gave up: {gave_up}");
+    assert!(report.figures.get("came_back").unwrap().parse::<usize>().unwrap() > 0);
+}
+
+/// The sign-in storm runs the rush twice, without then with callers signing in, and reports both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_storm_is_measured_against_the_same_rush_without_it() {
+    let server = start_server().await;
+    let args = [
+        "rehearse",
+        "--jwt-secret",
+        SECRET,
+        "--mint-tokens",
+        "--buyers",
+        "400",
+        "--units",
+        "400",
+        "--max-qty",
+        "1",
+        "--rate",
+        "400",
+        "--sign-in-storm",
+        "4",
+    ];
+    let report = loadgen(&server, &args).await;
+    assert!(report.verdict.passed(), "{}", report.verdict.render());
+    let number =
+        |name: &str| -> f64 { report.figures.get(name).unwrap_or_else(|| panic!("no {name} figure")).parse().unwrap() };
+    assert!(number("calm_purchases_per_sec") > 0.0 && number("purchases_per_sec") > 0.0);
+    assert!(number("storm_ratio") > 0.0);
+    assert!(number("storm_sign_ins") + number("storm_busy") > 0.0, "the storm called the server");
+}
