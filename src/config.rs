@@ -95,9 +95,10 @@ pub struct SettingsArgs {
     /// (ms); past it the retry answers UNAVAILABLE (retry with the same key).
     #[arg(long, env = "IN_FLIGHT_WAIT_MS", default_value_t = 3000)]
     pub in_flight_wait_ms: u64,
-    /// Threads hashing passwords (Register, Login); default: a quarter of the cores, at least 1.
-    #[arg(long, env = "AUTH_THREADS")]
-    pub auth_threads: Option<usize>,
+    /// CPU password hashing (Register, Login) may use, in cores (fractions allowed); default: a
+    /// quarter of the cores, at least 0.5.
+    #[arg(long, env = "AUTH_CORES", value_parser = parse_cores)]
+    pub auth_cores: Option<f64>,
     /// Sign-ins that may wait for a hashing thread; more are refused at once (SIGN_IN_BUSY).
     #[arg(long, env = "AUTH_QUEUE", default_value_t = 32)]
     pub auth_queue: usize,
@@ -235,7 +236,7 @@ impl From<SettingsArgs> for Settings {
             shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
             in_flight_wait: Duration::from_millis(args.in_flight_wait_ms),
             password_pool: crate::passwords::PoolSize {
-                threads: args.auth_threads.unwrap_or_else(|| crate::passwords::PoolSize::default_for_machine().threads),
+                cores: args.auth_cores.unwrap_or_else(|| crate::passwords::PoolSize::default_for_machine().cores),
                 queue: args.auth_queue,
                 nice: args.auth_nice,
             },
@@ -246,5 +247,13 @@ impl From<SettingsArgs> for Settings {
             reconcile_interval: Duration::from_millis(args.backends.reconcile_interval_ms.max(100)),
             orphan_after: Duration::from_millis(args.backends.orphan_after_ms),
         }
+    }
+}
+
+/// A positive number of cores, at most 1024.
+fn parse_cores(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(cores) if cores > 0.0 && cores <= 1024.0 => Ok(cores),
+        _ => Err(format!("{raw:?} is not a number of cores in (0, 1024]")),
     }
 }

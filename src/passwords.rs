@@ -28,10 +28,10 @@ use tokio::sync::oneshot;
 use crate::domain::Password;
 
 /// How the pool is sized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PoolSize {
-    /// Hashing threads.
-    pub threads: usize,
+    /// CPU the hashing may use, in cores (fractions allowed, e.g. 0.5).
+    pub cores: f64,
     /// Sign-ins that may wait for a thread; more are refused at once.
     pub queue: usize,
     /// The threads' `nice` value (0 = the server's own priority, 19 = the lowest).
@@ -39,10 +39,20 @@ pub struct PoolSize {
 }
 
 impl PoolSize {
-    /// A quarter of the machine's cores (at least one), 32 waiting, nice 10.
+    /// A quarter of the machine's cores, at least half a core; 32 waiting; nice 10.
     pub fn default_for_machine() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Self { threads: (cores / 4).max(1), queue: 32, nice: 10 }
+        Self { cores: (cores as f64 / 4.0).max(0.5), queue: 32, nice: 10 }
+    }
+
+    /// Hashing threads: the share of cores, rounded up.
+    pub fn threads(&self) -> usize {
+        (self.cores.ceil() as usize).max(1)
+    }
+
+    /// Share of its time each thread may work (the rest it rests), in (0, 1].
+    pub fn duty(&self) -> f64 {
+        (self.cores / self.threads() as f64).clamp(0.01, 1.0)
     }
 }
 
@@ -85,26 +95,29 @@ impl std::fmt::Debug for PasswordPool {
 }
 
 impl PasswordPool {
-    /// Starts `size.threads` hashing threads (at least one).
+    /// Starts the hashing threads.
     pub fn start(size: PoolSize) -> std::io::Result<Self> {
-        let size = PoolSize { threads: size.threads.max(1), ..size };
         let (jobs, queue) = mpsc::sync_channel::<Job>(size.queue);
         let queue = Arc::new(Mutex::new(queue));
-        for i in 0..size.threads {
+        // After working for w, a thread rests w * rest so that it works `duty` of its time.
+        let rest = (1.0 - size.duty()) / size.duty();
+        for i in 0..size.threads() {
             let queue = queue.clone();
             std::thread::Builder::new().name(format!("flashsale-auth-{i}")).spawn(move || {
                 lower_priority(size.nice);
                 loop {
                     // std Mutex: the idle threads take turns waiting on the queue.
                     let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return, // the pool was dropped
+                    let Ok(job) = job else { return }; // the pool was dropped
+                    let started = Instant::now();
+                    job();
+                    if rest > 0.0 {
+                        std::thread::sleep(started.elapsed().mul_f64(rest));
                     }
                 }
             })?;
         }
-        metrics::gauge!("flashsale_auth_pool_threads").set(size.threads as f64);
+        metrics::gauge!("flashsale_auth_pool_threads").set(size.threads() as f64);
         Ok(Self { jobs: Mutex::new(jobs), size, mean_micros: Arc::new(AtomicU64::new(50_000)) })
     }
 
@@ -162,8 +175,8 @@ impl PasswordPool {
     /// Roughly how long the queue takes to drain: when a retry may find room.
     fn retry_after(&self) -> Duration {
         let mean = Duration::from_micros(self.mean_micros.load(Ordering::Relaxed));
-        let waves = (self.size.queue / self.size.threads + 1) as u32;
-        (mean * waves).clamp(Duration::from_millis(100), Duration::from_secs(5))
+        let waves = (self.size.queue / self.size.threads() + 1) as u32;
+        (mean * waves).div_f64(self.size.duty()).clamp(Duration::from_millis(100), Duration::from_secs(5))
     }
 }
 
@@ -195,7 +208,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_with_argon2id_and_verifies() {
-        let pool = PasswordPool::start(PoolSize { threads: 1, queue: 4, nice: 0 }).unwrap();
+        let pool = PasswordPool::start(PoolSize { cores: 1.0, queue: 4, nice: 0 }).unwrap();
         let hash = pool.hash(password("correct horse")).await.unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
         assert!(pool.verify(password("correct horse"), hash.clone()).await.unwrap());
@@ -208,8 +221,8 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_at_once_when_every_thread_and_the_queue_are_taken() {
-        let pool = Arc::new(PasswordPool::start(PoolSize { threads: 1, queue: 1, nice: 0 }).unwrap());
-        assert_eq!(pool.size().threads, 1);
+        let pool = Arc::new(PasswordPool::start(PoolSize { cores: 1.0, queue: 1, nice: 0 }).unwrap());
+        assert_eq!(pool.size().threads(), 1);
         // Hold the only thread until released.
         let (release, held) = std::sync::mpsc::channel::<()>();
         let (running, started) = oneshot::channel();
@@ -235,5 +248,15 @@ mod tests {
         release.send(()).unwrap();
         blocker.await.unwrap().unwrap();
         assert!(queued.await.unwrap().starts_with("$argon2id$"), "the queued sign-in is served");
+    }
+
+    #[test]
+    fn a_share_of_cores_is_whole_threads_working_part_of_the_time() {
+        let half = PoolSize { cores: 0.5, queue: 0, nice: 10 };
+        assert_eq!((half.threads(), half.duty()), (1, 0.5));
+        let two = PoolSize { cores: 2.0, ..half };
+        assert_eq!((two.threads(), two.duty()), (2, 1.0));
+        let odd = PoolSize { cores: 1.5, ..half };
+        assert_eq!((odd.threads(), odd.duty()), (2, 0.75));
     }
 }

@@ -316,8 +316,8 @@ async fn sign_ins_beyond_the_hashing_pool_are_refused_at_once() {
         "sign-in-storm-secret-long-enough-for-hs256",
         "--ip-logins-per-sec",
         "0",
-        "--auth-threads",
-        "1",
+        "--auth-cores",
+        "0.5",
         "--auth-queue",
         "0",
     ]);
