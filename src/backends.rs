@@ -11,9 +11,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::domain::SaleId;
 use crate::store::embedded::{MemoryHot, RedbRecords};
-use crate::store::{HotStore, RecordStore};
+use crate::store::{ChangeSink, HotStore, RecordStore};
 
 /// The two backends the service runs on, and where other nodes' changes come from.
 pub struct Backends {
@@ -39,9 +38,9 @@ impl ChangeSource {
         Self { uri: uri.to_owned(), prefix: prefix.to_owned() }
     }
 
-    /// Calls `on_change(sale)` for every change another node makes, until `shutdown`.
-    pub fn spawn(&self, on_change: Arc<dyn Fn(SaleId) + Send + Sync>, shutdown: CancellationToken) -> JoinHandle<()> {
-        crate::store::redis::spawn_change_listener(&self.uri, &self.prefix, on_change, shutdown)
+    /// Tells `sink` of every change another node makes, until `shutdown`.
+    pub fn spawn(&self, sink: Arc<dyn ChangeSink>, shutdown: CancellationToken) -> JoinHandle<()> {
+        crate::store::redis::spawn_change_listener(&self.uri, &self.prefix, sink, shutdown)
     }
 }
 

@@ -15,6 +15,15 @@
 //! A feed closes at shutdown: the hub drops every sender, so every stream following a feed sees
 //! the channel closed and ends. That costs one wake-up per sale; a shutdown future in each
 //! stream would cost every message sent two locks shared by all the streams.
+//!
+//! A feed never freezes while its sale exists. It reads through a [`SaleSource`] (the
+//! application), which rebuilds a sale's hot state from the record when the hot store lost it
+//! (a Redis restarted empty) instead of answering "no such sale"; a read that fails is tried
+//! again; and besides the changes it is told of, each feed reads its sale every
+//! [`REFRESH`], so a change nobody reported (a notification lost while a node's subscription
+//! was down) still reaches its watchers. A feed ends when its sale ends (after publishing the
+//! ENDED state, and its entry leaves the hub), and when the record no longer has the sale
+//! (its watchers are told NOT_FOUND).
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock, Weak};
@@ -26,7 +35,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::domain::{SaleId, SaleStatus, UnixMillis};
-use crate::store::{HotStore, SaleView};
+use crate::service::ServiceError;
+use crate::store::SaleView;
+
+/// Longest a feed goes without reading its sale, changes or not.
+pub const REFRESH: Duration = Duration::from_secs(1);
+
+/// Pause after a failed read before the next.
+const RETRY_READ: Duration = Duration::from_millis(200);
+
+/// Where feeds read a sale's live state.
+#[async_trait::async_trait]
+pub trait SaleSource: Send + Sync + 'static {
+    /// The sale's live state; `Ok(None)` when the sale does not exist (gone for good).
+    async fn current(&self, sale: &SaleId) -> Result<Option<SaleView>, ServiceError>;
+}
 
 /// One published state of a sale: what its watchers are sent until the next publish.
 #[derive(Debug)]
@@ -37,12 +60,19 @@ pub struct Published {
     pub at: UnixMillis,
     /// The state as the watchers' streams send it, made once (see [`Published::encoded`]).
     encoded: OnceLock<Bytes>,
+    /// The sale no longer exists (the record lost it): the streams end with NOT_FOUND.
+    pub gone: bool,
 }
 
 impl Published {
     /// A state read at `at`, not encoded yet.
     pub fn new(view: SaleView, at: UnixMillis) -> Self {
-        Self { view, at, encoded: OnceLock::new() }
+        Self { view, at, encoded: OnceLock::new(), gone: false }
+    }
+
+    /// Whether the feed ends with this state.
+    pub fn is_last(&self) -> bool {
+        self.gone || self.view.status == SaleStatus::Ended
     }
 
     /// The state's encoded form: `encode(view, at)` the first time (concurrent callers wait for
@@ -62,10 +92,11 @@ type Upstreams = RwLock<HashMap<SaleId, Arc<Upstream>>>;
 /// Publishes each sale's live state to its watchers.
 pub struct FeedHub {
     /// std RwLock: every purchase takes the read side to find its sale's upstream (no
-    /// contention between purchases); the write side only inserts an upstream, and empties the
-    /// map at shutdown. Never held across an `.await`.
+    /// contention between purchases); the write side only inserts or removes an upstream, and
+    /// empties the map at shutdown. Never held across an `.await`.
     upstreams: Arc<Upstreams>,
-    hot: Arc<dyn HotStore>,
+    /// The application (weak: it owns the hub).
+    source: Weak<dyn SaleSource>,
     /// Stamps each published state.
     clock: Arc<dyn Clock>,
     interval: Duration,
@@ -81,13 +112,25 @@ struct Upstream {
 }
 
 impl FeedHub {
-    /// A hub reading sale state from `hot`, publishing at most once per `interval` per sale,
+    /// A hub reading sale state from `source`, publishing at most once per `interval` per sale,
     /// each state stamped with `clock`'s time, and closing every feed at `shutdown`. Must be
     /// called inside the runtime.
-    pub fn new(hot: Arc<dyn HotStore>, clock: Arc<dyn Clock>, interval: Duration, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        source: Weak<dyn SaleSource>,
+        clock: Arc<dyn Clock>,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
         let upstreams = Arc::<Upstreams>::default();
         tokio::spawn(close_at_shutdown(Arc::downgrade(&upstreams), shutdown.clone()));
-        Self { upstreams, hot, clock, interval, shutdown }
+        Self { upstreams, source, clock, interval, shutdown }
+    }
+
+    /// Marks every feed changed (changes may have been missed).
+    pub fn touch_all(&self) {
+        for upstream in self.upstreams.read().unwrap_or_else(|e| e.into_inner()).values() {
+            upstream.dirty.notify_one();
+        }
     }
 
     /// Marks a sale changed; its watchers see the change within one interval.
@@ -117,43 +160,78 @@ impl FeedHub {
         let (latest, receiver) = watch::channel(Arc::new(Published::new(current, now)));
         let upstream = Arc::new(Upstream { dirty: Notify::new(), latest });
         upstreams.insert(sale.clone(), upstream.clone());
-        let task = publish(upstream, sale, self.hot.clone(), self.clock.clone(), self.interval, self.shutdown.clone());
+        let feed = PublishTask { upstream, sale, hub: Arc::downgrade(&self.upstreams) };
+        let task = feed.publish(self.source.clone(), self.clock.clone(), self.interval, self.shutdown.clone());
         tokio::spawn(task);
         receiver
     }
 }
 
-async fn publish(
+/// What a sale's publish task holds.
+struct PublishTask {
     upstream: Arc<Upstream>,
     sale: SaleId,
-    hot: Arc<dyn HotStore>,
-    clock: Arc<dyn Clock>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    // A state read before the upstream existed may be stale: publish once right away.
-    upstream.dirty.notify_one();
-    loop {
-        if upstream.latest.borrow().view.status == SaleStatus::Ended {
-            return;
+    hub: Weak<Upstreams>,
+}
+
+impl PublishTask {
+    /// Reads the sale whenever it is marked changed (or every [`REFRESH`]) and publishes what
+    /// is newer, at most once per `interval`, until the sale ends, the record loses it, or
+    /// shutdown.
+    async fn publish(
+        self,
+        source: Weak<dyn SaleSource>,
+        clock: Arc<dyn Clock>,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
+        // A state read before the upstream existed may be stale: publish once right away.
+        self.upstream.dirty.notify_one();
+        while !self.upstream.latest.borrow().is_last() {
+            // Every wait ends at shutdown: the task's hold on the feed must go for it to close.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.upstream.dirty.notified() => {}
+                _ = tokio::time::sleep(REFRESH) => {}
+            }
+            let Some(source) = source.upgrade() else { return };
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                read = source.current(&self.sale) => read,
+            };
+            drop(source);
+            let pause = match read {
+                Ok(Some(view)) => {
+                    publish_if_newer(&self.upstream.latest, view, clock.now());
+                    interval
+                }
+                Ok(None) => {
+                    self.upstream.latest.send_modify(|published| {
+                        let mut last = Published::new(published.view.clone(), clock.now());
+                        last.gone = true;
+                        *published = Arc::new(last);
+                    });
+                    interval
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, sale = %self.sale, "feed could not read the sale; retrying");
+                    // Read again after the pause, whether or not anything else changes.
+                    self.upstream.dirty.notify_one();
+                    RETRY_READ.max(interval)
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = upstream.dirty.notified() => {}
-        }
-        // Every wait ends at shutdown: the task's hold on the feed must go for it to close.
-        let read = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            read = hot.view(&sale) => read,
-        };
-        match read {
-            Ok(Some(view)) => publish_if_newer(&upstream.latest, view, clock.now()),
-            Ok(None) => return,
-            Err(e) => tracing::warn!(error = %e, %sale, "feed could not read the sale; retrying"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+        // The sale ended (or is gone): its last state is published; the entry leaves the hub
+        // (a watcher arriving later starts a feed of its own from the final state).
+        if let Some(hub) = self.hub.upgrade() {
+            let mut upstreams = hub.write().unwrap_or_else(|e| e.into_inner());
+            if upstreams.get(&self.sale).is_some_and(|entry| Arc::ptr_eq(entry, &self.upstream)) {
+                upstreams.remove(&self.sale);
+            }
         }
     }
 }
@@ -173,6 +251,9 @@ fn publish_if_newer(latest: &watch::Sender<Arc<Published>>, view: SaleView, at: 
     latest.send_if_modified(|published| {
         let newer = view.version > published.view.version
             || (view.status == SaleStatus::Ended && published.view.status != SaleStatus::Ended);
+        if published.is_last() {
+            return false; // nothing follows the last state
+        }
         if newer {
             *published = Arc::new(Published::new(view, at));
         }

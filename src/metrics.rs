@@ -33,7 +33,7 @@ pub fn handle() -> PrometheusHandle {
             metrics::describe_histogram!("flashsale_commit_batch_orders", "Orders per group-commit write");
             metrics::describe_gauge!("flashsale_watchers", "Open feed streams");
             metrics::describe_counter!("flashsale_sales_ended_total", "Sales ended, by reason");
-            metrics::describe_gauge!("flashsale_units_in_flight", "Units reserved by this node and not yet settled");
+            metrics::describe_gauge!("flashsale_units_in_flight", "Units of an open sale reserved and not yet settled");
             metrics::describe_counter!("flashsale_settlements_total", "Reservations confirmed or released");
             metrics::describe_counter!("flashsale_record_retries_total", "MongoDB transactions retried");
             metrics::describe_gauge!("flashsale_auth_pool_threads", "Password hashing threads");

@@ -130,8 +130,16 @@ pub async fn run_with(
 
     let metrics_server = async {
         let Some(listener) = listeners.metrics else { return Ok(()) };
-        let router =
-            axum::Router::new().route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())));
+        // Live figures (units in flight per sale) are read from the hot state at each scrape.
+        let app = app.clone();
+        let scrape = move || {
+            let (app, metrics) = (app.clone(), metrics.clone());
+            async move {
+                app.report_live_metrics().await;
+                metrics.render()
+            }
+        };
+        let router = axum::Router::new().route("/metrics", axum::routing::get(scrape));
         axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await
     };
 

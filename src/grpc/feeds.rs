@@ -19,7 +19,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::clock::Clock;
-use crate::domain::{SaleId, SaleStatus, UnixMillis};
+use crate::domain::{SaleId, UnixMillis};
 use crate::feeds::{Feed, Published};
 use crate::pb;
 use crate::service::{App, ServiceError};
@@ -53,9 +53,10 @@ impl Drop for WatcherGauge {
     }
 }
 
-/// The current state, then the newest state after each change; ends after an ENDED state or
-/// when the feed closes (at shutdown, see [`crate::feeds`]).
-fn follow(receiver: Feed, feed: &'static str) -> impl Stream<Item = Arc<Published>> + Send {
+/// The current state, then the newest state after each change; ends after an ENDED state, with
+/// NOT_FOUND when the sale is gone for good, or when the feed closes (at shutdown, see
+/// [`crate::feeds`]).
+fn follow(receiver: Feed, feed: &'static str) -> impl Stream<Item = Result<Arc<Published>, Status>> + Send {
     let state = (receiver, true, WatcherGauge::new(feed));
     futures::stream::unfold(Some(state), |state| async move {
         let (mut receiver, first, gauge) = state?;
@@ -63,8 +64,11 @@ fn follow(receiver: Feed, feed: &'static str) -> impl Stream<Item = Arc<Publishe
             receiver.changed().await.ok()?;
         }
         let published = receiver.borrow_and_update().clone();
-        let next = (published.view.status != SaleStatus::Ended).then_some((receiver, false, gauge));
-        Some((published, next))
+        if published.gone {
+            return Some((Err(ServiceError::SaleNotFound.into()), None));
+        }
+        let next = (!published.is_last()).then_some((receiver, false, gauge));
+        Some((Ok(published), next))
     })
 }
 
@@ -97,7 +101,7 @@ impl pb::feeds_service_server::FeedsService for FeedsApi {
         let receiver = self.app.watch(&id).await?;
         let clock = self.clock.clone();
         let stream = follow(receiver, "watch_sale").enumerate().map(move |(i, published)| {
-            Ok(match i {
+            published.map(|published| match i {
                 0 => encode_snapshot(&published.view, clock.now()),
                 _ => shared_snapshot(&published),
             })
@@ -126,6 +130,10 @@ impl pb::feeds_service_server::FeedsService for FeedsApi {
         // Send only when this watcher's top N or the status changed.
         let mut last: Option<pb::LeaderboardSnapshot> = None;
         let stream = follow(receiver, "leaderboard").filter_map(move |published| {
+            let published = match published {
+                Ok(published) => published,
+                Err(status) => return futures::future::ready(Some(Err(status))),
+            };
             let board = leaderboard(&published.view, top_n);
             let changed = last.as_ref().is_none_or(|prev| {
                 prev.entries != board.entries || prev.status != board.status || prev.total_buyers != board.total_buyers
@@ -146,7 +154,7 @@ mod tests {
     use tonic_prost::ProstEncoder;
 
     use super::*;
-    use crate::domain::{EndReason, LeaderboardEntry, Money, ProductId, SaleRules};
+    use crate::domain::{EndReason, LeaderboardEntry, Money, ProductId, SaleRules, SaleStatus};
     use crate::grpc::codec::{PreEncoded, SNAPSHOT_BUFFER};
 
     /// An ended sale with every optional field set.

@@ -81,6 +81,8 @@ impl App {
             end_reason: None,
             ended_at: None,
             created_at: now,
+            // Its first hot state is built right below, from this record.
+            generation: 1,
         };
         let sale = match self.records.create_sale(sale).await {
             Err(StoreError::NotFound) => return Err(ServiceError::ProductNotFound),
@@ -199,7 +201,7 @@ fn view_of_record(sale: &SaleRecord) -> SaleView {
     SaleView {
         sale_id: sale.id.clone(),
         product_id: sale.product_id.clone(),
-        version: 1,
+        version: crate::store::first_version(sale.generation),
         rules: sale.rules,
         status: sale.status,
         end_reason: sale.end_reason,

@@ -19,6 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::future::Future;
+use std::sync::Weak;
+
+use futures::future::BoxFuture;
 
 use anyhow::Context;
 use tokio::sync::Notify;
@@ -29,10 +32,10 @@ use crate::auth::{JwtKeys, TokenError};
 use crate::backends::Backends;
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::domain::{EndReason, FieldViolation, PurchaseRefusal, SaleStatus};
-use crate::feeds::FeedHub;
+use crate::domain::{EndReason, FieldViolation, PurchaseRefusal, SaleId, SaleStatus};
+use crate::feeds::{FeedHub, SaleSource};
 use crate::passwords::{PasswordPool, PoolError};
-use crate::store::{HotError, HotStore, RecordStore, StoreError};
+use crate::store::{ChangeSink, HotError, HotStore, OrderRecord, RecordStore, SaleView, StoreError};
 
 pub use admin::NewSale;
 use committer::Committer;
@@ -168,6 +171,34 @@ pub struct App {
     /// it (see [`App::detached`]), and the background tasks; shutdown waits for them.
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// The application itself, for work it hands to tasks of their own (they outlive the call
+    /// that started them) and for the feeds, which read sales through it.
+    me: Weak<App>,
+    /// Counters of the purchase path, registered once (a lookup per call costs).
+    metrics: Settlements,
+    /// Sales whose units in flight were last reported (std Mutex: a scrape's bookkeeping).
+    reported: std::sync::Mutex<std::collections::HashSet<SaleId>>,
+}
+
+/// `flashsale_settlements_total{outcome,by}`: reservations confirmed or released by the purchase
+/// that made them, or by reconciliation's sweep of a dead node's.
+struct Settlements {
+    confirmed: metrics::Counter,
+    released: metrics::Counter,
+    swept_confirmed: metrics::Counter,
+    swept_released: metrics::Counter,
+}
+
+impl Settlements {
+    fn register() -> Self {
+        let counter = |outcome: &'static str, by: &'static str| metrics::counter!("flashsale_settlements_total", "outcome" => outcome, "by" => by);
+        Self {
+            confirmed: counter("confirmed", "purchase"),
+            released: counter("released", "purchase"),
+            swept_confirmed: counter("confirmed", "sweep"),
+            swept_released: counter("released", "sweep"),
+        }
+    }
 }
 
 impl App {
@@ -182,20 +213,24 @@ impl App {
     ) -> anyhow::Result<Arc<Self>> {
         let Backends { records, hot, shared } = backends;
         let tasks = TaskTracker::new();
-        let app = Arc::new(Self {
+        let passwords = PasswordPool::start(settings.password_pool).context("starting the password hashing threads")?;
+        let app = Arc::new_cyclic(|me: &Weak<App>| Self {
             committer: Committer::start(records.clone()),
-            feeds: FeedHub::new(hot.clone(), clock.clone(), settings.feed_interval, shutdown.clone()),
+            feeds: FeedHub::new(me.clone(), clock.clone(), settings.feed_interval, shutdown.clone()),
             records,
             hot,
             clock,
             keys,
-            passwords: PasswordPool::start(settings.password_pool).context("starting the password hashing threads")?,
+            passwords,
             token_ttl: settings.token_ttl,
             orphan_after: settings.orphan_after,
             in_flight_wait: settings.in_flight_wait,
             schedule_changed: Notify::new(),
             tasks,
             shutdown,
+            me: me.clone(),
+            metrics: Settlements::register(),
+            reported: Default::default(),
         });
         // Start-up work is not a request: nothing cancels it but the process ending, and after a
         // crash the next start does it again from the record.
@@ -205,18 +240,35 @@ impl App {
         }
         if let Some(changes) = shared {
             // Purchases on other nodes reach this node's watchers through the shared store.
-            let node = Arc::downgrade(&app);
-            let on_change = Arc::new(move |sale: crate::domain::SaleId| {
-                if let Some(app) = node.upgrade() {
-                    app.feeds.touch(&sale);
-                }
-            });
-            changes.spawn(on_change, app.shutdown.clone());
+            changes.spawn(Arc::new(NodeFeeds(Arc::downgrade(&app))), app.shutdown.clone());
             app.reconcile().await.context("reconciling Redis with the record")?;
             app.tasks.spawn(reconcile::run(app.clone(), settings.reconcile_interval));
         }
         app.tasks.spawn(scheduler::run(app.clone()));
         Ok(app)
+    }
+
+    /// Sets `flashsale_units_in_flight{sale}` of every open sale from its live state (units
+    /// reserved and not settled yet, on every node sharing it), and 0 for sales reported before
+    /// that are no longer open. Called when metrics are scraped: nothing on the purchase path.
+    pub async fn report_live_metrics(&self) {
+        let open = match self.hot.open_sales().await {
+            Ok(open) => open,
+            Err(error) => return tracing::debug!(error = ?error, "no live metrics this time"),
+        };
+        let mut now_open = std::collections::HashSet::new();
+        for (sale, _, _) in open {
+            if let Ok(Some(view)) = self.hot.view(&sale).await {
+                let in_flight = view.rules.allocated - view.sold - view.remaining;
+                metrics::gauge!("flashsale_units_in_flight", "sale" => sale.to_string()).set(in_flight as f64);
+                now_open.insert(sale);
+            }
+        }
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in reported.difference(&now_open) {
+            metrics::gauge!("flashsale_units_in_flight", "sale" => gone.to_string()).set(0.0);
+        }
+        *reported = now_open;
     }
 
     /// The token keys (for the auth interceptor).
@@ -247,17 +299,137 @@ impl App {
         }
     }
 
-    /// Loads every open sale's hot state from its durable orders, and ends sales that were
-    /// sold out when the process stopped.
+    /// Loads every open sale's hot state from its durable orders (a sale found sold out ends).
     async fn recover(&self) -> Result<(), ServiceError> {
         for sale in self.records.open_sales().await? {
-            let orders = self.records.orders_of_sale(&sale.id).await?;
-            self.hot.load_sale(&sale, &orders).await?;
-            if sale.sold >= sale.rules.allocated {
-                self.end_sale_now(&sale.id, EndReason::SoldOut).await?;
-            }
+            self.load_sale(&sale.id).await?;
             tracing::info!(sale = %sale.id, sold = sale.sold, allocated = sale.rules.allocated, "sale restored");
         }
         Ok(())
+    }
+
+    /// Loads a sale's hot state from the record if it is not loaded (a sale created by another
+    /// process, ended before this process started, or whose hot state the hot store lost). Each
+    /// load starts a new generation of the sale's versions, above every version an earlier hot
+    /// state published, so versions only grow across rebuilds and restarts. A sale the record
+    /// shows sold out but not ended (its last unit was committed by a process that died before
+    /// confirming it) is ended.
+    pub(super) async fn load_sale(&self, sale_id: &SaleId) -> Result<(), ServiceError> {
+        if self.hot.has_sale(sale_id).await? {
+            return Ok(());
+        }
+        let sale = match self.records.next_generation(sale_id).await {
+            Err(StoreError::NotFound) => return Err(ServiceError::SaleNotFound),
+            other => other?,
+        };
+        let orders = self.records.orders_of_sale(sale_id).await?;
+        // Reads, a generation bump that only raises future versions, then one atomic load that
+        // never replaces a loaded sale: safe to stop anywhere.
+        self.hot.load_sale(&sale, &orders).await?;
+        if sale.status != SaleStatus::Ended && sale.sold >= sale.rules.allocated {
+            self.end_sold_out(sale_id).await;
+        }
+        Ok(())
+    }
+
+    /// Confirms a durable order in the hot state (rebuilding a dropped sale first); returns
+    /// whether every allocated unit is now sold. Every confirm goes through here and then
+    /// through [`App::end_sold_out`]: a purchase's, and reconciliation's of a dead node's.
+    async fn confirm(&self, order: &OrderRecord) -> Result<bool, ServiceError> {
+        let confirmed = match self.hot.confirm(order).await {
+            // Dropped for a rebuild between commit and confirm: rebuild it now (it then holds
+            // this durable order) and confirm, which changes nothing more.
+            Err(HotError::Refused(PurchaseRefusal::SaleNotFound)) => {
+                self.load_sale(&order.sale_id).await?;
+                self.hot.confirm(order).await?
+            }
+            other => other?,
+        };
+        Ok(confirmed.sold_out)
+    }
+
+    /// The one place that ends a sale because it sold out, whoever settled its last unit: a
+    /// purchase, reconciliation, start-up recovery or a rebuild. Ending is idempotent; if the
+    /// record cannot be reached now, the end is retried in the background.
+    ///
+    /// A boxed future, not an `async fn`: ending a sale loads it first (`load_sale`), which may
+    /// end it, so the two futures would contain each other.
+    fn end_sold_out<'a>(&'a self, sale: &'a SaleId) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(error) = self.end_sale_now(sale, EndReason::SoldOut).await {
+                tracing::warn!(%sale, error = ?error, "could not end a sold-out sale; retrying in the background");
+                let sale = sale.clone();
+                self.retry_in_background(move |app| {
+                    let sale = sale.clone();
+                    Box::pin(async move { app.end_sale_now(&sale, EndReason::SoldOut).await })
+                });
+            }
+        })
+    }
+
+    /// Runs `work` again, with a growing pause, until it succeeds or the server stops (what is
+    /// left then is settled as a dead node's would be: by recovery or reconciliation). Tracked,
+    /// so shutdown waits for it within its grace period.
+    fn retry_in_background<F>(&self, work: F)
+    where
+        F: Fn(Arc<Self>) -> BoxFuture<'static, Result<(), ServiceError>> + Send + 'static,
+    {
+        let Some(app) = self.me.upgrade() else { return };
+        self.tasks.spawn(async move {
+            let mut pause = RETRY_FIRST;
+            loop {
+                tokio::select! {
+                    _ = app.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                match work(app.clone()).await {
+                    Ok(()) => return,
+                    Err(error) => tracing::debug!(error = ?error, "still failing; retrying"),
+                }
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+        });
+    }
+}
+
+/// Pauses between background retries, doubling from the first up to the last.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// What the feeds read: a sale's live state, its hot state rebuilt from the record when the hot
+/// store lost it.
+#[async_trait::async_trait]
+impl SaleSource for App {
+    async fn current(&self, sale: &SaleId) -> Result<Option<SaleView>, ServiceError> {
+        if let Some(view) = self.hot.view(sale).await? {
+            return Ok(Some(view));
+        }
+        match self.load_sale(sale).await {
+            Err(ServiceError::SaleNotFound) => return Ok(None),
+            other => other?,
+        }
+        self.hot
+            .view(sale)
+            .await?
+            .map(Some)
+            .ok_or_else(|| ServiceError::Unavailable("the sale's hot state is being rebuilt".into()))
+    }
+}
+
+/// This node's feeds, told of other nodes' changes (see [`crate::backends::ChangeSource`]).
+struct NodeFeeds(Weak<App>);
+
+impl ChangeSink for NodeFeeds {
+    fn changed(&self, sale: SaleId) {
+        if let Some(app) = self.0.upgrade() {
+            app.feeds.touch(&sale);
+        }
+    }
+
+    fn resubscribed(&self) {
+        // Changes published while the subscription was down were missed: every feed re-reads.
+        if let Some(app) = self.0.upgrade() {
+            app.feeds.touch_all();
+        }
     }
 }

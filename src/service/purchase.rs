@@ -8,9 +8,8 @@
 //! start-up recovery (embedded) or reconciliation (Redis) to settle.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
 
-use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use crate::auth::Caller;
@@ -31,12 +30,17 @@ pub struct Purchased {
 /// How many times a purchase re-reserves after its key's first attempt was released.
 const ATTEMPTS: usize = 3;
 
-/// Pauses between attempts to confirm or release a reservation while the hot store is
-/// unreachable, doubling from the first up to the last.
-const SETTLE_RETRY_FIRST: Duration = Duration::from_millis(50);
-const SETTLE_RETRY_MAX: Duration = Duration::from_secs(2);
+/// What a reservation did.
+enum Reserved {
+    /// Units reserved for this new order: it must be settled.
+    New(OrderRecord),
+    /// The key's first order, durable.
+    Replay(Purchased),
+    /// The key's first order, still being settled.
+    InFlight(OrderRecord),
+}
 
-/// What one detached attempt came to.
+/// What one attempt came to.
 enum Step {
     /// Answered: the order (new and durable, or the key's first), or a refusal.
     Done(Purchased),
@@ -84,9 +88,7 @@ impl App {
         };
         let waiting_until = Instant::now() + self.in_flight_wait;
         for _ in 0..ATTEMPTS {
-            // Detached: cancelling here drops only the wait (see the module docs).
-            let (app, attempt) = (self.clone(), request.clone());
-            let first = match self.detached(async move { app.reserve_and_settle(attempt).await }).await? {
+            let first = match self.reserve_and_settle(request.clone()).await? {
                 Step::Done(purchased) => return Ok(purchased),
                 Step::InFlight(first) => first,
             };
@@ -110,9 +112,33 @@ impl App {
         Err(ServiceError::Unavailable("the purchase could not be settled; retry with the same key".into()))
     }
 
-    /// Reserves, then settles a new reservation to its end. Runs detached (see
-    /// [`App::purchase`]).
-    async fn reserve_and_settle(self: Arc<Self>, request: ReserveRequest) -> Result<Step, ServiceError> {
+    /// Reserves, then settles a new reservation to its end, in a task of its own: cancelling the
+    /// caller drops only its wait (see the module docs). The reservation is polled once first:
+    /// one decided on the spot (the in-process hot store never waits) needs no task unless it
+    /// made something to settle, which keeps refusals — the sold-out path — as cheap as before.
+    /// One still waiting (a Redis script sent) is moved, as it is, into the task.
+    async fn reserve_and_settle(self: &Arc<Self>, request: ReserveRequest) -> Result<Step, ServiceError> {
+        let app = self.clone();
+        let mut reserving = Box::pin(async move { app.reserve(request).await });
+        let reserved = match futures::poll!(&mut reserving) {
+            Poll::Ready(reserved) => reserved?,
+            Poll::Pending => {
+                let app = self.clone();
+                return self.detached(async move { app.settle_reserved(reserving.await?).await }).await;
+            }
+        };
+        match reserved {
+            Reserved::New(order) => {
+                let app = self.clone();
+                self.detached(async move { app.settle_reserved(Reserved::New(order)).await }).await
+            }
+            Reserved::Replay(purchased) => Ok(Step::Done(purchased)),
+            Reserved::InFlight(first) => Ok(Step::InFlight(first)),
+        }
+    }
+
+    /// Checks every purchase rule and reserves (loading the sale first if needed).
+    async fn reserve(&self, request: ReserveRequest) -> Result<Reserved, ServiceError> {
         let reservation = match self.hot.reserve(&request).await {
             Err(HotError::Refused(PurchaseRefusal::SaleNotFound)) => {
                 self.load_sale(&request.sale_id).await?;
@@ -120,13 +146,22 @@ impl App {
             }
             other => other?,
         };
-        match reservation {
-            Reservation::New(order) => {
-                in_flight_gauge(&order).increment(f64::from(order.quantity));
-                self.make_durable(order).await.map(Step::Done)
-            }
-            Reservation::Existing { order, settled: true } => Ok(Step::Done(Purchased { order, replayed: true })),
-            Reservation::Existing { order, settled: false } => Ok(Step::InFlight(order)),
+        Ok(match reservation {
+            Reservation::New(order) => Reserved::New(order),
+            // Our own reservation, made by a first try whose answer was lost (a connection that
+            // broke under the call, retried once by the hot store): it is new, not a replay.
+            Reservation::Existing { order, settled: false } if order.id == request.new_order_id => Reserved::New(order),
+            Reservation::Existing { order, settled: true } => Reserved::Replay(Purchased { order, replayed: true }),
+            Reservation::Existing { order, settled: false } => Reserved::InFlight(order),
+        })
+    }
+
+    /// Settles what `reserve` made: a new reservation is made durable, then confirmed or released.
+    async fn settle_reserved(self: Arc<Self>, reserved: Reserved) -> Result<Step, ServiceError> {
+        match reserved {
+            Reserved::New(order) => self.make_durable(order).await.map(Step::Done),
+            Reserved::Replay(purchased) => Ok(Step::Done(purchased)),
+            Reserved::InFlight(first) => Ok(Step::InFlight(first)),
         }
     }
 
@@ -150,7 +185,7 @@ impl App {
                     let order = order.clone();
                     Box::pin(async move {
                         if app.settle(&order, settle).await? {
-                            app.end_sale_now(&order.sale_id, EndReason::SoldOut).await?;
+                            app.end_sold_out(&order.sale_id).await;
                         }
                         Ok(())
                     })
@@ -182,18 +217,7 @@ impl App {
     /// Confirms or releases a reservation; true when a confirm sold the last unit.
     async fn settle(&self, order: &OrderRecord, how: Settle) -> Result<bool, ServiceError> {
         let sold_out = match how {
-            Settle::Confirm => {
-                let confirmed = match self.hot.confirm(order).await {
-                    // Dropped for a rebuild between commit and confirm: rebuild it now (it then
-                    // holds this durable order) and confirm, which changes nothing more.
-                    Err(HotError::Refused(PurchaseRefusal::SaleNotFound)) => {
-                        self.load_sale(&order.sale_id).await?;
-                        self.hot.confirm(order).await?
-                    }
-                    other => other?,
-                };
-                confirmed.sold_out
-            }
+            Settle::Confirm => self.confirm(order).await?,
             Settle::Release => {
                 match self.hot.release(order).await {
                     // The sale's hot state was dropped (a rebuild from the record is under way):
@@ -204,60 +228,12 @@ impl App {
                 false
             }
         };
-        in_flight_gauge(order).decrement(f64::from(order.quantity));
-        metrics::counter!("flashsale_settlements_total", "outcome" => how.label(), "by" => "purchase").increment(1);
+        match how {
+            Settle::Confirm => self.metrics.confirmed.increment(1),
+            Settle::Release => self.metrics.released.increment(1),
+        }
         self.feeds.touch(&order.sale_id);
         Ok(sold_out)
-    }
-
-    /// Ends a sale whose last unit was just confirmed; if the record cannot be reached now, the
-    /// end is retried in the background.
-    async fn end_sold_out(self: &Arc<Self>, sale: &SaleId) {
-        if let Err(error) = self.end_sale_now(sale, EndReason::SoldOut).await {
-            tracing::warn!(%sale, error = ?error, "could not end a sold-out sale; retrying in the background");
-            let sale = sale.clone();
-            self.retry_in_background(move |app| {
-                let sale = sale.clone();
-                Box::pin(async move { app.end_sale_now(&sale, EndReason::SoldOut).await })
-            });
-        }
-    }
-
-    /// Runs `work` again, with a growing pause, until it succeeds or the server stops (what is
-    /// left then is settled as a dead node's would be: by recovery or reconciliation). Tracked,
-    /// so shutdown waits for it within its grace period.
-    fn retry_in_background<F>(self: &Arc<Self>, work: F)
-    where
-        F: Fn(Arc<Self>) -> BoxFuture<'static, Result<(), ServiceError>> + Send + 'static,
-    {
-        let app = self.clone();
-        self.tasks.spawn(async move {
-            let mut pause = SETTLE_RETRY_FIRST;
-            loop {
-                tokio::select! {
-                    _ = app.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                match work(app.clone()).await {
-                    Ok(()) => return,
-                    Err(error) => tracing::debug!(error = ?error, "still failing; retrying"),
-                }
-                pause = (pause * 2).min(SETTLE_RETRY_MAX);
-            }
-        });
-    }
-
-    /// Loads a sale's hot state from the record if it is not loaded (a sale created by another
-    /// process, or ended before this process started).
-    pub(super) async fn load_sale(&self, sale_id: &SaleId) -> Result<(), ServiceError> {
-        if self.hot.has_sale(sale_id).await? {
-            return Ok(());
-        }
-        let sale = self.records.get_sale(sale_id).await?.ok_or(ServiceError::SaleNotFound)?;
-        let orders = self.records.orders_of_sale(sale_id).await?;
-        // Reads, then one atomic load that never replaces a loaded sale: safe to cancel.
-        self.hot.load_sale(&sale, &orders).await?;
-        Ok(())
     }
 
     /// One of the caller's orders.
@@ -272,9 +248,4 @@ impl App {
     pub async fn list_orders(&self, buyer: &UserId, sale: Option<&SaleId>) -> Result<Vec<OrderRecord>, ServiceError> {
         Ok(self.records.orders_of_buyer(buyer, sale).await?)
     }
-}
-
-/// Units this node has reserved and not yet settled, per sale.
-fn in_flight_gauge(order: &OrderRecord) -> metrics::Gauge {
-    metrics::gauge!("flashsale_units_in_flight", "sale" => order.sale_id.to_string())
 }

@@ -7,7 +7,8 @@
 //! - a sale whose hot counters or status disagree with the record while it is quiet (nothing in
 //!   flight, no hot change while the record was read) is dropped from the hot state and rebuilt
 //!   from the record (e.g. Redis restarted from an old append-only file, or lost its keys);
-//! - a sale the hot state ended but the record did not (a node died in between) is ended.
+//! - a sale the hot state ended but the record did not (a node died in between) is ended, and so
+//!   is a sale whose every unit is durably sold (the node that sold its last unit died first).
 //!
 //! Concurrent reconciliations on several nodes are safe: confirm and release are idempotent,
 //! and a rebuild reads only the record.
@@ -60,16 +61,18 @@ impl App {
             let stored = self.records.order_by_key(&order.buyer_id, &order.sale_id, &order.idempotency_key).await?;
             // Each settlement is one idempotent script: a reconciliation stopped between two of
             // them (shutdown) leaves the rest for the next round.
-            let outcome = if stored.is_some_and(|stored| stored.id == order.id) {
+            if stored.is_some_and(|stored| stored.id == order.id) {
                 tracing::warn!(sale = %sale.id, order = %order.id, "orphaned reservation is durable: confirming it");
-                self.hot.confirm(order).await?;
-                "confirmed"
+                if self.confirm(order).await? {
+                    // The dead node's order was the last unit.
+                    self.end_sold_out(&sale.id).await;
+                }
+                self.metrics.swept_confirmed.increment(1);
             } else {
                 tracing::warn!(sale = %sale.id, order = %order.id, "orphaned reservation was never durable: releasing it");
                 self.hot.release(order).await?;
-                "released"
-            };
-            metrics::counter!("flashsale_settlements_total", "outcome" => outcome, "by" => "sweep").increment(1);
+                self.metrics.swept_released.increment(1);
+            }
             settled += 1;
         }
         if settled > 0 {
@@ -100,9 +103,15 @@ impl App {
                 hot_status = ?before.status, record_status = ?record.status,
                 "hot state drifted from the record: rebuilding it"
             );
+            // Forget, then rebuild in a new generation (versions keep growing); stopped between
+            // the two, the next use or round rebuilds it.
             self.hot.forget_sale(&sale.id).await?;
             self.load_sale(&sale.id).await?;
             self.feeds.touch(&sale.id);
+        } else if record.status != SaleStatus::Ended && record.sold >= record.rules.allocated {
+            // Every unit is durably sold, yet the sale is open (the node that confirmed its last
+            // unit died before ending it).
+            self.end_sold_out(&sale.id).await;
         }
         Ok(())
     }

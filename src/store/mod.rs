@@ -76,6 +76,16 @@ pub struct SaleRecord {
     pub ended_at: Option<UnixMillis>,
     /// Creation time.
     pub created_at: UnixMillis,
+    /// How many times the sale's hot state was built from the record ([`RecordStore::next_generation`]):
+    /// each build numbers the sale's versions above every version an earlier build published.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// The first version of a hot state built at `generation`: above every version of every earlier
+/// build, which counted up from its own first version by at most 2^32 - 1 changes.
+pub fn first_version(generation: u64) -> u64 {
+    generation << 32
 }
 
 /// A stored order.
@@ -169,6 +179,9 @@ pub trait RecordStore: Send + Sync + 'static {
     /// SCHEDULED -> ACTIVE with the given start. Returns the sale and whether it changed; a sale
     /// already ACTIVE is returned unchanged, an ENDED one is `WrongStatus`.
     async fn activate_sale(&self, id: &SaleId, start: UnixMillis) -> Result<(SaleRecord, bool), StoreError>;
+    /// Raises the sale's generation by one and returns the sale with it: called before its hot
+    /// state is built from the record, so that versions keep growing across rebuilds and restarts.
+    async fn next_generation(&self, id: &SaleId) -> Result<SaleRecord, StoreError>;
     /// Ends a sale and returns its unsold units (allocated - sold) to the product's inventory,
     /// in one transaction. Ending an ended sale changes nothing (`false`), so units return once.
     async fn end_sale(&self, id: &SaleId, reason: EndReason, at: UnixMillis) -> Result<(SaleRecord, bool), StoreError>;
@@ -287,7 +300,8 @@ pub struct Confirmed {
 /// The hot path.
 #[async_trait]
 pub trait HotStore: Send + Sync + 'static {
-    /// Builds a sale's hot state from its record and durable orders, unless it is loaded.
+    /// Builds a sale's hot state from its record and durable orders, unless it is loaded. Its
+    /// version starts at [`first_version`] of the record's generation.
     async fn load_sale(&self, sale: &SaleRecord, orders: &[OrderRecord]) -> Result<(), HotError>;
     /// Whether the sale's hot state is present.
     async fn has_sale(&self, sale: &SaleId) -> Result<bool, HotError>;
@@ -313,6 +327,14 @@ pub trait HotStore: Send + Sync + 'static {
     /// Drops a sale's hot state; its next use rebuilds it from the record. Reconciliation
     /// uses it when the hot state drifted from the record (e.g. Redis restored an old file).
     async fn forget_sale(&self, sale: &SaleId) -> Result<(), HotError>;
+}
+
+/// Told of the changes other nodes make to a shared hot state (Redis pub/sub).
+pub trait ChangeSink: Send + Sync + 'static {
+    /// Another node changed this sale. Called on the listener's task: mark, never block.
+    fn changed(&self, sale: SaleId);
+    /// The subscription was (re)established: changes made while it was down were missed.
+    fn resubscribed(&self);
 }
 
 /// Rebuilds a leaderboard and per-buyer units from durable orders (oldest first).

@@ -579,6 +579,63 @@ impl Rush {
     }
 }
 
+// ---- watchers ----------------------------------------------------------------------------------
+
+/// A WatchSale stream followed in a task until it ends.
+struct Watcher {
+    node: &'static str,
+    task: tokio::task::JoinHandle<Result<Vec<pb::SaleSnapshot>, (Vec<pb::SaleSnapshot>, Status)>>,
+}
+
+impl Watcher {
+    /// Opens WatchSale on `channel` (called `node` in messages) and follows it to its end.
+    async fn open(node: &'static str, channel: &Channel, sale_id: &str) -> Self {
+        let mut stream = FeedsServiceClient::new(channel.clone())
+            .watch_sale(pb::WatchSaleRequest { sale_id: sale_id.into() })
+            .await
+            .unwrap_or_else(|e| panic!("WatchSale on node {node}: {e:?}"))
+            .into_inner();
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                match stream.message().await {
+                    Ok(Some(snapshot)) => seen.push(snapshot),
+                    Ok(None) => return Ok(seen),
+                    Err(status) => return Err((seen, status)),
+                }
+            }
+        });
+        Self { node, task }
+    }
+
+    /// Waits for the stream's end and checks what it showed: versions that never decreased, and
+    /// a last snapshot that is the sale's final state, after which the stream closed cleanly.
+    async fn ends_with(self, last: &pb::Sale) -> Vec<pb::SaleSnapshot> {
+        let node = self.node;
+        let seen = match tokio::time::timeout(SETTLE_DEADLINE, self.task).await {
+            Err(_) => panic!("node {node}'s watcher: the stream did not end within {SETTLE_DEADLINE:?}"),
+            Ok(joined) => match joined.expect("the watcher task") {
+                Ok(seen) => seen,
+                Err((seen, status)) => panic!(
+                    "node {node}'s watcher: the stream failed after {} snapshots (last {:?}): {status:?}",
+                    seen.len(),
+                    seen.last()
+                ),
+            },
+        };
+        let end = seen.last().unwrap_or_else(|| panic!("node {node}'s watcher saw nothing"));
+        assert_eq!(
+            (end.status(), end.end_reason(), end.sold, end.remaining),
+            (last.status(), last.end_reason(), last.sold, last.remaining),
+            "node {node}'s watcher ended on another state than the sale's final one"
+        );
+        if let Some(w) = seen.windows(2).find(|w| w[1].version < w[0].version) {
+            panic!("node {node}'s watcher saw the version go back: {} then {}", w[0].version, w[1].version);
+        }
+        seen
+    }
+}
+
 // ---- the end checks ----------------------------------------------------------------------------
 
 /// What [`verify`] found.
@@ -1008,7 +1065,9 @@ async fn redis_restart_mid_rush(aof: bool, tag: &str, plan: fn(usize) -> Vec<u32
     let nodes = two_nodes(&backends, FAULT_RECONCILE).await;
     let shop = Arc::new(Shop::new());
     let sale = shop.sale(&nodes[0].channel, ALLOCATED, limit, 3).await;
-    let rush = Rush::new(tag, shop, sale, BUYERS, plan, &[&nodes[0], &nodes[1]]);
+    let watchers =
+        [Watcher::open("A", &nodes[0].channel, &sale.id).await, Watcher::open("B", &nodes[1].channel, &sale.id).await];
+    let rush = Rush::new(tag, shop.clone(), sale.clone(), BUYERS, plan, &[&nodes[0], &nodes[1]]);
     let workers = rush.start();
 
     rush.wait_for_units(300).await;
@@ -1033,6 +1092,17 @@ async fn redis_restart_mid_rush(aof: bool, tag: &str, plan: fn(usize) -> Vec<u32
 
     rush.finish(workers).await;
     let verified = verify(&rush, &backends, &[&nodes[0], &nodes[1]]).await;
+    // Every watcher of both nodes follows the sale through the fault to its final state.
+    if verified.sold < ALLOCATED {
+        AdminServiceClient::new(nodes[0].channel.clone())
+            .end_sale(authed(pb::EndSaleRequest { sale_id: sale.id.clone() }, &shop.admin))
+            .await
+            .expect("end the sale");
+    }
+    let last = shop.get_sale(&nodes[0].channel, &sale.id).await.expect("the final state");
+    for watcher in watchers {
+        watcher.ends_with(&last).await;
+    }
     eprintln!(
         "redis restart ({}): outage {outage:?} with {during} BACKEND_UNAVAILABLE; first sale {first_sale:?} after the restart; \
          rush: {}; sold {} remaining {}; settled {:?} after the rush",
@@ -1131,4 +1201,193 @@ async fn a_node_killed_mid_rush() {
         verified.settled_in,
     );
     assert!(rush.node_gone.load(Ordering::SeqCst) > 0, "some buyers of the dead node retried on the other");
+}
+
+/// A sale's feed goes on after Redis lost the sale's keys, with nobody buying: the watchers of
+/// both nodes see the sale end (its live state rebuilt from the record, versions still growing),
+/// and their streams close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_outlive_a_redis_that_lost_the_sale() {
+    let mut servers = PrivateServers::start(false);
+    let backends = servers.backends();
+    let [a, b] = two_nodes(&backends, CALM_RECONCILE).await;
+    let shop = Shop::new();
+    let sale = shop.sale(&a.channel, 10, 0, 2).await;
+    buy(&a.channel, &shop.buyer("early"), &sale.id, 2, "k").await.expect("a purchase before the fault");
+    let watchers = [Watcher::open("A", &a.channel, &sale.id).await, Watcher::open("B", &b.channel, &sale.id).await];
+
+    let (port, dir) = tokio::task::block_in_place(|| servers.redis.take().unwrap().stop());
+    servers.redis = Some(tokio::task::block_in_place(|| RedisServer::start_on(port, dir)));
+
+    // Nobody buys; the feeds re-read on their own, find the sale gone from Redis and have it
+    // rebuilt from the record (its live state is back without any request).
+    let client = redis::Client::open(backends.redis_uri.as_str()).unwrap();
+    let meta = format!("{}{{sale:{}}}:meta", backends.prefix, sale.id);
+    poll_until("a feed to have the lost sale rebuilt", Duration::from_secs(5), || async {
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let exists: bool = redis::cmd("EXISTS").arg(&meta).query_async(&mut conn).await.ok()?;
+        exists.then_some(())
+    })
+    .await;
+    // Then the admin ends the sale: every watcher sees it.
+    let ended = within(
+        AdminServiceClient::new(b.channel.clone())
+            .end_sale(authed(pb::EndSaleRequest { sale_id: sale.id.clone() }, &shop.admin)),
+    )
+    .await
+    .expect("EndSale after Redis came back empty")
+    .into_inner();
+    assert_eq!((ended.status(), ended.sold), (pb::SaleStatus::Ended, 2), "the durable order survived");
+    for watcher in watchers {
+        watcher.ends_with(&ended).await;
+    }
+}
+
+/// Reconciliation rebuilds a sale whose counters drifted from the record (here: Redis told a
+/// wrong `sold` behind the service's back). The rebuilt state's versions are above the old
+/// ones, so a watcher following the sale sees it again, correct, and sees it move on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconciliation_rebuild_keeps_versions_growing() {
+    let backends = Backends::shared();
+    let node = Node::start(&backends, Reconcile { interval_ms: 200, orphan_after_ms: 30_000 }).await;
+    let shop = Shop::new();
+    let sale = shop.sale(&node.channel, 20, 0, 1).await;
+    for n in 0..3 {
+        buy(&node.channel, &shop.buyer(&format!("steady-{n}")), &sale.id, 1, "k").await.expect("a purchase");
+    }
+    let mut watch = FeedsServiceClient::new(node.channel.clone())
+        .watch_sale(pb::WatchSaleRequest { sale_id: sale.id.clone() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let before = read_until(&mut watch, "sold 3", |s| s.sold == 3).await.pop().unwrap();
+
+    // Drift: Redis now claims 7 sold; the record says 3.
+    let client = redis::Client::open(backends.redis_uri.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let meta = format!("{}{{sale:{}}}:meta", backends.prefix, sale.id);
+    redis::cmd("HSET")
+        .arg(&meta)
+        .arg("sold")
+        .arg(7)
+        .arg("remaining")
+        .arg(13)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    poll_until("reconciliation to rebuild the drifted sale", Duration::from_secs(30), || async {
+        node.server.log_text().contains("hot state drifted").then_some(())
+    })
+    .await;
+
+    // After the rebuild a purchase moves the sale on; the watcher sees it, with a higher version.
+    buy(&node.channel, &shop.buyer("after"), &sale.id, 1, "k").await.expect("a purchase after the rebuild");
+    let seen = read_until(&mut watch, "sold 4 after the rebuild", |s| s.sold == 4).await;
+    let after = seen.last().unwrap();
+    assert!(
+        after.version > before.version,
+        "versions grow across the rebuild: {} then {}",
+        before.version,
+        after.version
+    );
+    assert_eq!(after.remaining, 16);
+    for w in seen.windows(2) {
+        assert!(w[0].version < w[1].version, "versions only grow: {seen:?}");
+    }
+}
+
+/// A node dies between its MongoDB commit and its Redis confirm of a sale's last unit: another
+/// node's reconciliation confirms the orphan and ends the sale SOLD_OUT, and its watchers see it.
+/// The dying node runs in this process on gated backends: its confirm never runs, exactly as
+/// if the process had been killed there; the surviving node is the real binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_unit_confirmed_by_reconciliation_ends_the_sale() {
+    let backends = Backends::shared();
+    let survivor = Node::start(&backends, Reconcile { interval_ms: 200, orphan_after_ms: 1_000 }).await;
+    let shop = Shop::new();
+    let sale = shop.sale(&survivor.channel, 3, 0, 2).await;
+    buy(&survivor.channel, &shop.buyer("first"), &sale.id, 2, "k").await.expect("two units on the survivor");
+    let watcher = Watcher::open("survivor", &survivor.channel, &sale.id).await;
+
+    // The doomed node: the same Redis and MongoDB, its confirm stopped for good.
+    let data = tempfile::tempdir().unwrap();
+    let settings = flashsale::Settings {
+        data_dir: data.path().into(),
+        jwt_secret: Some(SECRET.into()),
+        redis_uri: Some(backends.redis_uri.clone()),
+        redis_key_prefix: backends.prefix.clone(),
+        mongodb_uri: Some(backends.mongo_uri.clone()),
+        mongodb_database: backends.database.clone(),
+        ..flashsale::Settings::default()
+    };
+    let gates = Arc::new(crate::gates::Gates::default());
+    let opened = flashsale::backends::Backends::open(&settings).await.expect("open the backends");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let doomed = flashsale::service::App::start(
+        gates.wrap(opened),
+        JwtKeys::new(SECRET.as_bytes()),
+        &settings,
+        Arc::new(SystemClock),
+        shutdown.clone(),
+    )
+    .await
+    .expect("start the doomed node");
+    let stop = gates.arm(crate::gates::Step::Confirm);
+    let caller = flashsale::auth::Caller {
+        user_id: flashsale::domain::UserId::parse("last").unwrap(),
+        display_name: "Last".into(),
+        role: Role::Buyer,
+    };
+    let buying = tokio::spawn({
+        let (doomed, sale_id) = (doomed.clone(), flashsale::domain::SaleId::parse(&sale.id).unwrap());
+        async move {
+            let key = flashsale::domain::IdempotencyKey::parse("k").unwrap();
+            let _ = doomed.purchase(&caller, sale_id, 1, key).await;
+        }
+    });
+    stop.reached.await.expect("the last unit is committed and about to be confirmed");
+    // The node dies: its work stops (the stopped confirm never goes on), its tasks end.
+    drop(stop.go);
+    shutdown.cancel();
+    buying.abort();
+    let record = backends.record(&sale.id).await.expect("read MongoDB");
+    assert_eq!((record.sold, record.status.as_str()), (3, "ACTIVE"), "durable, not confirmed, not ended");
+
+    let ended = poll_until("the survivor to end the sale SOLD_OUT", Duration::from_secs(30), || async {
+        let view = shop.get_sale(&survivor.channel, &sale.id).await.ok()?;
+        (view.status() == pb::SaleStatus::Ended).then_some(view)
+    })
+    .await;
+    assert_eq!((ended.end_reason(), ended.sold, ended.remaining), (pb::EndReason::SoldOut, 3, 0));
+    watcher.ends_with(&ended).await;
+    let record = backends.record(&sale.id).await.expect("read MongoDB");
+    assert_eq!((record.status.as_str(), record.end_reason.as_str()), ("ENDED", "SOLD_OUT"));
+}
+
+/// After Redis restarts, the first request each node sends it succeeds: the connection broken
+/// by the restart is noticed by that request, which is sent again on a new connection, instead
+/// of failing with BACKEND_UNAVAILABLE though Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_request_after_a_redis_restart_succeeds() {
+    let mut servers = PrivateServers::start(true);
+    let backends = servers.backends();
+    let [a, b] = two_nodes(&backends, CALM_RECONCILE).await;
+    let shop = Shop::new();
+    let sale = shop.sale(&a.channel, 10, 0, 2).await;
+    for node in [&a, &b] {
+        shop.get_sale(&node.channel, &sale.id).await.expect("GetSale before the restart");
+    }
+
+    let (port, dir) = tokio::task::block_in_place(|| servers.redis.take().unwrap().stop());
+    servers.redis = Some(tokio::task::block_in_place(|| RedisServer::start_aof_on(port, dir)));
+
+    // Quiet nodes: nothing has used their connections since Redis went away.
+    for (name, node) in [("A", &a), ("B", &b)] {
+        let view = shop
+            .get_sale(&node.channel, &sale.id)
+            .await
+            .unwrap_or_else(|e| panic!("the first GetSale on node {name} after the restart failed: {e:?}"));
+        assert_eq!(view.remaining, 10);
+    }
+    buy(&b.channel, &shop.buyer("after"), &sale.id, 1, "k").await.expect("the first purchase after the restart");
 }

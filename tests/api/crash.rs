@@ -13,6 +13,7 @@ use flashsale::clock::{Clock, SystemClock};
 use flashsale::domain::{Role, UnixMillis};
 use flashsale::pb;
 use flashsale::pb::admin_service_client::AdminServiceClient;
+use flashsale::pb::feeds_service_client::FeedsServiceClient;
 use flashsale::pb::purchase_service_client::PurchaseServiceClient;
 use futures::StreamExt;
 use tonic::Code;
@@ -126,6 +127,20 @@ async fn acknowledged_orders_survive_kill_9() {
         .expect("create sale")
         .into_inner();
 
+    // A watcher follows the sale until the server dies, remembering the newest version it saw.
+    let mut watch = FeedsServiceClient::new(channel.clone())
+        .watch_sale(pb::WatchSaleRequest { sale_id: sale.id.clone() })
+        .await
+        .expect("watch the sale")
+        .into_inner();
+    let watcher = tokio::spawn(async move {
+        let mut newest = 0;
+        while let Ok(Some(snapshot)) = watch.message().await {
+            newest = newest.max(snapshot.version);
+        }
+        newest
+    });
+
     // The rush: workers take buyers in turn; each buyer makes its purchases one after another.
     let next_buyer = Arc::new(AtomicUsize::new(0));
     let acknowledged = Arc::new(AtomicUsize::new(0));
@@ -193,6 +208,24 @@ async fn acknowledged_orders_survive_kill_9() {
     let mut admin_api = AdminServiceClient::new(channel.clone());
 
     let sale_id: &str = &sale.id;
+
+    // The restarted process goes on numbering versions above everything published before.
+    let newest_before = tokio::time::timeout(Duration::from_secs(30), watcher).await.expect("the stream ends").unwrap();
+    assert!(newest_before > 0);
+    let first_after = FeedsServiceClient::new(channel.clone())
+        .watch_sale(pb::WatchSaleRequest { sale_id: sale.id.clone() })
+        .await
+        .expect("watch after the restart")
+        .into_inner()
+        .message()
+        .await
+        .expect("a snapshot")
+        .expect("a first snapshot");
+    assert!(
+        first_after.version > newest_before,
+        "the version went back across the restart: {newest_before} before, {} after",
+        first_after.version
+    );
 
     // Every acknowledged order is there, as acknowledged.
     let checks = futures::stream::iter(acked.iter().map(|attempt| {

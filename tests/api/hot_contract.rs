@@ -16,10 +16,37 @@ use flashsale::domain::{
 };
 use flashsale::store::embedded::MemoryHot;
 use flashsale::store::redis::{connect, spawn_change_listener, RedisHot};
-use flashsale::store::{HotError, HotStore, OrderRecord, Reservation, ReserveRequest, SaleRecord, SaleView, Settled};
+use flashsale::store::{
+    ChangeSink, HotError, HotStore, OrderRecord, Reservation, ReserveRequest, SaleRecord, SaleView, Settled,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::redis_support::{fresh_prefix, shared_redis, RedisServer};
+
+/// What a change listener told its sink.
+#[derive(Debug, PartialEq)]
+enum Heard {
+    Changed(SaleId),
+    Resubscribed,
+}
+
+/// A sink that passes on what it hears.
+struct Ears(tokio::sync::mpsc::UnboundedSender<Heard>);
+
+impl ChangeSink for Ears {
+    fn changed(&self, sale: SaleId) {
+        let _ = self.0.send(Heard::Changed(sale));
+    }
+
+    fn resubscribed(&self) {
+        let _ = self.0.send(Heard::Resubscribed);
+    }
+}
+
+fn ears() -> (Arc<Ears>, tokio::sync::mpsc::UnboundedReceiver<Heard>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (Arc::new(Ears(tx)), rx)
+}
 
 async fn redis_hot(prefix: &str) -> RedisHot {
     connect(&shared_redis().uri(), prefix).await.expect("connect to the test redis-server")
@@ -113,6 +140,7 @@ fn sale(rules: SaleRules, status: SaleStatus) -> SaleRecord {
         end_reason: None,
         ended_at: None,
         created_at: UnixMillis(T0 - 1000),
+        generation: 1,
     }
 }
 
@@ -437,14 +465,18 @@ async fn load_sale_rebuilds_from_durable_orders_and_never_overwrites(backend: Ba
     live.confirm(&in_flight).await.unwrap();
     assert!(view(live.as_ref(), &record).await.version > with_reservation.version);
 
-    // A store that lost the sale rebuilds the same state from the durable orders.
+    // A store that lost the sale rebuilds the same state from the durable orders, in the next
+    // generation: its versions start above every version the lost state published.
     let rebuilt = backend.fresh().await;
     let rebuilt = rebuilt.as_ref();
     assert!(!rebuilt.has_sale(&record.id).await.unwrap());
+    let newest_lost = view(live.as_ref(), &record).await.version;
+    record.generation += 1;
     rebuilt.load_sale(&record, &orders).await.unwrap();
     assert!(rebuilt.has_sale(&record.id).await.unwrap());
     let after = view(rebuilt, &record).await;
     assert_eq!(SaleView { version: before.version, ..after.clone() }, before);
+    assert!(after.version > newest_lost, "{} after a rebuild, {newest_lost} before", after.version);
 
     // Idempotency keys, per-user counts and stock come back too.
     let replay = request(&record, "a", "k2", 3, T0 + 60);
@@ -644,24 +676,17 @@ async fn redis_change_listener_reports_changes_of_its_prefix() {
     let sale = active_sale(&hot, rules(10, 0, 5)).await;
     let foreign = active_sale(&other, rules(10, 0, 5)).await;
 
-    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let (sink, mut changes) = ears();
     let shutdown = CancellationToken::new();
-    let listener = spawn_change_listener(
-        &shared_redis().uri(),
-        &prefix,
-        Arc::new(move |sale| {
-            let _ = tx.send(sale);
-        }),
-        shutdown.clone(),
-    );
-    // Once subscribed it reports every open sale.
+    let listener = spawn_change_listener(&shared_redis().uri(), &prefix, sink, shutdown.clone());
+    // Once subscribed it says so (whoever listens re-reads what it follows).
     let first = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await.expect("subscribed").unwrap();
-    assert_eq!(first, sale.id);
+    assert_eq!(first, Heard::Resubscribed);
 
     buy(&other, &foreign, "a", "k1", 1, T0).await;
     buy(&hot, &sale, "a", "k1", 1, T0).await;
     let next = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await.expect("a change").unwrap();
-    assert_eq!(next, sale.id, "a change of another prefix was reported");
+    assert_eq!(next, Heard::Changed(sale.id), "a change of another prefix was reported");
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), listener).await.expect("listener stops on shutdown").unwrap();
@@ -689,16 +714,9 @@ async fn redis_outage_is_unavailable_then_recovers() {
     let sale = active_sale(&hot, rules(1000, 0, 5)).await;
     buy(&hot, &sale, "a", "k1", 1, T0).await;
 
-    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let (sink, mut changes) = ears();
     let shutdown = CancellationToken::new();
-    let _listener = spawn_change_listener(
-        &uri,
-        &prefix,
-        Arc::new(move |sale| {
-            let _ = tx.send(sale);
-        }),
-        shutdown.clone(),
-    );
+    let _listener = spawn_change_listener(&uri, &prefix, sink, shutdown.clone());
     tokio::time::timeout(Duration::from_secs(10), changes.recv()).await.expect("subscribed");
 
     let (port, dir) = server.stop();
@@ -726,17 +744,24 @@ async fn redis_outage_is_unavailable_then_recovers() {
     assert!(!present);
     assert_eq!(refusal(&hot, &request(&sale, "b", "k1", 1, T0)).await, PurchaseRefusal::SaleNotFound);
     hot.load_sale(&sale, &[]).await.unwrap();
-    while changes.try_recv().is_ok() {}
+    // The listener resubscribes and says so, then reports changes again.
     let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline.into(), changes.recv()).await {
+            Ok(Some(Heard::Resubscribed)) => break,
+            Ok(Some(_)) => {}
+            _ => panic!("the change listener did not resubscribe after the restart"),
+        }
+    }
     for attempt in 0.. {
         buy(&hot, &sale, "b", &format!("again{attempt}"), 1, T0).await;
         match tokio::time::timeout(Duration::from_millis(200), changes.recv()).await {
-            Ok(Some(changed)) => {
-                assert_eq!(changed, sale.id);
+            Ok(Some(heard)) => {
+                assert_eq!(heard, Heard::Changed(sale.id.clone()));
                 break;
             }
             _ if Instant::now() < deadline => continue,
-            _ => panic!("the change listener did not resubscribe after the restart"),
+            _ => panic!("no change reported after the restart"),
         }
     }
     shutdown.cancel();

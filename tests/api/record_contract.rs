@@ -59,6 +59,7 @@ fn sale(product: &ProductRecord, allocated: i64, status: SaleStatus) -> SaleReco
         end_reason: None,
         ended_at: None,
         created_at: UnixMillis(1_700_000_050_000),
+        generation: 1,
     }
 }
 
@@ -373,6 +374,16 @@ async fn orders_are_found_by_buyer_sale_and_key<R: RecordStore>(store: &R) {
     assert_eq!(store.get_order(&OrderId::generate()).await.unwrap(), None);
 }
 
+async fn each_build_of_a_sale_takes_the_next_generation<R: RecordStore>(store: &R) {
+    let (_, s) = on_sale(store, 10, SaleStatus::Active).await;
+    assert_eq!(store.get_sale(&s.id).await.unwrap().unwrap().generation, 1);
+    let next = store.next_generation(&s.id).await.unwrap();
+    assert_eq!((next.id.clone(), next.generation, next.rules), (s.id.clone(), 2, s.rules));
+    assert_eq!(store.next_generation(&s.id).await.unwrap().generation, 3);
+    assert_eq!(store.get_sale(&s.id).await.unwrap().unwrap().generation, 3, "kept");
+    assert!(matches!(store.next_generation(&SaleId::generate()).await, Err(StoreError::NotFound)));
+}
+
 /// One test per contract function and backend.
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
@@ -407,6 +418,7 @@ contract!(
     an_end_returns_unsold_units_exactly_once,
     a_batch_refuses_per_order_and_keeps_the_rest,
     orders_are_found_by_buyer_sale_and_key,
+    each_build_of_a_sale_takes_the_next_generation,
 );
 
 // ---- embedded only ---------------------------------------------------------------------------

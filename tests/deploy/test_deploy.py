@@ -26,6 +26,9 @@ def test_compose_file_is_accepted_and_complete():
     services = config["services"]
     assert {"mongo", "redis", "flashsale1", "flashsale2", "envoy"} <= set(services)
     assert "--replSet" in services["mongo"]["command"]
+    # A node killed inside a transaction blocks its sale's commits until the server reaps the
+    # transaction: the README states this bound.
+    assert "transactionLifetimeLimitSeconds=10" in services["mongo"]["command"]
     assert "rs.initiate" in " ".join(services["mongo"]["healthcheck"]["test"])
     assert "--appendonly" in services["redis"]["command"]
     for node in ("flashsale1", "flashsale2"):

@@ -104,7 +104,7 @@ impl HotStore for MemoryHot {
             buyers,
             keys,
             board,
-            version: 1,
+            version: crate::store::first_version(sale.generation),
         };
         let hot = Arc::new(HotSale { state: Mutex::new(state), settled: Notify::new() });
         // Never replace a loaded sale: its in-flight reservations live only here.

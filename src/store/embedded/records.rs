@@ -328,6 +328,16 @@ impl RecordStore for RedbRecords {
         .await
     }
 
+    async fn next_generation(&self, id: &SaleId) -> Result<SaleRecord, StoreError> {
+        let (sale, _) = self
+            .update_sale(id, |sale, _| {
+                sale.generation += 1;
+                Ok(true)
+            })
+            .await?;
+        Ok(sale)
+    }
+
     async fn end_sale(&self, id: &SaleId, reason: EndReason, at: UnixMillis) -> Result<(SaleRecord, bool), StoreError> {
         self.update_sale(id, move |sale, txn| {
             if sale.status == SaleStatus::Ended {

@@ -149,6 +149,9 @@ pub(super) struct SaleDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ended_at: Option<i64>,
     created_at: i64,
+    /// Absent in sales stored before generations existed: 0.
+    #[serde(default)]
+    generation: i64,
 }
 
 impl SaleDoc {
@@ -174,6 +177,7 @@ impl From<&SaleRecord> for SaleDoc {
             end_reason: sale.end_reason.map(|r| r.as_str().to_owned()),
             ended_at: sale.ended_at.map(|t| t.0),
             created_at: sale.created_at.0,
+            generation: i64::try_from(sale.generation).unwrap_or(i64::MAX),
         }
     }
 }
@@ -204,6 +208,7 @@ impl TryFrom<SaleDoc> for SaleRecord {
             end_reason,
             ended_at: doc.ended_at.map(UnixMillis),
             created_at: UnixMillis(doc.created_at),
+            generation: u64::try_from(doc.generation).map_err(|e| corrupt("sales", id, "generation", e))?,
         })
     }
 }
@@ -278,6 +283,7 @@ mod tests {
             status: SaleStatus::Ended,
             end_reason: Some(EndReason::SoldOut),
             ended_at: Some(UnixMillis(1_700_000_001_000)),
+            generation: 4,
             created_at: UnixMillis(1_699_999_999_999),
         }
     }

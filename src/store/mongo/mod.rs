@@ -58,6 +58,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_TXN_ATTEMPTS: u32 = 12;
 /// Attempts of one commit whose outcome is unknown before giving up.
 const MAX_COMMIT_ATTEMPTS: u32 = 5;
+/// Bounds on one transaction attempt, well below the server's transaction lifetime
+/// (`transactionLifetimeLimitSeconds`: 60 s by default, 10 s in docker-compose.yml): its reads
+/// and writes may take this long before it is aborted and reported unavailable...
+const TXN_BODY_LIMIT: Duration = Duration::from_secs(3);
+/// ...and its commit this long on the server (`maxCommitTimeMS`). flashsale's transactions take
+/// milliseconds; these only matter when a server stalls.
+const TXN_COMMIT_LIMIT: Duration = Duration::from_secs(2);
 /// Backoff between retries: doubling from the first, capped, and randomised within
 /// [half, whole] so that retrying nodes spread out.
 const BACKOFF_FIRST: Duration = Duration::from_millis(5);
@@ -154,6 +161,7 @@ impl MongoRecords {
             txn_options: TransactionOptions::builder()
                 .read_concern(ReadConcern::snapshot())
                 .write_concern(WriteConcern::majority())
+                .max_commit_time(TXN_COMMIT_LIMIT)
                 .build(),
             retries: Arc::new(AtomicU64::new(0)),
             client,
@@ -210,7 +218,12 @@ impl MongoRecords {
                 .with_options(self.txn_options.clone())
                 .await
                 .map_err(|e| TxnFailure::Store(store_error(e)))?;
-            let why: Box<dyn std::fmt::Display + Send + Sync> = match body(&mut session).await {
+            let Ok(done) = tokio::time::timeout(TXN_BODY_LIMIT, body(&mut session)).await else {
+                abort_quietly(&mut session).await;
+                let stalled = Stalled { operation: what, limit: TXN_BODY_LIMIT };
+                return Err(TxnFailure::Store(StoreError::Unavailable(Box::new(stalled))));
+            };
+            let why: Box<dyn std::fmt::Display + Send + Sync> = match done {
                 Ok(Attempt::Commit(answer)) => match self.commit(what, &mut session).await {
                     Ok(()) => return Ok(answer),
                     Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && !is_server_selection(&e) => Box::new(e),
@@ -493,6 +506,14 @@ struct GaveUp {
     last: String,
 }
 
+/// A transaction whose reads and writes took longer than allowed (a stalled server).
+#[derive(Debug, thiserror::Error)]
+#[error("{operation}: the transaction's reads and writes took longer than {limit:?}; it was aborted")]
+struct Stalled {
+    operation: &'static str,
+    limit: Duration,
+}
+
 /// A commit whose outcome could not be learnt, and what the check afterwards found.
 #[derive(Debug, thiserror::Error)]
 #[error("{operation}: commit outcome unknown and the record shows it did not happen")]
@@ -728,6 +749,17 @@ impl RecordStore for MongoRecords {
             }
         }
         Err(StoreError::Internal("the sale kept changing while it was being started".into()))
+    }
+
+    async fn next_generation(&self, id: &SaleId) -> Result<SaleRecord, StoreError> {
+        // One atomic update: nodes rebuilding at once each get a generation of their own.
+        self.sales
+            .find_one_and_update(doc! { "_id": id.as_str() }, doc! { "$inc": { "generation": 1_i64 } })
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(store_error)?
+            .ok_or(StoreError::NotFound)
+            .and_then(SaleRecord::try_from)
     }
 
     async fn end_sale(&self, id: &SaleId, reason: EndReason, at: UnixMillis) -> Result<(SaleRecord, bool), StoreError> {

@@ -1,6 +1,6 @@
 //! Change notifications between nodes: every script that changes a sale publishes on the sale's
-//! channel; each node runs one subscriber that turns messages into local callbacks (its feeds
-//! then re-read the sale, coalesced as usual).
+//! channel; each node runs one subscriber that turns messages into calls of its [`ChangeSink`]
+//! (its feeds then re-read the sale, coalesced as usual).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::SaleId;
 
-use super::{change_channel, open_sales_key, redact};
+use super::{change_channel, redact};
+use crate::store::ChangeSink;
 
 /// Pause after a failed subscription, doubling up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -23,20 +24,19 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
 const PING_EVERY: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Subscribes to the change channels of every sale under `key_prefix` at `uri` and calls
-/// `on_change(sale)` for each message, until `shutdown`. After connecting, and again after every
-/// reconnection (a restarted Redis, a dropped connection), it also reports every open sale as
-/// changed, since messages published while it was not subscribed are lost. `on_change` runs on
-/// the listener's task: it should only mark the sale dirty (as `FeedHub::touch` does), never
-/// block.
+/// Subscribes to the change channels of every sale under `key_prefix` at `uri` and tells `sink`
+/// of each message, until `shutdown`. After connecting, and again after every reconnection (a
+/// restarted Redis, a dropped connection), it tells `sink` it resubscribed, since messages
+/// published while it was not subscribed are lost. The sink runs on the listener's task: it
+/// should only mark feeds dirty (as `FeedHub::touch` does), never block.
 pub fn spawn_change_listener(
     uri: &str,
     key_prefix: &str,
-    on_change: Arc<dyn Fn(SaleId) + Send + Sync>,
+    sink: Arc<dyn ChangeSink>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     let uri = uri.to_owned();
-    let listener = Listener { prefix: key_prefix.to_owned(), on_change };
+    let listener = Listener { prefix: key_prefix.to_owned(), sink };
     tokio::spawn(async move {
         let client = match ::redis::Client::open(uri.as_str()) {
             Ok(client) => client,
@@ -65,7 +65,7 @@ pub fn spawn_change_listener(
 
 struct Listener {
     prefix: String,
-    on_change: Arc<dyn Fn(SaleId) + Send + Sync>,
+    sink: Arc<dyn ChangeSink>,
 }
 
 impl Listener {
@@ -87,9 +87,7 @@ impl Listener {
             subscribed = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe) => subscribed??,
         };
         *backoff = MIN_BACKOFF;
-        if let Err(error) = self.report_open_sales(client).await {
-            tracing::warn!(error = %error, "could not list open sales after subscribing");
-        }
+        self.sink.resubscribed();
         let (mut sink, mut messages) = pubsub.split();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.reset();
@@ -99,7 +97,7 @@ impl Listener {
                 message = messages.next() => match message {
                     Some(message) => {
                         if let Some(sale) = self.sale_of(message.get_channel_name()) {
-                            (self.on_change)(sale);
+                            self.sink.changed(sale);
                         }
                     }
                     None => anyhow::bail!("the subscription connection closed"),
@@ -109,19 +107,6 @@ impl Listener {
                 }
             }
         }
-    }
-
-    /// Calls `on_change` for every listed open sale.
-    async fn report_open_sales(&self, client: &::redis::Client) -> anyhow::Result<()> {
-        let read = async {
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            ::redis::cmd("SMEMBERS").arg(open_sales_key(&self.prefix)).query_async::<Vec<String>>(&mut conn).await
-        };
-        let listed = tokio::time::timeout(SUBSCRIBE_TIMEOUT, read).await??;
-        for sale in listed.iter().filter_map(|raw| SaleId::parse(raw).ok()) {
-            (self.on_change)(sale);
-        }
-        Ok(())
     }
 
     /// The glob matching every sale's channel under this prefix (the prefix's glob characters
@@ -152,7 +137,12 @@ mod tests {
 
     #[test]
     fn channels_map_back_to_their_sale() {
-        let listener = Listener { prefix: "fs*:".into(), on_change: Arc::new(|_| {}) };
+        struct Nobody;
+        impl ChangeSink for Nobody {
+            fn changed(&self, _: SaleId) {}
+            fn resubscribed(&self) {}
+        }
+        let listener = Listener { prefix: "fs*:".into(), sink: Arc::new(Nobody) };
         let sale = SaleId::parse("abc-1").unwrap();
         assert_eq!(listener.sale_of(&change_channel("fs*:", &sale)), Some(sale));
         assert_eq!(listener.sale_of("other:{sale:abc-1}:changes"), None);

@@ -431,24 +431,55 @@ impl RedisHot {
     }
 
     async fn run(&self, invocation: &ScriptInvocation<'_>) -> Result<Vec<Value>, HotError> {
-        let reply: Value = invocation.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let reply: Value = self.once_more(|mut conn| async move { invocation.invoke_async(&mut conn).await }).await?;
         array(reply)
+    }
+
+    /// A plain command, through [`RedisHot::once_more`].
+    async fn command<T: ::redis::FromRedisValue>(&self, command: &::redis::Cmd) -> Result<T, HotError> {
+        self.once_more(|mut conn| async move { command.query_async(&mut conn).await }).await
+    }
+
+    /// A pipeline, through [`RedisHot::once_more`].
+    async fn pipeline<T: ::redis::FromRedisValue>(&self, pipeline: &::redis::Pipeline) -> Result<T, HotError> {
+        self.once_more(|mut conn| async move { pipeline.query_async(&mut conn).await }).await
+    }
+
+    /// Sends a request, and once more if the connection broke under it. After Redis restarts,
+    /// the connection manager learns that its connection is dead only from the first request
+    /// that fails on it, then reconnects: without a second try, that request would fail though
+    /// Redis is back. Every request here may run twice: the scripts are idempotent (a second
+    /// reserve with the same order id finds that order's reservation, which the purchase flow
+    /// takes as its own) and so are the plain commands.
+    async fn once_more<T, F, Fut>(&self, send: F) -> Result<T, HotError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        match send(self.conn.clone()).await {
+            Err(error) if (error.is_connection_dropped() || error.is_io_error()) && !error.is_timeout() => {
+                tracing::debug!(error = %error, "the Redis connection broke under a request; sending it again");
+                send(self.conn.clone()).await.map_err(unavailable)
+            }
+            other => other.map_err(unavailable),
+        }
     }
 
     /// Reservations of a sale not yet confirmed or released (for reconciliation with the
     /// record: each is either committed or must be released). Empty when the sale is not loaded.
     pub async fn pending_orders(&self, sale: &SaleId) -> Result<Vec<OrderRecord>, HotError> {
         let keys = self.keys(sale);
-        let (price, pending): (Vec<Value>, Vec<String>) = ::redis::pipe()
-            .atomic()
-            .cmd("HMGET")
-            .arg(keys.meta())
-            .arg(&["price", "currency"])
-            .cmd("HVALS")
-            .arg(keys.pending())
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let (price, pending): (Vec<Value>, Vec<String>) = self
+            .pipeline(
+                ::redis::pipe()
+                    .atomic()
+                    .cmd("HMGET")
+                    .arg(keys.meta())
+                    .arg(&["price", "currency"])
+                    .cmd("HVALS")
+                    .arg(keys.pending()),
+            )
+            .await?;
         if price.iter().any(|v| matches!(v, Value::Nil)) {
             return Ok(Vec::new());
         }
@@ -484,12 +515,8 @@ impl HotStore for RedisHot {
         if sale.status != SaleStatus::Ended {
             // Listed before the sale is built: a sale listed but absent is skipped by
             // `open_sales`, while a sale built but never listed would never be ended on time.
-            let _: i64 = ::redis::cmd("SADD")
-                .arg(open_sales_key(&self.prefix))
-                .arg(sale.id.as_str())
-                .query_async(&mut self.conn.clone())
-                .await
-                .map_err(unavailable)?;
+            let _: i64 =
+                self.command(::redis::cmd("SADD").arg(open_sales_key(&self.prefix)).arg(sale.id.as_str())).await?;
         }
         let (_, units, sold) = tally(orders);
         // Standings in the leaderboard's terms: units, first purchase and name of the first order.
@@ -514,7 +541,7 @@ impl HotStore for RedisHot {
             ("remaining", (rules.allocated - sold).to_string()),
             ("sold", sold.to_string()),
             ("in_flight", "0".to_owned()),
-            ("version", "1".to_owned()),
+            ("version", crate::store::first_version(sale.generation).to_string()),
         ];
         let keys = self.keys(&sale.id);
         let mut invocation = keys.invoke(&SCRIPTS.load_sale);
@@ -536,11 +563,7 @@ impl HotStore for RedisHot {
     }
 
     async fn has_sale(&self, sale: &SaleId) -> Result<bool, HotError> {
-        ::redis::cmd("EXISTS")
-            .arg(self.keys(sale).meta())
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)
+        self.command(::redis::cmd("EXISTS").arg(self.keys(sale).meta())).await
     }
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<Reservation, HotError> {
@@ -635,12 +658,8 @@ impl HotStore for RedisHot {
         // after the script; `open_sales` checks each listed sale's status, so a failure here
         // leaves at most a stale entry, never a wrong answer.
         let command = if sale.status == SaleStatus::Ended { "SREM" } else { "SADD" };
-        let _: i64 = ::redis::cmd(command)
-            .arg(open_sales_key(&self.prefix))
-            .arg(sale.id.as_str())
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let _: i64 =
+            self.command(::redis::cmd(command).arg(open_sales_key(&self.prefix)).arg(sale.id.as_str())).await?;
         Ok(())
     }
 
@@ -705,20 +724,11 @@ impl HotStore for RedisHot {
     async fn forget_sale(&self, sale: &SaleId) -> Result<(), HotError> {
         let keys = self.keys(sale);
         // Two slots (the sale's and the open-sales set): a plain pipeline, not a transaction.
-        ::redis::pipe()
-            .del(&keys.keys[..])
-            .srem(open_sales_key(&self.prefix), sale.as_str())
-            .query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)
+        self.pipeline(::redis::pipe().del(&keys.keys[..]).srem(open_sales_key(&self.prefix), sale.as_str())).await
     }
 
     async fn open_sales(&self) -> Result<Vec<(SaleId, SaleRules, SaleStatus)>, HotError> {
-        let listed: Vec<String> = ::redis::cmd("SMEMBERS")
-            .arg(open_sales_key(&self.prefix))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let listed: Vec<String> = self.command(::redis::cmd("SMEMBERS").arg(open_sales_key(&self.prefix))).await?;
         let ids: Vec<SaleId> = listed.iter().filter_map(|raw| SaleId::parse(raw).ok()).collect();
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -728,7 +738,7 @@ impl HotStore for RedisHot {
         for id in &ids {
             pipe.cmd("HMGET").arg(self.keys(id).meta()).arg(&RULE_FIELDS);
         }
-        let metas: Vec<Vec<Value>> = pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let metas: Vec<Vec<Value>> = self.pipeline(&pipe).await?;
         let mut open = Vec::new();
         for (id, values) in ids.into_iter().zip(&metas) {
             if values.iter().all(|v| matches!(v, Value::Nil)) {
