@@ -19,8 +19,8 @@ pub struct Claims {
     pub sub: String,
     /// The user's display name (shown on leaderboards).
     pub name: String,
-    /// "buyer" or "admin".
-    pub role: Role,
+    /// "buyer" or "admin" (read through [`Role::parse`]).
+    pub role: String,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
     /// Issued at, seconds since the epoch.
@@ -103,7 +103,7 @@ impl JwtKeys {
     pub fn issue(&self, sub: &str, name: &str, role: Role, now: UnixMillis, ttl: Duration) -> (String, UnixMillis) {
         let iat = (now.0 / 1000).max(0) as u64;
         let exp = iat + ttl.as_secs();
-        let claims = Claims { sub: sub.to_owned(), name: name.to_owned(), role, exp, iat };
+        let claims = Claims { sub: sub.to_owned(), name: name.to_owned(), role: role.as_str().to_owned(), exp, iat };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of plain claims cannot fail");
         (token, UnixMillis(exp as i64 * 1000))
@@ -128,7 +128,8 @@ impl JwtKeys {
         let claims = data.claims;
         let user_id = UserId::parse(&claims.sub).map_err(|_| TokenError::BadClaims)?;
         let name = DisplayName::parse(&claims.name).map_err(|_| TokenError::BadClaims)?;
-        Ok(Caller { user_id, display_name: name.as_str().into(), role: claims.role })
+        let role = Role::parse(&claims.role).map_err(|_| TokenError::BadClaims)?;
+        Ok(Caller { user_id, display_name: name.as_str().into(), role })
     }
 
     /// Reads the bearer token out of an `authorization` header value and verifies it. The scheme

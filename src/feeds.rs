@@ -34,9 +34,8 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::domain::{SaleId, SaleStatus, UnixMillis};
+use crate::domain::{SaleId, SaleStatus, SaleView, UnixMillis};
 use crate::service::ServiceError;
-use crate::store::SaleView;
 
 /// Longest a feed goes without reading its sale, changes or not.
 pub const REFRESH: Duration = Duration::from_secs(1);

@@ -28,6 +28,7 @@ pub mod feeds;
 pub mod grpc;
 pub mod metrics;
 pub mod passwords;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod store;

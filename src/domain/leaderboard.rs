@@ -22,6 +22,19 @@ pub struct LeaderboardEntry {
     pub first_purchase_at: UnixMillis,
 }
 
+/// One buyer's standing, as [`Leaderboard::standings`] lists them.
+#[derive(Debug, Clone, Copy)]
+pub struct BuyerStanding<'a> {
+    /// The buyer.
+    pub buyer: &'a UserId,
+    /// Units bought.
+    pub units: i64,
+    /// When the first purchase was accepted.
+    pub first_purchase_at: UnixMillis,
+    /// The name shown (that of the first purchase).
+    pub display_name: &'a Arc<str>,
+}
+
 #[derive(Debug)]
 struct Standing {
     units: i64,
@@ -68,6 +81,16 @@ impl Leaderboard {
                 first_purchase_at: *at,
             })
             .collect()
+    }
+
+    /// Every buyer's standing, in no particular order (to copy the board elsewhere).
+    pub fn standings(&self) -> impl Iterator<Item = BuyerStanding<'_>> {
+        self.standings.iter().map(|(buyer, s)| BuyerStanding {
+            buyer,
+            units: s.units,
+            first_purchase_at: s.first_purchase_at,
+            display_name: &s.display_name,
+        })
     }
 
     /// How many distinct buyers bought.

@@ -1,13 +1,20 @@
-//! The pure core: identifiers and validated values, sale rules and lifecycle, leaderboard
-//! ordering. Nothing here knows about gRPC, storage or the runtime.
+//! The pure core: identifiers and validated values, the entities every layer passes around
+//! (accounts, products, sales, orders, a sale's live view), sale rules and lifecycle, the
+//! record's decision on an order, leaderboard ordering. Nothing here knows about gRPC, storage
+//! or the runtime.
 
+mod entities;
 mod ids;
 mod leaderboard;
 mod sale;
 mod values;
 
+pub use entities::{
+    first_version, judge_order, shown_remaining, tally, CommitOutcome, CommitRefusal, OrderRecord, ProductRecord,
+    SaleRecord, SaleView, UserRecord, LEADERBOARD_MAX,
+};
 pub use ids::{OrderId, ProductId, SaleId, UserId};
-pub use leaderboard::{Leaderboard, LeaderboardEntry};
+pub use leaderboard::{BuyerStanding, Leaderboard, LeaderboardEntry};
 pub use sale::{check_purchase, BuyerSnapshot, EndReason, PurchaseRefusal, SaleRules, SaleStatus, Transition};
 pub use values::{Currency, DisplayName, Email, IdempotencyKey, Money, Password, Quantity, Role, UnixMillis};
 

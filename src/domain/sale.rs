@@ -1,11 +1,9 @@
 //! Sale rules and the lifecycle state machine: SCHEDULED -> ACTIVE -> ENDED.
 
-use serde::{Deserialize, Serialize};
-
 use super::{FieldViolation, Money, Quantity, UnixMillis};
 
 /// Where a sale is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaleStatus {
     /// Waiting for its start time.
     Scheduled,
@@ -16,7 +14,7 @@ pub enum SaleStatus {
 }
 
 /// Why a sale ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
     /// Every allocated unit was sold.
     SoldOut,
@@ -59,7 +57,7 @@ impl EndReason {
 }
 
 /// What a sale promises, fixed at creation (only `start` moves, when an admin starts it early).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SaleRules {
     /// Units put on sale.
     pub allocated: i64,

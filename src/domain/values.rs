@@ -2,13 +2,10 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
 use super::FieldViolation;
 
 /// Milliseconds since the Unix epoch, UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UnixMillis(pub i64);
 
 /// Units asked for in one purchase: at least 1.
@@ -37,8 +34,7 @@ impl Quantity {
 }
 
 /// A normalised (trimmed, lower-case) email address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Email(String);
 
 impl Email {
@@ -71,8 +67,7 @@ impl Email {
 }
 
 /// A public name for leaderboards: 1..=64 characters, no '@', so it can never be an email.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DisplayName(String);
 
 impl DisplayName {
@@ -122,8 +117,7 @@ impl fmt::Debug for Password {
 }
 
 /// A client-chosen key that makes retries of one purchase safe: 1..=128 printable ASCII characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdempotencyKey(std::sync::Arc<str>);
 
 impl IdempotencyKey {
@@ -142,7 +136,7 @@ impl IdempotencyKey {
 }
 
 /// An ISO 4217 currency code: three upper-case ASCII letters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Currency([u8; 3]);
 
 impl Currency {
@@ -162,7 +156,7 @@ impl Currency {
 }
 
 /// An amount in integer minor units of a currency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Money {
     /// Minor units (cents); never negative.
     pub amount_minor: i64,
@@ -187,8 +181,7 @@ impl Money {
 }
 
 /// What a token allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// May purchase.
     Buyer,

@@ -3,10 +3,9 @@
 
 use prost_types::Timestamp;
 
-use crate::domain::{EndReason, FieldViolation, Money, SaleStatus, UnixMillis};
+use crate::domain::{EndReason, FieldViolation, Money, OrderRecord, ProductRecord, SaleStatus, SaleView, UnixMillis};
 use crate::pb;
 use crate::service::ServiceError;
-use crate::store::{OrderRecord, ProductRecord, SaleView};
 
 /// Collects field violations while a request is converted.
 #[derive(Default)]

@@ -19,11 +19,10 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::clock::Clock;
-use crate::domain::{SaleId, UnixMillis};
+use crate::domain::{SaleId, SaleView, UnixMillis, LEADERBOARD_MAX};
 use crate::feeds::{Feed, Published};
 use crate::pb;
 use crate::service::{App, ServiceError};
-use crate::store::{SaleView, LEADERBOARD_MAX};
 
 use super::convert::{leaderboard, snapshot};
 

@@ -4,8 +4,11 @@
 
 use std::sync::Arc;
 
-use crate::domain::{EndReason, ProductId, SaleId, SaleRules, SaleStatus, UnixMillis};
-use crate::store::{ProductRecord, SaleRecord, SaleView, StoreError};
+use crate::domain::{
+    shown_remaining, EndReason, ProductId, ProductRecord, SaleId, SaleRecord, SaleRules, SaleStatus, SaleView,
+    UnixMillis,
+};
+use crate::store::StoreError;
 
 use super::{App, ServiceError};
 
@@ -201,13 +204,14 @@ fn view_of_record(sale: &SaleRecord) -> SaleView {
     SaleView {
         sale_id: sale.id.clone(),
         product_id: sale.product_id.clone(),
-        version: crate::store::first_version(sale.generation),
+        version: crate::domain::first_version(sale.generation),
         rules: sale.rules,
         status: sale.status,
         end_reason: sale.end_reason,
         ended_at: sale.ended_at,
         sold: sale.sold,
-        remaining: sale.rules.allocated - sale.sold,
+        // A sale not loaded in the hot state has nothing in flight.
+        remaining: shown_remaining(sale.status, sale.rules.allocated, sale.sold, sale.rules.allocated - sale.sold),
         leaderboard: Vec::new(),
         total_buyers: 0,
     }

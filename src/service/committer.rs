@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::{EndReason, SaleId, UnixMillis};
-use crate::store::{CommitOutcome, OrderRecord, RecordStore, SaleRecord, StoreError};
+use crate::domain::{CommitOutcome, EndReason, OrderRecord, SaleId, SaleRecord, UnixMillis};
+use crate::store::{RecordStore, StoreError};
 
 /// Most orders in one transaction.
 const MAX_BATCH: usize = 4096;

@@ -32,10 +32,11 @@ use crate::auth::{JwtKeys, TokenError};
 use crate::backends::Backends;
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::domain::{EndReason, FieldViolation, PurchaseRefusal, SaleId, SaleStatus};
+use crate::domain::{EndReason, FieldViolation, OrderRecord, PurchaseRefusal, SaleId, SaleStatus, SaleView};
 use crate::feeds::{FeedHub, SaleSource};
 use crate::passwords::{PasswordPool, PoolError};
-use crate::store::{ChangeSink, HotError, HotStore, OrderRecord, RecordStore, SaleView, StoreError};
+use crate::retry::Backoff;
+use crate::store::{ChangeSink, HotError, HotStore, RecordStore, StoreError};
 
 pub use admin::NewSale;
 use committer::Committer;
@@ -376,17 +377,16 @@ impl App {
     {
         let Some(app) = self.me.upgrade() else { return };
         self.tasks.spawn(async move {
-            let mut pause = RETRY_FIRST;
+            let mut pauses = Backoff::new(RETRY_FIRST, RETRY_MAX);
             loop {
                 tokio::select! {
                     _ = app.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(pause) => {}
+                    _ = tokio::time::sleep(pauses.next_pause()) => {}
                 }
                 match work(app.clone()).await {
                     Ok(()) => return,
                     Err(error) => tracing::debug!(error = ?error, "still failing; retrying"),
                 }
-                pause = (pause * 2).min(RETRY_MAX);
             }
         });
     }

@@ -13,8 +13,8 @@ use std::task::Poll;
 use tokio::time::Instant;
 
 use crate::auth::Caller;
-use crate::domain::{EndReason, IdempotencyKey, OrderId, PurchaseRefusal, SaleId, UserId};
-use crate::store::{CommitRefusal, HotError, OrderRecord, Reservation, ReserveRequest, Settled};
+use crate::domain::{CommitRefusal, EndReason, IdempotencyKey, OrderId, OrderRecord, PurchaseRefusal, SaleId, UserId};
+use crate::store::{HotError, Reservation, ReserveRequest, Settled};
 
 use super::{App, ServiceError};
 

@@ -16,8 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::{SaleStatus, UnixMillis};
-use crate::store::SaleRecord;
+use crate::domain::{SaleRecord, SaleStatus, UnixMillis};
 
 use super::{App, ServiceError};
 

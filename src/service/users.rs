@@ -1,8 +1,7 @@
 //! Accounts and tokens. Password hashing runs on the bounded pool ([`crate::passwords`]): when
 //! it is full, Register and Login answer SIGN_IN_BUSY at once.
 
-use crate::domain::{DisplayName, Email, Password, Role, UnixMillis, UserId};
-use crate::store::UserRecord;
+use crate::domain::{DisplayName, Email, Password, Role, UnixMillis, UserId, UserRecord};
 
 use super::{App, ServiceError};
 

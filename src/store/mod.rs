@@ -18,95 +18,25 @@ pub mod mongo;
 pub mod redis;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    DisplayName, Email, EndReason, IdempotencyKey, Leaderboard, LeaderboardEntry, Money, OrderId, ProductId,
-    PurchaseRefusal, Role, SaleId, SaleRules, SaleStatus, UnixMillis, UserId,
+    CommitOutcome, Email, EndReason, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord, PurchaseRefusal,
+    SaleId, SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, UserRecord,
 };
 
-/// A stored account.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UserRecord {
-    /// Id (`sub` of its tokens).
-    pub id: UserId,
-    /// Normalised email, unique.
-    pub email: Email,
-    /// Public name.
-    pub display_name: DisplayName,
-    /// Role.
-    pub role: Role,
-    /// Argon2id PHC string.
-    pub password_hash: String,
-    /// Creation time.
-    pub created_at: UnixMillis,
-}
-
-/// A stored product.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProductRecord {
-    /// Id.
-    pub id: ProductId,
-    /// Name.
-    pub name: String,
-    /// Description.
-    pub description: String,
-    /// Units not allocated to any sale.
-    pub inventory: i64,
-    /// Creation time.
-    pub created_at: UnixMillis,
-}
-
-/// A stored sale.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SaleRecord {
-    /// Id.
-    pub id: SaleId,
-    /// The product the units came from.
-    pub product_id: ProductId,
-    /// Allocation, price, limits and window.
-    pub rules: SaleRules,
-    /// Units in durable orders.
-    pub sold: i64,
-    /// Lifecycle status.
-    pub status: SaleStatus,
-    /// Why it ended.
-    pub end_reason: Option<EndReason>,
-    /// When it ended.
-    pub ended_at: Option<UnixMillis>,
-    /// Creation time.
-    pub created_at: UnixMillis,
-    /// How many times the sale's hot state was built from the record ([`RecordStore::next_generation`]):
-    /// each build numbers the sale's versions above every version an earlier build published.
-    #[serde(default)]
-    pub generation: u64,
-}
-
-/// The first version of a hot state built at `generation`: above every version of every earlier
-/// build, which counted up from its own first version by at most 2^32 - 1 changes.
-pub fn first_version(generation: u64) -> u64 {
-    generation << 32
-}
-
-/// A stored order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderRecord {
-    /// Id.
-    pub id: OrderId,
-    /// The sale.
-    pub sale_id: SaleId,
-    /// The buyer (token subject).
-    pub buyer_id: UserId,
-    /// The buyer's display name at purchase time (for leaderboards rebuilt from the record).
-    pub buyer_name: std::sync::Arc<str>,
-    /// Units.
-    pub quantity: u32,
-    /// Price of one unit.
-    pub unit_price: Money,
-    /// The buyer's idempotency key.
-    pub idempotency_key: IdempotencyKey,
-    /// When the purchase was accepted.
-    pub created_at: UnixMillis,
+/// `uri` with any `user:password@` replaced by `***@`, for messages and logs (Redis and
+/// MongoDB URIs alike; only the authority is looked at, so a password holding '@' or a path
+/// holding '@' shows nothing it should not).
+pub fn redact_uri(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
+        return uri.to_owned();
+    };
+    let rest = &uri[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &uri[..scheme_end], &rest[at..]),
+        None => uri.to_owned(),
+    }
 }
 
 /// Failures of the record store.
@@ -134,20 +64,6 @@ pub enum StoreError {
     #[error("store failure")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
-
-/// Why the record refused one order of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommitRefusal {
-    /// The sale ended before the order reached the record.
-    SaleEnded,
-    /// The order would push sold past allocated.
-    WouldOversell,
-    /// An order with the same (buyer, sale, idempotency key) is already stored.
-    Duplicate,
-}
-
-/// The record's answer for one order of a batch.
-pub type CommitOutcome = Result<(), CommitRefusal>;
 
 /// The durable record.
 #[async_trait]
@@ -260,36 +176,6 @@ pub enum HotError {
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// The live public state of one sale, as feeds and GetSale show it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SaleView {
-    /// The sale.
-    pub sale_id: SaleId,
-    /// The product.
-    pub product_id: ProductId,
-    /// Increases with every change.
-    pub version: u64,
-    /// Rules.
-    pub rules: SaleRules,
-    /// Status.
-    pub status: SaleStatus,
-    /// Why it ended.
-    pub end_reason: Option<EndReason>,
-    /// When it ended.
-    pub ended_at: Option<UnixMillis>,
-    /// Units in durable orders.
-    pub sold: i64,
-    /// Units a new purchase may take (for an ended sale: allocated - sold, given back).
-    pub remaining: i64,
-    /// The top of the leaderboard (at most [`LEADERBOARD_MAX`] entries).
-    pub leaderboard: Vec<LeaderboardEntry>,
-    /// Distinct buyers.
-    pub total_buyers: u64,
-}
-
-/// The most leaderboard entries a feed can ask for.
-pub const LEADERBOARD_MAX: usize = 100;
-
 /// What a confirm tells the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Confirmed {
@@ -337,15 +223,23 @@ pub trait ChangeSink: Send + Sync + 'static {
     fn resubscribed(&self);
 }
 
-/// Rebuilds a leaderboard and per-buyer units from durable orders (oldest first).
-pub fn tally(orders: &[OrderRecord]) -> (Leaderboard, foldhash::HashMap<UserId, u32>, i64) {
-    let mut board = Leaderboard::default();
-    let mut units = foldhash::HashMap::default();
-    let mut sold = 0;
-    for order in orders {
-        board.record(&order.buyer_id, &order.buyer_name, i64::from(order.quantity), order.created_at);
-        *units.entry(order.buyer_id.clone()).or_insert(0u32) += order.quantity;
-        sold += i64::from(order.quantity);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_show() {
+        assert_eq!(redact_uri("redis://user:secret@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(redact_uri("redis://host:6379"), "redis://host:6379");
+        assert_eq!(
+            redact_uri("mongodb://ann:s3cret@db1:27017,db2/?replicaSet=rs0"),
+            "mongodb://***@db1:27017,db2/?replicaSet=rs0"
+        );
+        assert_eq!(
+            redact_uri("mongodb+srv://ann:p@ss@cluster.example.com/app"),
+            "mongodb+srv://***@cluster.example.com/app"
+        );
+        assert_eq!(redact_uri("mongodb://127.0.0.1:27017/?w=majority"), "mongodb://127.0.0.1:27017/?w=majority");
+        assert_eq!(redact_uri("not a uri"), "not a uri");
     }
-    (board, units, sold)
 }

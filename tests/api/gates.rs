@@ -7,12 +7,10 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use flashsale::backends::Backends;
 use flashsale::domain::{
-    Email, EndReason, IdempotencyKey, OrderId, ProductId, SaleId, SaleRules, SaleStatus, UnixMillis, UserId,
+    CommitOutcome, Email, EndReason, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord, SaleId,
+    SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, UserRecord,
 };
-use flashsale::store::{
-    CommitOutcome, Confirmed, HotError, HotStore, OrderRecord, ProductRecord, RecordStore, Reservation, ReserveRequest,
-    SaleRecord, SaleView, Settled, StoreError, UserRecord,
-};
+use flashsale::store::{Confirmed, HotError, HotStore, RecordStore, Reservation, ReserveRequest, Settled, StoreError};
 use tokio::sync::oneshot;
 
 /// Where a purchase can be stopped.

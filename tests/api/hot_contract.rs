@@ -11,14 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale::domain::{
-    EndReason, IdempotencyKey, Money, OrderId, ProductId, PurchaseRefusal, Quantity, SaleId, SaleRules, SaleStatus,
-    UnixMillis, UserId,
+    EndReason, IdempotencyKey, Money, OrderId, OrderRecord, ProductId, PurchaseRefusal, Quantity, SaleId, SaleRecord,
+    SaleRules, SaleStatus, SaleView, UnixMillis, UserId,
 };
 use flashsale::store::embedded::MemoryHot;
 use flashsale::store::redis::{connect, spawn_change_listener, RedisHot};
-use flashsale::store::{
-    ChangeSink, HotError, HotStore, OrderRecord, Reservation, ReserveRequest, SaleRecord, SaleView, Settled,
-};
+use flashsale::store::{ChangeSink, HotError, HotStore, Reservation, ReserveRequest, Settled};
 use tokio_util::sync::CancellationToken;
 
 use crate::redis_support::{fresh_prefix, shared_redis, RedisServer};

@@ -19,3 +19,4 @@ mod record_contract;
 #[path = "../support/redis.rs"]
 mod redis_support;
 mod server;
+mod stored_formats;

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale::domain::{
-    DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, ProductId, Role, SaleId, SaleRules, SaleStatus,
-    UnixMillis, UserId,
+    CommitRefusal, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, ProductId,
+    ProductRecord, Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId, UserRecord,
 };
 use flashsale::store::embedded::RedbRecords;
 use flashsale::store::mongo::{connect, MongoRecords};
-use flashsale::store::{CommitRefusal, OrderRecord, ProductRecord, RecordStore, SaleRecord, StoreError, UserRecord};
+use flashsale::store::{RecordStore, StoreError};
 use mongodb::bson::{doc, Bson, Document};
 
 // ---- fixtures --------------------------------------------------------------------------------

@@ -12,13 +12,11 @@ use foldhash::HashMap;
 use tokio::sync::Notify;
 
 use crate::domain::{
-    check_purchase, BuyerSnapshot, EndReason, IdempotencyKey, Leaderboard, ProductId, PurchaseRefusal, SaleId,
-    SaleRules, SaleStatus, UnixMillis, UserId,
-};
-use crate::store::{
-    tally, Confirmed, HotError, HotStore, OrderRecord, Reservation, ReserveRequest, SaleRecord, SaleView, Settled,
+    check_purchase, shown_remaining, tally, BuyerSnapshot, EndReason, IdempotencyKey, Leaderboard, OrderRecord,
+    ProductId, PurchaseRefusal, SaleId, SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId,
     LEADERBOARD_MAX,
 };
+use crate::store::{Confirmed, HotError, HotStore, Reservation, ReserveRequest, Settled};
 
 /// Hot state of every loaded sale.
 #[derive(Default)]
@@ -104,7 +102,7 @@ impl HotStore for MemoryHot {
             buyers,
             keys,
             board,
-            version: crate::store::first_version(sale.generation),
+            version: crate::domain::first_version(sale.generation),
         };
         let hot = Arc::new(HotSale { state: Mutex::new(state), settled: Notify::new() });
         // Never replace a loaded sale: its in-flight reservations live only here.
@@ -240,11 +238,7 @@ impl HotStore for MemoryHot {
             end_reason: state.end_reason,
             ended_at: state.ended_at,
             sold: state.sold,
-            remaining: if state.status == SaleStatus::Ended {
-                state.rules.allocated - state.sold
-            } else {
-                state.remaining
-            },
+            remaining: shown_remaining(state.status, state.rules.allocated, state.sold, state.remaining),
             leaderboard: state.board.top(LEADERBOARD_MAX),
             total_buyers: state.board.len() as u64,
         }))

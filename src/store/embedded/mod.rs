@@ -2,6 +2,7 @@
 //! mutex per sale, no lock across sales); the record lives in redb ([`RedbRecords`]), an
 //! embedded ACID key-value store in one file under the data directory.
 
+mod format;
 mod hot;
 mod records;
 

@@ -1,5 +1,6 @@
 //! The durable record in redb: one file, ACID write transactions, each commit fsynced
-//! (`Durability::Immediate`, redb's default). Records are JSON values. Every call runs on the
+//! (`Durability::Immediate`, redb's default). Records are stored in the format of `format.rs`
+//! (versioned JSON documents). Every call runs on the
 //! blocking pool.
 //!
 //! Tables: `users` (id -> user), `users_by_email` (email -> id), `products` (id -> product),
@@ -19,12 +20,13 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use foldhash::{HashMap, HashSet};
 use redb::{Database, ReadableTable, TableDefinition};
-use serde::{de::DeserializeOwned, Serialize};
 
-use crate::domain::{Email, EndReason, IdempotencyKey, OrderId, ProductId, SaleId, SaleStatus, UnixMillis, UserId};
-use crate::store::{
-    CommitOutcome, CommitRefusal, OrderRecord, ProductRecord, RecordStore, SaleRecord, StoreError, UserRecord,
+use super::format::Stored;
+use crate::domain::{
+    judge_order, CommitOutcome, Email, EndReason, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord,
+    SaleId, SaleRecord, SaleStatus, UnixMillis, UserId, UserRecord,
 };
+use crate::store::{RecordStore, StoreError};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const USERS_BY_EMAIL: TableDefinition<&str, &str> = TableDefinition::new("users_by_email");
@@ -60,8 +62,12 @@ impl OrderIndex {
     fn add(&mut self, order: &OrderRecord) {
         self.by_sale.entry(order.sale_id.clone()).or_default().push(order.id.clone());
         self.by_buyer.entry(order.buyer_id.clone()).or_default().push(order.id.clone());
-        let key = (order.buyer_id.clone(), order.sale_id.clone(), order.idempotency_key.clone());
-        self.by_key.insert(key, order.id.clone());
+        self.by_key.insert(Self::key(order), order.id.clone());
+    }
+
+    /// The (buyer, sale, idempotency key) an order is found by.
+    fn key(order: &OrderRecord) -> (UserId, SaleId, IdempotencyKey) {
+        (order.buyer_id.clone(), order.sale_id.clone(), order.idempotency_key.clone())
     }
 }
 
@@ -80,23 +86,11 @@ internal_from!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError,
-    serde_json::Error
+    redb::CommitError
 );
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    Ok(serde_json::to_vec(value)?)
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    Ok(serde_json::from_slice(bytes)?)
-}
-
-fn get<T: DeserializeOwned>(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    id: &str,
-) -> Result<Option<T>, StoreError> {
-    table.get(id)?.map(|v| decode(v.value())).transpose()
+fn get<T: Stored>(table: &impl ReadableTable<&'static str, &'static [u8]>, id: &str) -> Result<Option<T>, StoreError> {
+    table.get(id)?.map(|v| T::decode(id, v.value())).transpose()
 }
 
 impl RedbRecords {
@@ -117,7 +111,8 @@ impl RedbRecords {
         let mut index = OrderIndex::default();
         let txn = db.begin_read()?;
         for entry in txn.open_table(ORDERS)?.iter()? {
-            let order: OrderRecord = serde_json::from_slice(entry?.1.value())?;
+            let (key, value) = entry?;
+            let order = OrderRecord::decode(key.value(), value.value())?;
             index.add(&order);
         }
         Ok(Self { db: Arc::new(db), index: Arc::new(Mutex::new(index)), order_writer: Arc::default() })
@@ -144,7 +139,7 @@ impl RedbRecords {
                 let mut sale: SaleRecord = get(&sales, id.as_str())?.ok_or(StoreError::NotFound)?;
                 let changed = change(&mut sale, &txn)?;
                 if changed {
-                    sales.insert(id.as_str(), encode(&sale)?.as_slice())?;
+                    sales.insert(id.as_str(), sale.encode()?.as_slice())?;
                 }
                 (sale, changed)
             };
@@ -182,7 +177,7 @@ impl RecordStore for RedbRecords {
                     return Err(StoreError::EmailTaken);
                 }
                 by_email.insert(user.email.as_str(), user.id.as_str())?;
-                txn.open_table(USERS)?.insert(user.id.as_str(), encode(&user)?.as_slice())?;
+                txn.open_table(USERS)?.insert(user.id.as_str(), user.encode()?.as_slice())?;
             }
             txn.commit()?;
             Ok(())
@@ -202,7 +197,7 @@ impl RecordStore for RedbRecords {
                         by_email.insert(user.email.as_str(), user.id.as_str())?;
                     }
                 }
-                txn.open_table(USERS)?.insert(user.id.as_str(), encode(&user)?.as_slice())?;
+                txn.open_table(USERS)?.insert(user.id.as_str(), user.encode()?.as_slice())?;
             }
             txn.commit()?;
             Ok(user)
@@ -225,7 +220,7 @@ impl RecordStore for RedbRecords {
     async fn create_product(&self, product: ProductRecord) -> Result<(), StoreError> {
         self.blocking(move |db| {
             let txn = db.begin_write()?;
-            txn.open_table(PRODUCTS)?.insert(product.id.as_str(), encode(&product)?.as_slice())?;
+            txn.open_table(PRODUCTS)?.insert(product.id.as_str(), product.encode()?.as_slice())?;
             txn.commit()?;
             Ok(())
         })
@@ -238,7 +233,8 @@ impl RecordStore for RedbRecords {
             let table = txn.open_table(PRODUCTS)?;
             let mut products = Vec::new();
             for entry in table.iter()? {
-                products.push(decode(entry?.1.value())?);
+                let (key, value) = entry?;
+                products.push(ProductRecord::decode(key.value(), value.value())?);
             }
             Ok(products)
         })
@@ -258,7 +254,7 @@ impl RecordStore for RedbRecords {
                 let mut products = txn.open_table(PRODUCTS)?;
                 let mut product: ProductRecord = get(&products, id.as_str())?.ok_or(StoreError::NotFound)?;
                 product.inventory = product.inventory.saturating_add(units);
-                products.insert(id.as_str(), encode(&product)?.as_slice())?;
+                products.insert(id.as_str(), product.encode()?.as_slice())?;
                 product
             };
             txn.commit()?;
@@ -278,8 +274,8 @@ impl RecordStore for RedbRecords {
                     return Err(StoreError::InsufficientInventory { inventory: product.inventory });
                 }
                 product.inventory -= sale.rules.allocated;
-                products.insert(product.id.as_str(), encode(&product)?.as_slice())?;
-                txn.open_table(SALES)?.insert(sale.id.as_str(), encode(&sale)?.as_slice())?;
+                products.insert(product.id.as_str(), product.encode()?.as_slice())?;
+                txn.open_table(SALES)?.insert(sale.id.as_str(), sale.encode()?.as_slice())?;
             }
             txn.commit()?;
             Ok(sale)
@@ -299,7 +295,8 @@ impl RecordStore for RedbRecords {
             let table = txn.open_table(SALES)?;
             let mut sales = Vec::new();
             for entry in table.iter()?.rev() {
-                let sale: SaleRecord = decode(entry?.1.value())?;
+                let (key, value) = entry?;
+                let sale = SaleRecord::decode(key.value(), value.value())?;
                 if product.as_ref().is_none_or(|p| *p == sale.product_id) {
                     sales.push(sale);
                 }
@@ -350,7 +347,7 @@ impl RecordStore for RedbRecords {
             let mut products = txn.open_table(PRODUCTS)?;
             let mut product: ProductRecord = get(&products, sale.product_id.as_str())?.ok_or(StoreError::NotFound)?;
             product.inventory += unsold;
-            products.insert(product.id.as_str(), encode(&product)?.as_slice())?;
+            products.insert(product.id.as_str(), product.encode()?.as_slice())?;
             Ok(true)
         })
         .await
@@ -364,11 +361,17 @@ impl RecordStore for RedbRecords {
             let txn = db.begin_write()?;
             let mut outcomes = Vec::with_capacity(batch.len());
             let mut stored = Vec::with_capacity(batch.len());
+            // Which of the batch's keys are stored already: the index lock is held for these
+            // look-ups only (the writer lock above keeps other batches out until the index is
+            // updated below).
+            let stored_before: HashSet<(UserId, SaleId, IdempotencyKey)> = {
+                let index = index.lock().unwrap_or_else(|e| e.into_inner());
+                batch.iter().map(OrderIndex::key).filter(|key| index.by_key.contains_key(key)).collect()
+            };
             {
                 let mut sales = txn.open_table(SALES)?;
                 let mut orders = txn.open_table(ORDERS)?;
-                // Keys stored before this batch, and those of this batch so far.
-                let known = index.lock().unwrap_or_else(|e| e.into_inner());
+                // Keys of this batch so far.
                 let mut batch_keys = HashSet::default();
                 // Sales touched by this batch, read once and written back once.
                 let mut touched: HashMap<SaleId, SaleRecord> = HashMap::default();
@@ -380,24 +383,20 @@ impl RecordStore for RedbRecords {
                             e.insert(sale)
                         }
                     };
-                    let key = (order.buyer_id.clone(), order.sale_id.clone(), order.idempotency_key.clone());
-                    let outcome = if sale.status == SaleStatus::Ended {
-                        Err(CommitRefusal::SaleEnded)
-                    } else if sale.sold + i64::from(order.quantity) > sale.rules.allocated {
-                        Err(CommitRefusal::WouldOversell)
-                    } else if known.by_key.contains_key(&key) || !batch_keys.insert(key) {
-                        Err(CommitRefusal::Duplicate)
-                    } else {
+                    let key = OrderIndex::key(order);
+                    let taken = stored_before.contains(&key) || batch_keys.contains(&key);
+                    let ended = sale.status == SaleStatus::Ended;
+                    let outcome = judge_order(ended, sale.sold, sale.rules.allocated, order.quantity, taken);
+                    if outcome.is_ok() {
                         sale.sold += i64::from(order.quantity);
-                        orders.insert(order.id.as_str(), encode(order)?.as_slice())?;
+                        orders.insert(order.id.as_str(), order.encode()?.as_slice())?;
+                        batch_keys.insert(key);
                         stored.push(order);
-                        Ok(())
-                    };
+                    }
                     outcomes.push(outcome);
                 }
-                drop(known);
                 for sale in touched.values() {
-                    sales.insert(sale.id.as_str(), encode(sale)?.as_slice())?;
+                    sales.insert(sale.id.as_str(), sale.encode()?.as_slice())?;
                 }
             }
             txn.commit()?;

@@ -15,10 +15,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Currency, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, ProductId, Role, SaleId, SaleRules,
-    SaleStatus, UnixMillis, UserId,
+    Currency, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, ProductId, ProductRecord,
+    Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId, UserRecord,
 };
-use crate::store::{OrderRecord, ProductRecord, SaleRecord, StoreError, UserRecord};
+use crate::store::StoreError;
 
 /// A stored value that no longer parses as its domain type: the record is corrupt.
 #[derive(Debug, thiserror::Error)]

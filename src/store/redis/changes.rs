@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::SaleId;
 
-use super::{change_channel, redact};
+use super::keys::change_channel;
+use crate::retry::Backoff;
+use crate::store::redact_uri as redact;
 use crate::store::ChangeSink;
 
 /// Pause after a failed subscription, doubling up to [`MAX_BACKOFF`].
@@ -45,7 +47,7 @@ pub fn spawn_change_listener(
                 return;
             }
         };
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
             match listener.listen(&client, &shutdown, &mut backoff).await {
                 Ok(()) => return,
@@ -56,9 +58,8 @@ pub fn spawn_change_listener(
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.next_pause()) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     })
 }
@@ -75,7 +76,7 @@ impl Listener {
         &self,
         client: &::redis::Client,
         shutdown: &CancellationToken,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> anyhow::Result<()> {
         let subscribe = async {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -86,7 +87,7 @@ impl Listener {
             _ = shutdown.cancelled() => return Ok(()),
             subscribed = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe) => subscribed??,
         };
-        *backoff = MIN_BACKOFF;
+        backoff.reset();
         self.sink.resubscribed();
         let (mut sink, mut messages) = pubsub.split();
         let mut ping = tokio::time::interval(PING_EVERY);

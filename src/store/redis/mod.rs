@@ -24,8 +24,10 @@
 //! The key prefix must not contain `{` or `}`, or the hash tag would not be the sale's.
 
 mod changes;
+mod keys;
+mod order;
+mod replies;
 
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -33,18 +35,20 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{RedisError, Script, ScriptInvocation, Value};
 use anyhow::Context as _;
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    check_purchase, BuyerSnapshot, EndReason, IdempotencyKey, LeaderboardEntry, Money, OrderId, ProductId,
-    PurchaseRefusal, SaleId, SaleRules, SaleStatus, UnixMillis, UserId,
+    shown_remaining, tally, LeaderboardEntry, OrderRecord, ProductId, SaleId, SaleRecord, SaleRules, SaleStatus,
+    SaleView, UnixMillis, LEADERBOARD_MAX,
 };
-use crate::store::{
-    tally, Confirmed, HotError, HotStore, OrderRecord, Reservation, ReserveRequest, SaleRecord, SaleView, Settled,
-    LEADERBOARD_MAX,
-};
+use crate::store::{redact_uri, Confirmed, HotError, HotStore, Reservation, ReserveRequest, Settled};
 
 pub use changes::spawn_change_listener;
+use keys::{board_member, key_field, open_sales_key, parse_board_member, SaleKeys};
+use order::StoredOrder;
+use replies::{
+    array, expect_ok, int, item, malformed, money, optional_text, parse_reason, parse_status, reason_code,
+    reserve_refusal, text, unavailable, Meta, RULE_FIELDS, VIEW_FIELDS,
+};
 
 /// How long one attempt to open a TCP connection to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -95,7 +99,7 @@ pub async fn connect(uri: &str, key_prefix: &str) -> anyhow::Result<RedisHot> {
     if key_prefix.contains(['{', '}']) {
         anyhow::bail!("the Redis key prefix {key_prefix:?} must not contain '{{' or '}}' (they would break the per-sale hash tags)");
     }
-    let shown = redact(uri);
+    let shown = redact_uri(uri);
     let client = ::redis::Client::open(uri).with_context(|| format!("invalid Redis URI {shown}"))?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -112,312 +116,6 @@ pub async fn connect(uri: &str, key_prefix: &str) -> anyhow::Result<RedisHot> {
         .map_err(|_| anyhow::anyhow!("Redis at {shown} did not answer PING within {STARTUP_TIMEOUT:?}"))?
         .with_context(|| format!("cannot reach Redis at {shown}"))?;
     Ok(RedisHot { conn, prefix: key_prefix.into() })
-}
-
-/// The URI without its password, for messages.
-fn redact(uri: &str) -> String {
-    match (uri.find("://"), uri.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &uri[..scheme], &uri[at + 1..]),
-        _ => uri.to_owned(),
-    }
-}
-
-/// The keys of one sale; all share the hash tag `{sale:ID}` (see the module docs).
-struct SaleKeys {
-    /// meta, units, keys, pending, board, firsts, names: `KEYS[1..=7]` of every script.
-    keys: [String; 7],
-    /// Where changes of the sale are published.
-    channel: String,
-}
-
-impl SaleKeys {
-    fn new(prefix: &str, sale: &SaleId) -> Self {
-        let base = format!("{prefix}{{sale:{sale}}}:");
-        Self {
-            keys: ["meta", "units", "keys", "pending", "board", "firsts", "names"].map(|k| format!("{base}{k}")),
-            channel: format!("{base}changes"),
-        }
-    }
-
-    fn meta(&self) -> &str {
-        &self.keys[0]
-    }
-
-    fn pending(&self) -> &str {
-        &self.keys[3]
-    }
-
-    /// An invocation of `script` with this sale's keys as `KEYS`.
-    fn invoke<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
-        let mut invocation = script.prepare_invoke();
-        for key in &self.keys {
-            invocation.key(key.as_str());
-        }
-        invocation
-    }
-}
-
-/// The channel a sale's changes are published on.
-fn change_channel(prefix: &str, sale: &SaleId) -> String {
-    SaleKeys::new(prefix, sale).channel
-}
-
-/// The key listing open sales.
-fn open_sales_key(prefix: &str) -> String {
-    format!("{prefix}sales:open")
-}
-
-/// The idempotency record's field: buyer ids never contain ':', so the split is unambiguous.
-fn key_field(buyer: &UserId, key: &IdempotencyKey) -> String {
-    format!("{buyer}:{}", key.as_str())
-}
-
-/// A buyer's leaderboard member: the first purchase time, order-preserving as fixed-width text
-/// (sign bit flipped, so negative times sort first too), then the buyer id. Equal scores sort by
-/// member, so ties go to the earlier first purchase, then the smaller buyer id.
-fn board_member(first_purchase: UnixMillis, buyer: &UserId) -> String {
-    format!("{:020}:{buyer}", (first_purchase.0 as u64) ^ (1 << 63))
-}
-
-fn parse_board_member(member: &str) -> Option<UnixMillis> {
-    let (time, _buyer) = member.split_once(':')?;
-    Some(UnixMillis((time.parse::<u64>().ok()? ^ (1 << 63)) as i64))
-}
-
-/// An order as the hot state stores it (sale and price are the sale's, kept once in meta).
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredOrder {
-    id: OrderId,
-    buyer_id: UserId,
-    buyer_name: std::sync::Arc<str>,
-    quantity: u32,
-    idempotency_key: IdempotencyKey,
-    created_at: UnixMillis,
-}
-
-impl StoredOrder {
-    fn of(order: &OrderRecord) -> Self {
-        Self {
-            id: order.id.clone(),
-            buyer_id: order.buyer_id.clone(),
-            buyer_name: order.buyer_name.clone(),
-            quantity: order.quantity,
-            idempotency_key: order.idempotency_key.clone(),
-            created_at: order.created_at,
-        }
-    }
-
-    fn encode(&self) -> String {
-        // A struct of strings and integers always serialises.
-        serde_json::to_string(self).unwrap_or_default()
-    }
-
-    fn into_order(self, sale_id: &SaleId, unit_price: Money) -> OrderRecord {
-        OrderRecord {
-            id: self.id,
-            sale_id: sale_id.clone(),
-            buyer_id: self.buyer_id,
-            buyer_name: self.buyer_name,
-            quantity: self.quantity,
-            unit_price,
-            idempotency_key: self.idempotency_key,
-            created_at: self.created_at,
-        }
-    }
-}
-
-/// A script or command answered something this code does not expect (a bug or a foreign key).
-#[derive(Debug, thiserror::Error)]
-#[error("unexpected reply from Redis: {0}")]
-struct MalformedReply(String);
-
-fn unavailable(error: RedisError) -> HotError {
-    let transient =
-        error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() || error.is_timeout();
-    if !transient {
-        tracing::error!(error = %error, "Redis command failed");
-    }
-    HotError::Unavailable(Box::new(error))
-}
-
-fn malformed(what: impl Into<String>) -> HotError {
-    let error = MalformedReply(what.into());
-    tracing::error!(error = %error, "cannot read the hot state");
-    HotError::Unavailable(Box::new(error))
-}
-
-/// Reading script replies: every script answers an array whose first element is a code.
-fn array(value: Value) -> Result<Vec<Value>, HotError> {
-    match value {
-        Value::Array(items) => Ok(items),
-        other => Err(malformed(format!("expected an array, got {other:?}"))),
-    }
-}
-
-fn text(value: &Value) -> Result<String, HotError> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).map_err(|_| malformed("non-UTF-8 text")),
-        Value::SimpleString(s) => Ok(s.clone()),
-        Value::Int(n) => Ok(n.to_string()),
-        other => Err(malformed(format!("expected text, got {other:?}"))),
-    }
-}
-
-fn optional_text(value: &Value) -> Result<Option<String>, HotError> {
-    match value {
-        Value::Nil => Ok(None),
-        other => text(other).map(Some),
-    }
-}
-
-fn int(value: &Value) -> Result<i64, HotError> {
-    match value {
-        Value::Int(n) => Ok(*n),
-        other => {
-            let raw = text(other)?;
-            raw.parse().map_err(|_| malformed(format!("expected an integer, got {raw:?}")))
-        }
-    }
-}
-
-fn item(items: &[Value], at: usize) -> Result<&Value, HotError> {
-    items.get(at).ok_or_else(|| malformed(format!("reply too short: no element {at}")))
-}
-
-fn money(amount: &Value, currency: &Value) -> Result<Money, HotError> {
-    Money::parse(int(amount)?, &text(currency)?).map_err(|e| malformed(e.to_string()))
-}
-
-fn parse_status(code: &str) -> Result<SaleStatus, HotError> {
-    SaleStatus::parse(code).ok_or_else(|| malformed(format!("unknown status {code:?}")))
-}
-
-/// An end reason as stored: its name, or "" while the sale has not ended.
-fn reason_code(reason: Option<EndReason>) -> &'static str {
-    reason.map_or("", EndReason::as_str)
-}
-
-fn parse_reason(code: &str) -> Result<Option<EndReason>, HotError> {
-    match code {
-        "" => Ok(None),
-        name => EndReason::parse(name).map(Some).ok_or_else(|| malformed(format!("unknown end reason {name:?}"))),
-    }
-}
-
-/// The meta fields `reserve.lua` reads, in its order (it returns them with a refusal).
-const RESERVE_FIELDS: [&str; 10] = [
-    "status",
-    "end_reason",
-    "start",
-    "end",
-    "max_per_purchase",
-    "per_user_limit",
-    "remaining",
-    "price",
-    "currency",
-    "allocated",
-];
-
-/// A refusal of `reserve.lua`. For a sale rule, the script decided atomically to refuse and sent
-/// the facts it decided on; the refusal itself is stated by the domain's `check_purchase` from
-/// those facts, so both backends refuse in exactly the same words.
-fn reserve_refusal(items: &[Value], request: &ReserveRequest) -> Result<PurchaseRefusal, HotError> {
-    let rule = text(item(items, 1)?)?;
-    match rule.as_str() {
-        "SALE_NOT_FOUND" => return Ok(PurchaseRefusal::SaleNotFound),
-        "IDEMPOTENCY_KEY_REUSED" => return Ok(PurchaseRefusal::IdempotencyKeyReused),
-        _ => {}
-    }
-    let Value::Array(values) = item(items, 2)? else {
-        return Err(malformed("a refusal without the sale's facts"));
-    };
-    let meta = Meta::new(&RESERVE_FIELDS, values)?;
-    let live = BuyerSnapshot {
-        status: parse_status(&meta.text("status")?)?,
-        end_reason: parse_reason(&meta.text("end_reason")?)?,
-        remaining: meta.int("remaining")?,
-        bought: u32::try_from(int(item(items, 3)?)?).map_err(|_| malformed("units out of range"))?,
-    };
-    match check_purchase(&meta.rules()?, live, request.now, request.quantity) {
-        Err(refusal) => Ok(refusal),
-        Ok(_) => Err(malformed(format!("the reserve script refused ({rule}) what the sale's rules accept"))),
-    }
-}
-
-/// The answer of a script that may only refuse because the sale is not loaded.
-fn expect_ok(items: &[Value]) -> Result<(), HotError> {
-    if text(item(items, 0)?)? != "REFUSED" {
-        return Ok(());
-    }
-    match text(item(items, 1)?)?.as_str() {
-        "SALE_NOT_FOUND" => Err(HotError::Refused(PurchaseRefusal::SaleNotFound)),
-        other => Err(malformed(format!("unexpected refusal {other:?}"))),
-    }
-}
-
-/// The meta fields `view` reads, in order.
-const VIEW_FIELDS: [&str; 15] = [
-    "product_id",
-    "allocated",
-    "per_user_limit",
-    "max_per_purchase",
-    "start",
-    "end",
-    "price",
-    "currency",
-    "status",
-    "end_reason",
-    "ended_at",
-    "remaining",
-    "sold",
-    "version",
-    "in_flight",
-];
-
-/// The meta fields `open_sales` reads, in order (the rules and the status).
-const RULE_FIELDS: [&str; 9] =
-    ["allocated", "per_user_limit", "max_per_purchase", "start", "end", "price", "currency", "status", "product_id"];
-
-/// Meta fields read by name from an HMGET reply.
-struct Meta<'a>(HashMap<&'a str, &'a Value>);
-
-impl<'a> Meta<'a> {
-    fn new(fields: &[&'a str], values: &'a [Value]) -> Result<Self, HotError> {
-        if values.len() != fields.len() {
-            return Err(malformed("meta has the wrong number of fields"));
-        }
-        Ok(Self(fields.iter().copied().zip(values).collect()))
-    }
-
-    fn value(&self, field: &str) -> Result<&'a Value, HotError> {
-        match self.0.get(field) {
-            Some(Value::Nil) | None => Err(malformed(format!("sale meta lacks {field}"))),
-            Some(value) => Ok(value),
-        }
-    }
-
-    fn int(&self, field: &str) -> Result<i64, HotError> {
-        int(self.value(field)?)
-    }
-
-    fn u32(&self, field: &str) -> Result<u32, HotError> {
-        u32::try_from(self.int(field)?).map_err(|_| malformed(format!("{field} out of range")))
-    }
-
-    fn text(&self, field: &str) -> Result<String, HotError> {
-        text(self.value(field)?)
-    }
-
-    fn rules(&self) -> Result<SaleRules, HotError> {
-        Ok(SaleRules {
-            allocated: self.int("allocated")?,
-            per_user_limit: self.u32("per_user_limit")?,
-            max_per_purchase: self.u32("max_per_purchase")?,
-            start: UnixMillis(self.int("start")?),
-            end: UnixMillis(self.int("end")?),
-            unit_price: money(self.value("price")?, self.value("currency")?)?,
-        })
-    }
 }
 
 impl RedisHot {
@@ -484,13 +182,7 @@ impl RedisHot {
             return Ok(Vec::new());
         }
         let unit_price = money(item(&price, 0)?, item(&price, 1)?)?;
-        pending
-            .iter()
-            .map(|raw| {
-                let stored: StoredOrder = serde_json::from_str(raw).map_err(|e| malformed(e.to_string()))?;
-                Ok(stored.into_order(sale, unit_price))
-            })
-            .collect()
+        pending.iter().map(|raw| StoredOrder::decode(raw)?.into_order(sale, unit_price)).collect()
     }
 
     /// Where an order stands now.
@@ -518,13 +210,7 @@ impl HotStore for RedisHot {
             let _: i64 =
                 self.command(::redis::cmd("SADD").arg(open_sales_key(&self.prefix)).arg(sale.id.as_str())).await?;
         }
-        let (_, units, sold) = tally(orders);
-        // Standings in the leaderboard's terms: units, first purchase and name of the first order.
-        let mut standings: HashMap<&UserId, (i64, UnixMillis, &str)> = HashMap::new();
-        for order in orders {
-            standings.entry(&order.buyer_id).or_insert((0, order.created_at, &*order.buyer_name)).0 +=
-                i64::from(order.quantity);
-        }
+        let (board, units, sold) = tally(orders);
         let rules = &sale.rules;
         let meta: Vec<(&str, String)> = vec![
             ("product_id", sale.product_id.to_string()),
@@ -541,11 +227,11 @@ impl HotStore for RedisHot {
             ("remaining", (rules.allocated - sold).to_string()),
             ("sold", sold.to_string()),
             ("in_flight", "0".to_owned()),
-            ("version", crate::store::first_version(sale.generation).to_string()),
+            ("version", crate::domain::first_version(sale.generation).to_string()),
         ];
         let keys = self.keys(&sale.id);
         let mut invocation = keys.invoke(&SCRIPTS.load_sale);
-        invocation.arg(&keys.channel).arg(meta.len()).arg(units.len()).arg(orders.len()).arg(standings.len());
+        invocation.arg(&keys.channel).arg(meta.len()).arg(units.len()).arg(orders.len()).arg(board.len());
         for (field, value) in &meta {
             invocation.arg(*field).arg(value);
         }
@@ -553,10 +239,15 @@ impl HotStore for RedisHot {
             invocation.arg(buyer.as_str()).arg(*held);
         }
         for order in orders {
-            invocation.arg(key_field(&order.buyer_id, &order.idempotency_key)).arg(StoredOrder::of(order).encode());
+            invocation.arg(key_field(&order.buyer_id, &order.idempotency_key)).arg(StoredOrder::of(order).encode()?);
         }
-        for (buyer, (held, first, name)) in &standings {
-            invocation.arg(buyer.as_str()).arg(board_member(*first, buyer)).arg(-held).arg(*name);
+        for standing in board.standings() {
+            let buyer = standing.buyer;
+            invocation
+                .arg(buyer.as_str())
+                .arg(board_member(standing.first_purchase_at, buyer))
+                .arg(-standing.units)
+                .arg(standing.display_name.as_ref());
         }
         self.run(&invocation).await?;
         Ok(())
@@ -567,14 +258,7 @@ impl HotStore for RedisHot {
     }
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<Reservation, HotError> {
-        let candidate = StoredOrder {
-            id: request.new_order_id.clone(),
-            buyer_id: request.buyer_id.clone(),
-            buyer_name: request.buyer_name.clone(),
-            quantity: request.quantity,
-            idempotency_key: request.idempotency_key.clone(),
-            created_at: request.now,
-        };
+        let candidate = StoredOrder::requested(request).encode()?;
         let keys = self.keys(&request.sale_id);
         let mut invocation = keys.invoke(&SCRIPTS.reserve);
         invocation
@@ -583,19 +267,27 @@ impl HotStore for RedisHot {
             .arg(request.quantity)
             .arg(request.now.0)
             .arg(request.new_order_id.as_str())
-            .arg(candidate.encode());
+            .arg(candidate);
         let reply = self.run(&invocation).await?;
         match text(item(&reply, 0)?)?.as_str() {
             "NEW" => {
                 let unit_price = money(item(&reply, 1)?, item(&reply, 2)?)?;
-                Ok(Reservation::New(candidate.into_order(&request.sale_id, unit_price)))
+                Ok(Reservation::New(OrderRecord {
+                    id: request.new_order_id.clone(),
+                    sale_id: request.sale_id.clone(),
+                    buyer_id: request.buyer_id.clone(),
+                    buyer_name: request.buyer_name.clone(),
+                    quantity: request.quantity,
+                    unit_price,
+                    idempotency_key: request.idempotency_key.clone(),
+                    created_at: request.now,
+                }))
             }
             "EXISTING" => {
-                let raw = text(item(&reply, 1)?)?;
-                let first: StoredOrder = serde_json::from_str(&raw).map_err(|e| malformed(e.to_string()))?;
+                let first = StoredOrder::decode(&text(item(&reply, 1)?)?)?;
                 let settled = int(item(&reply, 2)?)? == 1;
                 let unit_price = money(item(&reply, 3)?, item(&reply, 4)?)?;
-                Ok(Reservation::Existing { order: first.into_order(&request.sale_id, unit_price), settled })
+                Ok(Reservation::Existing { order: first.into_order(&request.sale_id, unit_price)?, settled })
             }
             "REFUSED" => Err(HotError::Refused(reserve_refusal(&reply, request)?)),
             other => Err(malformed(format!("unknown reserve reply {other:?}"))),
@@ -612,7 +304,7 @@ impl HotStore for RedisHot {
             .arg(order.quantity)
             .arg(board_member(order.created_at, &order.buyer_id))
             .arg(&*order.buyer_name)
-            .arg(StoredOrder::of(order).encode())
+            .arg(StoredOrder::of(order).encode()?)
             .arg(&keys.channel);
         let reply = self.run(&invocation).await?;
         expect_ok(&reply)?;
@@ -709,7 +401,7 @@ impl HotStore for RedisHot {
                 .map(|t| t.parse().map(UnixMillis).map_err(|_| malformed("ended_at")))
                 .transpose()?,
             sold,
-            remaining: if status == SaleStatus::Ended { rules.allocated - sold } else { meta.int("remaining")? },
+            remaining: shown_remaining(status, rules.allocated, sold, meta.int("remaining")?),
             leaderboard,
             total_buyers: u64::try_from(int(&buyers)?).map_err(|_| malformed("buyers"))?,
         }))
@@ -751,38 +443,5 @@ impl HotStore for RedisHot {
             }
         }
         Ok(open)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn board_members_sort_like_first_purchase_times() {
-        let buyer = UserId::parse("u").unwrap();
-        let times = [-5_000, -1, 0, 1, 1_700_000_000_000, i64::MAX];
-        let members: Vec<_> = times.iter().map(|t| board_member(UnixMillis(*t), &buyer)).collect();
-        let mut sorted = members.clone();
-        sorted.sort();
-        assert_eq!(members, sorted);
-        for (t, member) in times.iter().zip(&members) {
-            assert_eq!(parse_board_member(member), Some(UnixMillis(*t)));
-        }
-    }
-
-    #[test]
-    fn every_key_of_a_sale_carries_its_hash_tag() {
-        let sale = SaleId::parse("s-1").unwrap();
-        let keys = SaleKeys::new("fs:", &sale);
-        for key in keys.keys.iter().chain([&keys.channel]) {
-            assert!(key.starts_with("fs:{sale:s-1}:"), "{key}");
-        }
-    }
-
-    #[test]
-    fn uris_are_shown_without_passwords() {
-        assert_eq!(redact("redis://user:secret@host:6379/0"), "redis://***@host:6379/0");
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
     }
 }

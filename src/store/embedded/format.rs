@@ -1,0 +1,497 @@
+//! What the embedded record writes: one JSON document per record, in a format of its own rather
+//! than the serde output of whatever Rust type is handy, so that renaming a field or a variant in
+//! the code can never change what an existing data directory means.
+//!
+//! Format 1 (written now): a flat object with `"v": 1`, names as the API spells them — status
+//! `SCHEDULED` | `ACTIVE` | `ENDED`, end reason `SOLD_OUT` | `TIME_UP` | `BY_ADMIN`, role `buyer` |
+//! `admin`, money as `price_minor` and an ISO 4217 `currency` string, times in Unix
+//! milliseconds:
+//!
+//! | table | fields |
+//! |---|---|
+//! | `users` | `id`, `email`, `display_name`, `role`, `password_hash`, `created_at` |
+//! | `products` | `id`, `name`, `description`, `inventory`, `created_at` |
+//! | `sales` | `id`, `product_id`, `allocated`, `per_user_limit`, `max_per_purchase`, `start`, `end`, `price_minor`, `currency`, `sold`, `status`, `end_reason`, `ended_at`, `created_at`, `generation` |
+//! | `orders` | `id`, `sale_id`, `buyer_id`, `buyer_name`, `quantity`, `price_minor`, `currency`, `idempotency_key`, `created_at` |
+//!
+//! Format 0 (data directories written before formats were versioned: no `v`) is still read: the
+//! serde output of the Rust types of the time — variants as Rust names (`Active`, `SoldOut`), a
+//! sale's rules nested with its price, a currency as an array of three bytes, no generation.
+//! `tests/fixtures/redb-v0` is such a file, and a test serves it.
+//!
+//! Every value read goes through the domain's `parse`: a bad stored value is an error naming
+//! the table, the key and the field, never a panic nor a silently wrong value.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, ProductId, ProductRecord, Role, SaleId,
+    SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId, UserRecord,
+};
+use crate::store::StoreError;
+
+/// The format this code writes.
+const FORMAT: u8 = 1;
+
+/// A record as one table stores it.
+pub(super) trait Stored: Sized {
+    /// The table's name, for errors.
+    const TABLE: &'static str;
+    /// The stored bytes (format 1).
+    fn encode(&self) -> Result<Vec<u8>, StoreError>;
+    /// The record stored under `key`, in any format this code reads.
+    fn decode(key: &str, bytes: &[u8]) -> Result<Self, StoreError>;
+}
+
+/// A stored value that is not what its format says.
+#[derive(Debug, thiserror::Error)]
+#[error("{table} record {key:?}: {field}: {problem}")]
+pub struct CorruptRecord {
+    table: &'static str,
+    key: String,
+    field: &'static str,
+    problem: String,
+}
+
+/// Reads values of one record, naming it in every error.
+struct Reader<'a> {
+    table: &'static str,
+    key: &'a str,
+}
+
+impl Reader<'_> {
+    fn corrupt(&self, field: &'static str, problem: impl std::fmt::Display) -> StoreError {
+        StoreError::Internal(Box::new(CorruptRecord {
+            table: self.table,
+            key: self.key.to_owned(),
+            field,
+            problem: problem.to_string(),
+        }))
+    }
+
+    fn parse<T, E: std::fmt::Display>(&self, field: &'static str, parsed: Result<T, E>) -> Result<T, StoreError> {
+        parsed.map_err(|e| self.corrupt(field, e))
+    }
+
+    fn named<T>(&self, field: &'static str, raw: &str, parsed: Option<T>) -> Result<T, StoreError> {
+        parsed.ok_or_else(|| self.corrupt(field, format!("unknown value {raw:?}")))
+    }
+
+    /// The document as `T`, for the format its `v` names.
+    fn document<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| self.corrupt("(document)", e))
+    }
+
+    fn version(&self, bytes: &[u8]) -> Result<u8, StoreError> {
+        #[derive(Deserialize)]
+        struct Version {
+            #[serde(default)]
+            v: u8,
+        }
+        match self.document::<Version>(bytes)?.v {
+            v @ (0 | FORMAT) => Ok(v),
+            other => Err(self.corrupt("v", format!("format {other} is newer than this program reads"))),
+        }
+    }
+
+    fn money(&self, amount_minor: i64, currency: &str) -> Result<Money, StoreError> {
+        self.parse("currency", Money::parse(amount_minor, currency))
+    }
+
+    fn end_reason(
+        &self,
+        raw: Option<String>,
+        parse: fn(&str) -> Option<EndReason>,
+    ) -> Result<Option<EndReason>, StoreError> {
+        raw.map(|raw| self.named("end_reason", &raw, parse(&raw))).transpose()
+    }
+}
+
+fn encode<T: Serialize>(document: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(document).map_err(|e| StoreError::Internal(Box::new(e)))
+}
+
+// ---- users -------------------------------------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct UserV1 {
+    /// Absent in format 0.
+    #[serde(default)]
+    v: u8,
+    id: String,
+    email: String,
+    display_name: String,
+    role: String,
+    password_hash: String,
+    created_at: i64,
+}
+
+/// Format 0 has the same fields (the role was already lower-case), without `v`.
+impl Stored for UserRecord {
+    const TABLE: &'static str = "users";
+
+    fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        encode(&UserV1 {
+            v: FORMAT,
+            id: self.id.to_string(),
+            email: self.email.as_str().to_owned(),
+            display_name: self.display_name.as_str().to_owned(),
+            role: self.role.as_str().to_owned(),
+            password_hash: self.password_hash.clone(),
+            created_at: self.created_at.0,
+        })
+    }
+
+    fn decode(key: &str, bytes: &[u8]) -> Result<Self, StoreError> {
+        let r = Reader { table: Self::TABLE, key };
+        r.version(bytes)?;
+        let d: UserV1 = r.document(bytes)?;
+        Ok(UserRecord {
+            id: r.parse("id", UserId::parse(&d.id))?,
+            email: r.parse("email", Email::parse(&d.email))?,
+            display_name: r.parse("display_name", DisplayName::parse(&d.display_name))?,
+            role: r.parse("role", Role::parse(&d.role))?,
+            password_hash: d.password_hash,
+            created_at: UnixMillis(d.created_at),
+        })
+    }
+}
+
+// ---- products ----------------------------------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct ProductV1 {
+    /// Absent in format 0.
+    #[serde(default)]
+    v: u8,
+    id: String,
+    name: String,
+    description: String,
+    inventory: i64,
+    created_at: i64,
+}
+
+/// Format 0 has the same fields, without `v`.
+impl Stored for ProductRecord {
+    const TABLE: &'static str = "products";
+
+    fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        encode(&ProductV1 {
+            v: FORMAT,
+            id: self.id.to_string(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            inventory: self.inventory,
+            created_at: self.created_at.0,
+        })
+    }
+
+    fn decode(key: &str, bytes: &[u8]) -> Result<Self, StoreError> {
+        let r = Reader { table: Self::TABLE, key };
+        r.version(bytes)?;
+        let d: ProductV1 = r.document(bytes)?;
+        Ok(ProductRecord {
+            id: r.parse("id", ProductId::parse(&d.id))?,
+            name: d.name,
+            description: d.description,
+            inventory: d.inventory,
+            created_at: UnixMillis(d.created_at),
+        })
+    }
+}
+
+// ---- sales -------------------------------------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct SaleV1 {
+    v: u8,
+    id: String,
+    product_id: String,
+    allocated: i64,
+    per_user_limit: u32,
+    max_per_purchase: u32,
+    start: i64,
+    end: i64,
+    price_minor: i64,
+    currency: String,
+    sold: i64,
+    status: String,
+    end_reason: Option<String>,
+    ended_at: Option<i64>,
+    created_at: i64,
+    generation: u64,
+}
+
+/// Format 0: `rules` nested, variants as Rust names, no generation.
+#[derive(Deserialize)]
+struct SaleV0 {
+    id: String,
+    product_id: String,
+    rules: RulesV0,
+    sold: i64,
+    status: String,
+    end_reason: Option<String>,
+    ended_at: Option<i64>,
+    created_at: i64,
+}
+
+#[derive(Deserialize)]
+struct RulesV0 {
+    allocated: i64,
+    per_user_limit: u32,
+    max_per_purchase: u32,
+    start: i64,
+    end: i64,
+    unit_price: MoneyV0,
+}
+
+/// Format 0's money: the currency as its three bytes.
+#[derive(Deserialize)]
+struct MoneyV0 {
+    amount_minor: i64,
+    currency: [u8; 3],
+}
+
+impl MoneyV0 {
+    fn read(&self, r: &Reader<'_>) -> Result<Money, StoreError> {
+        let code = std::str::from_utf8(&self.currency).map_err(|e| r.corrupt("currency", e))?;
+        r.money(self.amount_minor, code)
+    }
+}
+
+/// Format 0's names of statuses and end reasons (the Rust variants of the time).
+fn status_v0(raw: &str) -> Option<SaleStatus> {
+    match raw {
+        "Scheduled" => Some(SaleStatus::Scheduled),
+        "Active" => Some(SaleStatus::Active),
+        "Ended" => Some(SaleStatus::Ended),
+        _ => None,
+    }
+}
+
+fn end_reason_v0(raw: &str) -> Option<EndReason> {
+    match raw {
+        "SoldOut" => Some(EndReason::SoldOut),
+        "TimeUp" => Some(EndReason::TimeUp),
+        "ByAdmin" => Some(EndReason::ByAdmin),
+        _ => None,
+    }
+}
+
+impl Stored for SaleRecord {
+    const TABLE: &'static str = "sales";
+
+    fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        let rules = &self.rules;
+        encode(&SaleV1 {
+            v: FORMAT,
+            id: self.id.to_string(),
+            product_id: self.product_id.to_string(),
+            allocated: rules.allocated,
+            per_user_limit: rules.per_user_limit,
+            max_per_purchase: rules.max_per_purchase,
+            start: rules.start.0,
+            end: rules.end.0,
+            price_minor: rules.unit_price.amount_minor,
+            currency: rules.unit_price.currency.as_str().to_owned(),
+            sold: self.sold,
+            status: self.status.as_str().to_owned(),
+            end_reason: self.end_reason.map(|r| r.as_str().to_owned()),
+            ended_at: self.ended_at.map(|t| t.0),
+            created_at: self.created_at.0,
+            generation: self.generation,
+        })
+    }
+
+    fn decode(key: &str, bytes: &[u8]) -> Result<Self, StoreError> {
+        let r = Reader { table: Self::TABLE, key };
+        if r.version(bytes)? == 0 {
+            let d: SaleV0 = r.document(bytes)?;
+            return Ok(SaleRecord {
+                id: r.parse("id", SaleId::parse(&d.id))?,
+                product_id: r.parse("product_id", ProductId::parse(&d.product_id))?,
+                rules: SaleRules {
+                    allocated: d.rules.allocated,
+                    per_user_limit: d.rules.per_user_limit,
+                    max_per_purchase: d.rules.max_per_purchase,
+                    start: UnixMillis(d.rules.start),
+                    end: UnixMillis(d.rules.end),
+                    unit_price: d.rules.unit_price.read(&r)?,
+                },
+                sold: d.sold,
+                status: r.named("status", &d.status, status_v0(&d.status))?,
+                end_reason: r.end_reason(d.end_reason, end_reason_v0)?,
+                ended_at: d.ended_at.map(UnixMillis),
+                created_at: UnixMillis(d.created_at),
+                generation: 0,
+            });
+        }
+        let d: SaleV1 = r.document(bytes)?;
+        Ok(SaleRecord {
+            id: r.parse("id", SaleId::parse(&d.id))?,
+            product_id: r.parse("product_id", ProductId::parse(&d.product_id))?,
+            rules: SaleRules {
+                allocated: d.allocated,
+                per_user_limit: d.per_user_limit,
+                max_per_purchase: d.max_per_purchase,
+                start: UnixMillis(d.start),
+                end: UnixMillis(d.end),
+                unit_price: r.money(d.price_minor, &d.currency)?,
+            },
+            sold: d.sold,
+            status: r.named("status", &d.status, SaleStatus::parse(&d.status))?,
+            end_reason: r.end_reason(d.end_reason, EndReason::parse)?,
+            ended_at: d.ended_at.map(UnixMillis),
+            created_at: UnixMillis(d.created_at),
+            generation: d.generation,
+        })
+    }
+}
+
+// ---- orders ------------------------------------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct OrderV1 {
+    v: u8,
+    id: String,
+    sale_id: String,
+    buyer_id: String,
+    buyer_name: String,
+    quantity: u32,
+    price_minor: i64,
+    currency: String,
+    idempotency_key: String,
+    created_at: i64,
+}
+
+/// Format 0: the price nested, its currency as three bytes.
+#[derive(Deserialize)]
+struct OrderV0 {
+    id: String,
+    sale_id: String,
+    buyer_id: String,
+    buyer_name: String,
+    quantity: u32,
+    unit_price: MoneyV0,
+    idempotency_key: String,
+    created_at: i64,
+}
+
+impl Stored for OrderRecord {
+    const TABLE: &'static str = "orders";
+
+    fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        encode(&OrderV1 {
+            v: FORMAT,
+            id: self.id.to_string(),
+            sale_id: self.sale_id.to_string(),
+            buyer_id: self.buyer_id.to_string(),
+            buyer_name: self.buyer_name.to_string(),
+            quantity: self.quantity,
+            price_minor: self.unit_price.amount_minor,
+            currency: self.unit_price.currency.as_str().to_owned(),
+            idempotency_key: self.idempotency_key.as_str().to_owned(),
+            created_at: self.created_at.0,
+        })
+    }
+
+    fn decode(key: &str, bytes: &[u8]) -> Result<Self, StoreError> {
+        let r = Reader { table: Self::TABLE, key };
+        let (id, sale_id, buyer_id, buyer_name, quantity, unit_price, idempotency_key, created_at) =
+            if r.version(bytes)? == 0 {
+                let d: OrderV0 = r.document(bytes)?;
+                let price = d.unit_price.read(&r)?;
+                (d.id, d.sale_id, d.buyer_id, d.buyer_name, d.quantity, price, d.idempotency_key, d.created_at)
+            } else {
+                let d: OrderV1 = r.document(bytes)?;
+                let price = r.money(d.price_minor, &d.currency)?;
+                (d.id, d.sale_id, d.buyer_id, d.buyer_name, d.quantity, price, d.idempotency_key, d.created_at)
+            };
+        if quantity == 0 {
+            return Err(r.corrupt("quantity", "an order of no units"));
+        }
+        Ok(OrderRecord {
+            id: r.parse("id", OrderId::parse(&id))?,
+            sale_id: r.parse("sale_id", SaleId::parse(&sale_id))?,
+            buyer_id: r.parse("buyer_id", UserId::parse(&buyer_id))?,
+            buyer_name: buyer_name.into(),
+            quantity,
+            unit_price,
+            idempotency_key: r.parse("idempotency_key", IdempotencyKey::parse(&idempotency_key))?,
+            created_at: UnixMillis(created_at),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sale() -> SaleRecord {
+        SaleRecord {
+            id: SaleId::parse("s-1").unwrap(),
+            product_id: ProductId::parse("p-1").unwrap(),
+            rules: SaleRules {
+                allocated: 10,
+                per_user_limit: 3,
+                max_per_purchase: 2,
+                start: UnixMillis(1_000),
+                end: UnixMillis(2_000),
+                unit_price: Money::parse(1999, "USD").unwrap(),
+            },
+            sold: 4,
+            status: SaleStatus::Ended,
+            end_reason: Some(EndReason::SoldOut),
+            ended_at: Some(UnixMillis(1_500)),
+            created_at: UnixMillis(900),
+            generation: 7,
+        }
+    }
+
+    #[test]
+    fn format_1_spells_names_as_the_api_does_and_reads_back() {
+        let sale = sale();
+        let bytes = sale.encode().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["v"], 1);
+        assert_eq!((json["status"].as_str(), json["end_reason"].as_str()), (Some("ENDED"), Some("SOLD_OUT")));
+        assert_eq!(json["currency"], "USD");
+        let back = SaleRecord::decode("s-1", &bytes).unwrap();
+        assert_eq!(
+            (back.rules, back.status, back.end_reason, back.generation),
+            (sale.rules, sale.status, sale.end_reason, 7)
+        );
+    }
+
+    #[test]
+    fn format_0_is_still_read() {
+        let v0 = br#"{"id":"s-1","product_id":"p-1","rules":{"allocated":10,"per_user_limit":3,"max_per_purchase":2,
+            "start":1000,"end":2000,"unit_price":{"amount_minor":1999,"currency":[85,83,68]}},"sold":4,
+            "status":"Ended","end_reason":"SoldOut","ended_at":1500,"created_at":900}"#;
+        let back = SaleRecord::decode("s-1", v0).unwrap();
+        let expected = sale();
+        assert_eq!(
+            (back.rules, back.status, back.end_reason, back.generation),
+            (expected.rules, expected.status, expected.end_reason, 0)
+        );
+    }
+
+    #[test]
+    fn a_bad_stored_value_is_an_error_naming_table_key_and_field() {
+        let mut json: serde_json::Value = serde_json::from_slice(&sale().encode().unwrap()).unwrap();
+        json["status"] = "PAUSED".into();
+        let error = SaleRecord::decode("s-1", json.to_string().as_bytes()).unwrap_err();
+        let text = format!("{:?}", std::error::Error::source(&error).map(ToString::to_string));
+        assert!(
+            text.contains("sales") && text.contains("s-1") && text.contains("status") && text.contains("PAUSED"),
+            "{text}"
+        );
+        json["status"] = "ACTIVE".into();
+        json["currency"] = "usd".into();
+        assert!(SaleRecord::decode("s-1", json.to_string().as_bytes()).is_err());
+        json["currency"] = "USD".into();
+        json["v"] = 9.into();
+        assert!(SaleRecord::decode("s-1", json.to_string().as_bytes()).is_err(), "a newer format is refused");
+    }
+}
