@@ -148,6 +148,8 @@ pub struct SaleView {
     pub leaderboard: Vec<LeaderboardEntry>,
     /// Distinct buyers.
     pub total_buyers: u64,
+    /// When the sale was created.
+    pub created_at: UnixMillis,
 }
 
 /// The units a sale shows as remaining: while it is open, what a new purchase may take (`live`:

@@ -104,7 +104,7 @@ impl From<&SaleView> for pb::Sale {
             status: pb_status(v.status).into(),
             end_reason: pb_end_reason(v.end_reason).into(),
             ended_at: v.ended_at.map(timestamp),
-            created_at: None,
+            created_at: Some(timestamp(v.created_at)),
         }
     }
 }

@@ -182,6 +182,7 @@ mod tests {
                 first_purchase_at: UnixMillis(1_893_456_000_001),
             }],
             total_buyers: 250,
+            created_at: UnixMillis(1_893_455_000_000),
         }
     }
 

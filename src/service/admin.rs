@@ -214,5 +214,6 @@ fn view_of_record(sale: &SaleRecord) -> SaleView {
         remaining: shown_remaining(sale.status, sale.rules.allocated, sale.sold, sale.rules.allocated - sale.sold),
         leaderboard: Vec::new(),
         total_buyers: 0,
+        created_at: sale.created_at,
     }
 }

@@ -581,10 +581,13 @@ impl Rush {
 
 // ---- watchers ----------------------------------------------------------------------------------
 
+/// What a watcher saw: every snapshot, and the status its stream failed with, if it did.
+type Watched = Result<Vec<pb::SaleSnapshot>, (Vec<pb::SaleSnapshot>, Status)>;
+
 /// A WatchSale stream followed in a task until it ends.
 struct Watcher {
     node: &'static str,
-    task: tokio::task::JoinHandle<Result<Vec<pb::SaleSnapshot>, (Vec<pb::SaleSnapshot>, Status)>>,
+    task: tokio::task::JoinHandle<Watched>,
 }
 
 impl Watcher {

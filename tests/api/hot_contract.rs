@@ -475,6 +475,7 @@ async fn load_sale_rebuilds_from_durable_orders_and_never_overwrites(backend: Ba
     let after = view(rebuilt, &record).await;
     assert_eq!(SaleView { version: before.version, ..after.clone() }, before);
     assert!(after.version > newest_lost, "{} after a rebuild, {newest_lost} before", after.version);
+    assert_eq!(after.created_at, record.created_at);
 
     // Idempotency keys, per-user counts and stock come back too.
     let replay = request(&record, "a", "k2", 3, T0 + 60);

@@ -78,6 +78,7 @@ async fn the_server_serves_the_record_of_an_earlier_release() {
     let open = app.get_sale("fixture-sale-open").await;
     assert_eq!((open.status(), open.sold, open.remaining, open.allocated), (pb::SaleStatus::Active, 3, 7, 10));
     assert_eq!(open.unit_price, Some(pb::Money { amount_minor: 1999, currency: "USD".into() }));
+    assert_eq!(open.created_at, Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 5_000_000 }));
     let ended = app.get_sale("fixture-sale-ended").await;
     assert_eq!(
         (ended.status(), ended.end_reason(), ended.sold, ended.remaining),

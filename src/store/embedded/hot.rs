@@ -37,6 +37,7 @@ struct HotSale {
 #[derive(Debug)]
 struct SaleState {
     product_id: ProductId,
+    created_at: UnixMillis,
     rules: SaleRules,
     status: SaleStatus,
     end_reason: Option<EndReason>,
@@ -92,6 +93,7 @@ impl HotStore for MemoryHot {
             .collect();
         let state = SaleState {
             product_id: sale.product_id.clone(),
+            created_at: sale.created_at,
             rules: sale.rules,
             status: sale.status,
             end_reason: sale.end_reason,
@@ -241,6 +243,7 @@ impl HotStore for MemoryHot {
             remaining: shown_remaining(state.status, state.rules.allocated, state.sold, state.remaining),
             leaderboard: state.board.top(LEADERBOARD_MAX),
             total_buyers: state.board.len() as u64,
+            created_at: state.created_at,
         }))
     }
 

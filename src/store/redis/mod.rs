@@ -9,7 +9,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P{sale:ID}:meta` | hash | rules (`product_id`, `allocated`, `per_user_limit`, `max_per_purchase`, `start`, `end`, `price`, `currency`), lifecycle (`status`, `end_reason`, `ended_at`) and counters (`remaining`, `sold`, `in_flight`, `version`); its presence means the sale is loaded |
+//! | `P{sale:ID}:meta` | hash | rules (`product_id`, `allocated`, `per_user_limit`, `max_per_purchase`, `start`, `end`, `price`, `currency`), creation time (`created_at`), lifecycle (`status`, `end_reason`, `ended_at`) and counters (`remaining`, `sold`, `in_flight`, `version`); its presence means the sale is loaded |
 //! | `P{sale:ID}:units` | hash | buyer id → units held or in flight (the per-user limit) |
 //! | `P{sale:ID}:keys` | hash | `buyer:idempotency key` → the order it made (JSON: id, buyer, name, quantity, key, time) |
 //! | `P{sale:ID}:pending` | hash | order id → the order (JSON), for reservations not yet confirmed or released: what reconciliation with the record looks at |
@@ -228,6 +228,7 @@ impl HotStore for RedisHot {
             ("sold", sold.to_string()),
             ("in_flight", "0".to_owned()),
             ("version", crate::domain::first_version(sale.generation).to_string()),
+            ("created_at", sale.created_at.0.to_string()),
         ];
         let keys = self.keys(&sale.id);
         let mut invocation = keys.invoke(&SCRIPTS.load_sale);
@@ -404,6 +405,7 @@ impl HotStore for RedisHot {
             remaining: shown_remaining(status, rules.allocated, sold, meta.int("remaining")?),
             leaderboard,
             total_buyers: u64::try_from(int(&buyers)?).map_err(|_| malformed("buyers"))?,
+            created_at: UnixMillis(meta.int("created_at")?),
         }))
     }
 

@@ -141,8 +141,9 @@ pub(super) fn expect_ok(items: &[Value]) -> Result<(), HotError> {
 }
 
 /// The meta fields `view` reads, in order.
-pub(super) const VIEW_FIELDS: [&str; 15] = [
+pub(super) const VIEW_FIELDS: [&str; 16] = [
     "product_id",
+    "created_at",
     "allocated",
     "per_user_limit",
     "max_per_purchase",
