@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -38,9 +37,13 @@ impl ChangeSource {
         Self { uri: uri.to_owned(), prefix: prefix.to_owned() }
     }
 
-    /// Tells `sink` of every change another node makes, until `shutdown`.
-    pub fn spawn(&self, sink: Arc<dyn ChangeSink>, shutdown: CancellationToken) -> JoinHandle<()> {
-        crate::store::redis::spawn_change_listener(&self.uri, &self.prefix, sink, shutdown)
+    /// Tells `sink` of every change another node makes, until `shutdown` (the caller spawns it).
+    pub fn listen(
+        &self,
+        sink: Arc<dyn ChangeSink>,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        crate::store::redis::change_listener(&self.uri, &self.prefix, sink, shutdown)
     }
 }
 

@@ -32,6 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::domain::{SaleId, SaleStatus, SaleView, UnixMillis};
@@ -100,6 +101,8 @@ pub struct FeedHub {
     clock: Arc<dyn Clock>,
     interval: Duration,
     shutdown: CancellationToken,
+    /// The publish tasks (the application's tracker: shutdown waits for them).
+    tasks: TaskTracker,
 }
 
 /// A sale's feed. Held by the hub and by the sale's publish task: once both are gone (at
@@ -119,10 +122,11 @@ impl FeedHub {
         clock: Arc<dyn Clock>,
         interval: Duration,
         shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> Self {
         let upstreams = Arc::<Upstreams>::default();
-        tokio::spawn(close_at_shutdown(Arc::downgrade(&upstreams), shutdown.clone()));
-        Self { upstreams, source, clock, interval, shutdown }
+        tasks.spawn(close_at_shutdown(Arc::downgrade(&upstreams), shutdown.clone()));
+        Self { upstreams, source, clock, interval, shutdown, tasks }
     }
 
     /// Marks every feed changed (changes may have been missed).
@@ -161,7 +165,7 @@ impl FeedHub {
         upstreams.insert(sale.clone(), upstream.clone());
         let feed = PublishTask { upstream, sale, hub: Arc::downgrade(&self.upstreams) };
         let task = feed.publish(self.source.clone(), self.clock.clone(), self.interval, self.shutdown.clone());
-        tokio::spawn(task);
+        self.tasks.spawn(task);
         receiver
     }
 }

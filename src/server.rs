@@ -158,7 +158,9 @@ pub async fn run_with(
             }
         }
     };
-    tokio::spawn(housekeeping);
+    let chores = tokio_util::task::TaskTracker::new();
+    chores.spawn(housekeeping);
+    chores.close();
 
     let serving = async {
         let (grpc, metrics) = tokio::join!(grpc, metrics_server);
@@ -179,9 +181,11 @@ pub async fn run_with(
             tracing::warn!(grace = ?settings.shutdown_grace, "connections still open after the grace period; stopping anyway")
         }
     }
+    // Then the work requests started and the background tasks, then the committer's queue.
     if !app.drain(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
         tracing::warn!("work still running after the grace period; stopping anyway");
     }
+    let _ = tokio::time::timeout_at(deadline, chores.wait()).await;
     tracing::info!("server stopped");
     Ok(())
 }

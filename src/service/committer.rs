@@ -8,6 +8,8 @@
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::domain::{CommitOutcome, EndReason, OrderRecord, SaleId, SaleRecord, UnixMillis};
 use crate::store::{RecordStore, StoreError};
@@ -26,9 +28,14 @@ enum Job {
     EndSale { sale: SaleId, reason: EndReason, at: UnixMillis, reply: Reply<(SaleRecord, bool)> },
 }
 
-/// Handle to the writer task; the task stops when every handle is dropped.
+/// Handle to the writer task. It runs until [`Committer::drain`]: then it takes no new job,
+/// answers every job already queued (durable or refused) and stops.
 pub(super) struct Committer {
     jobs: mpsc::Sender<Job>,
+    /// Tells the writer to drain and stop.
+    stop: CancellationToken,
+    /// The writer task.
+    writer: TaskTracker,
 }
 
 fn stopped() -> StoreError {
@@ -38,8 +45,17 @@ fn stopped() -> StoreError {
 impl Committer {
     pub(super) fn start(records: Arc<dyn RecordStore>) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(records, queue));
-        Self { jobs }
+        let (stop, writer) = (CancellationToken::new(), TaskTracker::new());
+        writer.spawn(write_loop(records, queue, stop.clone()));
+        writer.close();
+        Self { jobs, stop, writer }
+    }
+
+    /// Stops taking jobs, answers every job queued, and returns once the writer stopped. Called
+    /// at shutdown, after the work that queues jobs (purchases, sale ends) has finished.
+    pub(super) async fn drain(&self) {
+        self.stop.cancel();
+        self.writer.wait().await;
     }
 
     /// Makes `order` durable together with whatever else is waiting.
@@ -62,11 +78,22 @@ impl Committer {
     }
 }
 
-async fn write_loop(records: Arc<dyn RecordStore>, mut queue: mpsc::Receiver<Job>) {
+async fn write_loop(records: Arc<dyn RecordStore>, mut queue: mpsc::Receiver<Job>, stop: CancellationToken) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     let mut orders = Vec::with_capacity(MAX_BATCH);
     let mut replies = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+    loop {
+        let received = tokio::select! {
+            received = queue.recv_many(&mut jobs, MAX_BATCH) => received,
+            // Draining: no new job gets in; what is queued is still received below.
+            _ = stop.cancelled(), if !queue.is_closed() => {
+                queue.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            return; // closed and empty (or every handle gone)
+        }
         for job in jobs.drain(..) {
             match job {
                 Job::Order(order, reply) => {

@@ -217,7 +217,7 @@ impl App {
         let passwords = PasswordPool::start(settings.password_pool).context("starting the password hashing threads")?;
         let app = Arc::new_cyclic(|me: &Weak<App>| Self {
             committer: Committer::start(records.clone()),
-            feeds: FeedHub::new(me.clone(), clock.clone(), settings.feed_interval, shutdown.clone()),
+            feeds: FeedHub::new(me.clone(), clock.clone(), settings.feed_interval, shutdown.clone(), tasks.clone()),
             records,
             hot,
             clock,
@@ -241,7 +241,7 @@ impl App {
         }
         if let Some(changes) = shared {
             // Purchases on other nodes reach this node's watchers through the shared store.
-            changes.spawn(Arc::new(NodeFeeds(Arc::downgrade(&app))), app.shutdown.clone());
+            app.tasks.spawn(changes.listen(Arc::new(NodeFeeds(Arc::downgrade(&app))), app.shutdown.clone()));
             app.reconcile().await.context("reconciling Redis with the record")?;
             app.tasks.spawn(reconcile::run(app.clone(), settings.reconcile_interval));
         }
@@ -279,9 +279,16 @@ impl App {
 
     /// Waits, at most `limit`, for the work started by requests and the background tasks to
     /// finish (they stop at shutdown); true when everything finished.
+    ///
+    /// In order: the work started by requests finishes (purchases settle, sale ends complete)
+    /// and the background tasks and feeds stop (they stop at shutdown); then the committer takes
+    /// no new job, answers every queued one (durable or refused) and stops.
     pub async fn drain(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
         self.tasks.close();
-        tokio::time::timeout(limit, self.tasks.wait()).await.is_ok()
+        let finished = tokio::time::timeout_at(deadline, self.tasks.wait()).await.is_ok();
+        let committed = tokio::time::timeout_at(deadline, self.committer.drain()).await.is_ok();
+        finished && committed
     }
 
     /// Runs `work` in a task of its own and waits for its answer. A request's future is dropped

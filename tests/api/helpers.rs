@@ -279,6 +279,11 @@ impl TestApp {
         poll_until(what, Duration::from_secs(10), probe).await
     }
 
+    /// Starts the graceful shutdown (as SIGTERM does) without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Graceful shutdown; returns the server's result.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();

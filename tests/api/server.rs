@@ -1,5 +1,6 @@
 //! What surrounds the API: health, metrics, grpc-web and CORS for browsers, graceful shutdown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use flashsale::pb;
@@ -10,7 +11,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::helpers::{next_message, spawn_app, spawn_app_with, AppOptions};
+use crate::helpers::{authed, next_message, spawn_app, spawn_app_with, AppOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_serving() {
@@ -229,4 +230,48 @@ async fn graceful_shutdown_ends_open_streams() {
     .await;
     assert!(ended.is_ok(), "the open WatchSale and Leaderboard streams must end at shutdown");
     assert!(TcpStream::connect(addr).await.is_err(), "nothing listens after shutdown");
+}
+
+/// A purchase whose order is waiting in the group committer when SIGTERM arrives is still made
+/// durable and answered: shutdown stops taking new work, lets the work under way finish, then
+/// drains the committer's queue, all within the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_under_way_at_shutdown_is_durable_and_answered() {
+    let gates = Arc::new(crate::gates::Gates::default());
+    let mut options = AppOptions::default();
+    options.settings.shutdown_grace = Duration::from_secs(10);
+    options.wrap = Some(Box::new({
+        let gates = gates.clone();
+        move |backends| gates.wrap(backends)
+    }));
+    let app = spawn_app_with(options).await;
+    let data_dir = app.data_dir.clone();
+    let sale = app.active_sale(5, 0, 1).await;
+    let token = app.buyer_token("last-minute", "Last Minute");
+
+    let stop = gates.arm(crate::gates::Step::Commit);
+    let buying = {
+        let (channel, token, sale_id) = (app.channel.clone(), token.clone(), sale.id.clone());
+        tokio::spawn(async move {
+            let request = pb::PurchaseRequest { sale_id, quantity: 1, idempotency_key: "k".into() };
+            flashsale::pb::purchase_service_client::PurchaseServiceClient::new(channel)
+                .purchase(authed(request, &token))
+                .await
+        })
+    };
+    stop.reached.await.expect("the order is in the committer");
+    app.begin_shutdown();
+    stop.go.send(()).unwrap();
+
+    let answer = buying.await.unwrap().expect("the purchase under way is answered");
+    let order = answer.into_inner().order.expect("with its order");
+    app.stop().await.expect("a clean shutdown within the grace period");
+
+    if !crate::helpers::production_backends() {
+        // The same data directory, served again: the order is there.
+        let again = spawn_app_with(AppOptions { data_dir: Some(data_dir), ..AppOptions::default() }).await;
+        assert_eq!(again.get_sale(&sale.id).await.sold, 1);
+        let mine = again.my_orders(&token, &sale.id).await;
+        assert_eq!(mine.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), [order.id.as_str()]);
+    }
 }

@@ -37,9 +37,20 @@ pub fn spawn_change_listener(
     sink: Arc<dyn ChangeSink>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
+    tokio::spawn(change_listener(uri, key_prefix, sink, shutdown))
+}
+
+/// The listener of [`spawn_change_listener`], for the caller to spawn (the service tracks it
+/// with its other tasks).
+pub fn change_listener(
+    uri: &str,
+    key_prefix: &str,
+    sink: Arc<dyn ChangeSink>,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let uri = uri.to_owned();
     let listener = Listener { prefix: key_prefix.to_owned(), sink };
-    tokio::spawn(async move {
+    async move {
         let client = match ::redis::Client::open(uri.as_str()) {
             Ok(client) => client,
             Err(error) => {
@@ -61,7 +72,7 @@ pub fn spawn_change_listener(
                 _ = tokio::time::sleep(backoff.next_pause()) => {}
             }
         }
-    })
+    }
 }
 
 struct Listener {

@@ -42,7 +42,7 @@ use crate::domain::{
 };
 use crate::store::{redact_uri, Confirmed, HotError, HotStore, Reservation, ReserveRequest, Settled};
 
-pub use changes::spawn_change_listener;
+pub use changes::{change_listener, spawn_change_listener};
 use keys::{board_member, key_field, open_sales_key, parse_board_member, SaleKeys};
 use order::StoredOrder;
 use replies::{
