@@ -1,8 +1,9 @@
 //! flashsale: a gRPC-first flash-sale service.
 //!
 //! # Layout
-//! - [`domain`]: pure rules: ids and validated values, purchase checks, the sale lifecycle,
-//!   leaderboard ordering. No transport or storage types.
+//! - [`domain`]: pure rules: ids and validated values, the entities every layer passes around
+//!   (users, products, sales, orders, a sale's live view), purchase checks, the record's decision
+//!   on an order, the sale lifecycle, leaderboard ordering. No transport or storage types.
 //! - [`store`]: the two backend traits, [`store::HotStore`] (stock, per-buyer counts,
 //!   idempotency, leaderboard: the atomic hot path) and [`store::RecordStore`] (the durable
 //!   record), with the embedded implementation (in process + redb) and the production ones
@@ -16,8 +17,27 @@
 //!   auth interceptor and the one `From<ServiceError> for Status`.
 //! - [`server`]: wires everything onto a bound listener: tonic + grpc-web + CORS, reflection,
 //!   health, metrics, graceful shutdown.
-//! - [`auth`], [`clock`], [`config`], [`metrics`]: tokens and passwords, injectable time, the
-//!   command line, Prometheus counters.
+//! - [`backends`]: picks and builds the backends from the settings, once, at start-up; the
+//!   service receives them built.
+//! - [`auth`], [`passwords`], [`clock`], [`config`], [`metrics`], [`retry`]: tokens, Argon2id on
+//!   a bounded pool, injectable time, the command line, Prometheus series, backoff.
+//!
+//! # The life of a purchase
+//! A `Purchase` call arrives at [`server`]'s router (`server.rs`); the auth interceptor
+//! (`grpc/interceptor.rs`) verifies the bearer token and stores the caller;
+//! `grpc/purchase.rs` applies the rate limits (`grpc/rate_limit.rs`), converts the request
+//! into domain values and calls `App::purchase` (`service/purchase.rs`). There the hot store
+//! checks every rule and reserves in one atomic step (`store/embedded/hot.rs`, or
+//! `store/redis/reserve.lua` through `store/redis/mod.rs`), using `domain/sale.rs`'s
+//! `check_purchase`. A new reservation is settled in a task of its own, whatever the caller
+//! does: the group committer (`service/committer.rs`) makes its order durable with others in
+//! one record transaction (`store/embedded/records.rs` and `format.rs`, or
+//! `store/mongo/mod.rs` and `txn.rs`), deciding each order with `domain/entities.rs`'s
+//! `judge_order`; then the hot store confirms it (`confirm.lua`), or releases it if the commit
+//! failed, and `App::end_sold_out` (`service/mod.rs`) ends the sale if that was its last unit.
+//! The sale's feed is marked changed (`feeds.rs`) and its watchers get the new state within a
+//! feed interval (`grpc/feeds.rs`). The answer, or the refusal mapped by `grpc/error.rs` with
+//! its ErrorInfo, goes back to the caller if it is still there.
 
 pub mod auth;
 pub mod backends;

@@ -1,7 +1,7 @@
 //! The codec of WatchSale's answers: messages encoded beforehand, written as they are.
 //!
 //! Every WatchSale stream of a sale sends the same snapshot, so the snapshot is encoded once
-//! and each stream only copies those bytes into its gRPC frame ([`super::feeds`] decides what
+//! and each stream only copies those bytes into its gRPC frame (`grpc/feeds.rs` decides what
 //! is encoded and when). prost's codec would take a `pb::SaleSnapshot` per stream and encode it
 //! per stream. What goes on the wire is the same either way: the message's protobuf encoding in
 //! a gRPC frame (framing, compression and size limits are tonic's, as with any codec), so every

@@ -10,7 +10,7 @@
 //!   believes.
 //!
 //! [`embedded`] implements both in one process: the hot state in memory, the record in redb.
-//! [`redis`] (one Lua script per operation, keys hash-tagged per sale) and [`mongo`]
+//! [`redis`] (one Lua script per step of a purchase, keys hash-tagged per sale) and [`mongo`]
 //! (multi-document transactions) are the production backends shared by many nodes.
 
 pub mod embedded;
@@ -187,7 +187,7 @@ pub struct Confirmed {
 #[async_trait]
 pub trait HotStore: Send + Sync + 'static {
     /// Builds a sale's hot state from its record and durable orders, unless it is loaded. Its
-    /// version starts at [`first_version`] of the record's generation.
+    /// version starts at [`crate::domain::first_version`] of the record's generation.
     async fn load_sale(&self, sale: &SaleRecord, orders: &[OrderRecord]) -> Result<(), HotError>;
     /// Whether the sale's hot state is present.
     async fn has_sale(&self, sale: &SaleId) -> Result<bool, HotError>;

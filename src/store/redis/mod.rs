@@ -1,5 +1,18 @@
-//! The hot path in Redis, shared by every node: one Lua script per operation, so each purchase is
-//! one atomic step on the server whichever node serves it.
+//! The hot path in Redis, shared by every node. Every step of a purchase (reserve, confirm,
+//! release) is one Lua script, so each is one atomic step on the server whichever node serves
+//! it; a few bookkeeping operations use plain commands:
+//!
+//! | operation | round trips to Redis |
+//! |---|---|
+//! | `reserve`, `confirm`, `release`, `view`, `wait_settled` (each poll) | 1: one script (`reserve.lua`, `confirm.lua`, `release.lua`, `view.lua`, `settled.lua`) |
+//! | `has_sale` | 1: `EXISTS` |
+//! | `in_flight` | 1: a `MULTI` pipeline (`HMGET` + `HVALS`) |
+//! | `load_sale` | 2: `SADD` to the open sales, then `load_sale.lua` |
+//! | `set_status` | 2: `set_status.lua`, then `SADD`/`SREM` of the open sales |
+//! | `forget_sale` | 1: a pipeline (`DEL` + `SREM`), two slots, not atomic |
+//! | `open_sales` | 2: `SMEMBERS`, then one `HMGET` per sale in one pipeline |
+//!
+//! Each is sent once more if the connection broke under it (see `RedisHot::once_more`).
 //!
 //! # Key layout
 //!
