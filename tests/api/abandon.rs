@@ -12,9 +12,9 @@ use flashsale::auth::{Caller, JwtKeys};
 use flashsale::backends::Backends;
 use flashsale::clock::{Clock, SystemClock};
 use flashsale::domain::{IdempotencyKey, Money, SaleId, SaleRules, SaleStatus, UnixMillis, UserId};
-use flashsale::pb;
 use flashsale::service::{App, NewSale};
 use flashsale::Settings;
+use flashsale_client::pb;
 use futures::StreamExt;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -203,7 +203,7 @@ async fn a_retry_of_an_abandoned_key_is_answered_within_the_bound() {
     let first = {
         let (app_channel, token, sale) = (app.channel.clone(), token.clone(), sale.id.clone());
         tokio::spawn(async move {
-            let mut client = flashsale::pb::purchase_service_client::PurchaseServiceClient::new(app_channel);
+            let mut client = flashsale_client::pb::purchase_service_client::PurchaseServiceClient::new(app_channel);
             let request = pb::PurchaseRequest { sale_id: sale, quantity: 1, idempotency_key: "stuck".into() };
             client.purchase(authed(request, &token)).await
         })
@@ -267,17 +267,20 @@ async fn half_the_callers_give_up_and_the_sale_still_sells_exactly_its_allocatio
                 match mode {
                     GiveUp::Deadline => {
                         request.set_timeout(within);
-                        let mut client = flashsale::pb::purchase_service_client::PurchaseServiceClient::new(channel);
+                        let mut client =
+                            flashsale_client::pb::purchase_service_client::PurchaseServiceClient::new(channel);
                         client.purchase(request).await.ok().and_then(|r| r.into_inner().order)
                     }
                     GiveUp::DropCall => {
-                        let mut client = flashsale::pb::purchase_service_client::PurchaseServiceClient::new(channel);
+                        let mut client =
+                            flashsale_client::pb::purchase_service_client::PurchaseServiceClient::new(channel);
                         tokio::time::timeout(within, client.purchase(request)).await.ok()?.ok()?.into_inner().order
                     }
                     GiveUp::CloseConnection => {
                         let own = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.ok()?;
                         let call = tokio::spawn(async move {
-                            let mut client = flashsale::pb::purchase_service_client::PurchaseServiceClient::new(own);
+                            let mut client =
+                                flashsale_client::pb::purchase_service_client::PurchaseServiceClient::new(own);
                             client.purchase(request).await
                         });
                         tokio::time::sleep(within).await;

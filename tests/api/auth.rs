@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use flashsale::auth::JwtKeys;
 use flashsale::domain::{Role, UnixMillis};
-use flashsale::pb;
+use flashsale_client::pb;
 use prost::Message;
 use tonic::Code;
 

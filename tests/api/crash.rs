@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use flashsale::clock::{Clock, SystemClock};
 use flashsale::domain::{Role, UnixMillis};
-use flashsale::pb;
-use flashsale::pb::admin_service_client::AdminServiceClient;
-use flashsale::pb::feeds_service_client::FeedsServiceClient;
-use flashsale::pb::purchase_service_client::PurchaseServiceClient;
+use flashsale_client::pb;
+use flashsale_client::pb::admin_service_client::AdminServiceClient;
+use flashsale_client::pb::feeds_service_client::FeedsServiceClient;
+use flashsale_client::pb::purchase_service_client::PurchaseServiceClient;
 use futures::StreamExt;
 use tonic::Code;
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use flashsale::domain::UnixMillis;
-use flashsale::pb;
+use flashsale_client::pb;
 use tonic::Code;
 use tonic_types::StatusExt;
 

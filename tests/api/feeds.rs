@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use flashsale::domain::UnixMillis;
-use flashsale::pb;
-use flashsale::pb::feeds_service_client::FeedsServiceClient;
+use flashsale_client::pb;
+use flashsale_client::pb::feeds_service_client::FeedsServiceClient;
 use pb::{EndReason, SaleStatus};
 use tonic::Code;
 

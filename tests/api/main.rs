@@ -2,6 +2,7 @@
 
 mod abandon;
 mod auth;
+mod client;
 mod cluster;
 mod crash;
 mod errors;

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashsale::pb;
+use flashsale_client::pb;
 use futures::StreamExt;
 use rand::Rng;
 use tonic::Code;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashsale::pb;
+use flashsale_client::pb;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -254,7 +254,7 @@ async fn a_purchase_under_way_at_shutdown_is_durable_and_answered() {
         let (channel, token, sale_id) = (app.channel.clone(), token.clone(), sale.id.clone());
         tokio::spawn(async move {
             let request = pb::PurchaseRequest { sale_id, quantity: 1, idempotency_key: "k".into() };
-            flashsale::pb::purchase_service_client::PurchaseServiceClient::new(channel)
+            flashsale_client::pb::purchase_service_client::PurchaseServiceClient::new(channel)
                 .purchase(authed(request, &token))
                 .await
         })

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use flashsale::domain::{
     EndReason, IdempotencyKey, Money, OrderId, ProductId, Role, SaleId, SaleStatus, UnixMillis, UserId,
 };
-use flashsale::pb;
 use flashsale::store::embedded::RedbRecords;
 use flashsale::store::RecordStore;
+use flashsale_client::pb;
 use tonic::Code;
 
 use crate::helpers::{assert_refused, production_backends, refusal, spawn_app_with, AppOptions};

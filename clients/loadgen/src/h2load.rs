@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use flashsale::domain::Role;
-use flashsale::pb;
+use flashsale_client::mint::Role;
+use flashsale_client::pb;
 use prost::Message;
 
 use crate::cli::{H2loadKind, PrepareH2loadArgs};
@@ -45,7 +45,7 @@ async fn sold_out(args: PrepareH2loadArgs) -> anyhow::Result<()> {
     let tag = setup::run_tag();
     let spec = SaleSpec { units: 1, per_user_limit: 0, max_per_purchase: 1, window: Duration::from_secs(24 * 3600) };
     let sale = setup::create_sale(&session, &spec, &tag).await?;
-    let first = bearer(&mint(keys, &format!("h2load-{tag}-first"), "First", Role::Buyer))?;
+    let first = bearer(&mint(keys, &format!("h2load-{tag}-first"), "First", Role::Buyer)?)?;
     session
         .pool
         .purchase()
@@ -60,7 +60,7 @@ async fn sold_out(args: PrepareH2loadArgs) -> anyhow::Result<()> {
         sale.status() == pb::SaleStatus::Ended,
         "the one-unit sale did not end after its only unit was sold"
     );
-    let token = mint(keys, &format!("h2load-{tag}-late"), "Late", Role::Buyer);
+    let token = mint(keys, &format!("h2load-{tag}-late"), "Late", Role::Buyer)?;
     let request = pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: 1, idempotency_key: "late".into() };
     write(&args.body, &frame(&request))?;
     eprintln!("sold-out sale {} ({:?}); body {}", sale.id, sale.end_reason(), args.body.display());

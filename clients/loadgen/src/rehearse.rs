@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use flashsale::pb;
+use flashsale_client::pb;
 
 use crate::chart::{self, ChartData};
 use crate::cli::{RehearseArgs, RushOptions};

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flashsale::pb;
+use flashsale_client::pb;
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use rand::rngs::StdRng;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use flashsale::domain::Role;
-use flashsale::pb;
+use flashsale_client::mint::Role;
+use flashsale_client::pb;
 use futures::StreamExt;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::Code;
@@ -140,7 +140,7 @@ pub async fn buyers(
         let buyers = (0..count)
             .map(|i| {
                 let id = format!("lg-{tag}-{i}");
-                let token = mint(keys, &id, &format!("Buyer {i}"), Role::Buyer);
+                let token = mint(keys, &id, &format!("Buyer {i}"), Role::Buyer)?;
                 Ok(Buyer { id, bearer: bearer(&token)? })
             })
             .collect::<anyhow::Result<_>>()?;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flashsale::pb;
+use flashsale_client::pb;
 use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 

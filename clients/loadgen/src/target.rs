@@ -9,13 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use flashsale::auth::JwtKeys;
-use flashsale::clock::{Clock, SystemClock};
-use flashsale::domain::Role;
-use flashsale::pb::admin_service_client::AdminServiceClient;
-use flashsale::pb::auth_service_client::AuthServiceClient;
-use flashsale::pb::feeds_service_client::FeedsServiceClient;
-use flashsale::pb::purchase_service_client::PurchaseServiceClient;
+use flashsale_client::mint::{Minter, Role};
+use flashsale_client::pb::admin_service_client::AdminServiceClient;
+use flashsale_client::pb::auth_service_client::AuthServiceClient;
+use flashsale_client::pb::feeds_service_client::FeedsServiceClient;
+use flashsale_client::pb::purchase_service_client::PurchaseServiceClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -101,7 +99,7 @@ pub struct Session {
     /// `Bearer <admin token>`.
     pub admin: AsciiMetadataValue,
     /// Signing keys, when the secret is known (needed by --mint-tokens).
-    pub keys: Option<JwtKeys>,
+    pub keys: Option<Minter>,
     /// Pid of the server process, when known (memory figures).
     pub server_pid: Option<u32>,
     /// The server started by --spawn-server; stopped when the session is dropped.
@@ -119,10 +117,10 @@ impl Session {
             }
             None => (args.addr.clone(), args.jwt_secret.clone(), None),
         };
-        let keys = secret.as_deref().map(|s| JwtKeys::new(s.as_bytes()));
+        let keys = secret.as_deref().map(|s| Minter::new(s.as_bytes()));
         let admin = match (&args.admin_token, &keys) {
             (Some(token), _) => bearer(token)?,
-            (None, Some(keys)) => bearer(&mint(keys, "loadgen-admin", "Loadgen", Role::Admin))?,
+            (None, Some(keys)) => bearer(&mint(keys, "loadgen-admin", "Loadgen", Role::Admin)?)?,
             (None, None) => bail!("an admin token is needed: pass --admin-token, or --jwt-secret to mint one"),
         };
         let pool = Arc::new(Pool::connect(&addr, args.channels).await?);
@@ -131,7 +129,7 @@ impl Session {
     }
 
     /// The signing keys, or an error saying why they are needed.
-    pub fn keys_for(&self, what: &str) -> anyhow::Result<&JwtKeys> {
+    pub fn keys_for(&self, what: &str) -> anyhow::Result<&Minter> {
         self.keys
             .as_ref()
             .with_context(|| format!("{what} needs the server's secret: pass --jwt-secret (or --spawn-server)"))
@@ -139,8 +137,8 @@ impl Session {
 }
 
 /// A token signed with `keys`, as `flashsale token` prints.
-pub fn mint(keys: &JwtKeys, sub: &str, name: &str, role: Role) -> String {
-    keys.issue(sub, name, role, SystemClock.now(), TOKEN_TTL).0
+pub fn mint(keys: &Minter, sub: &str, name: &str, role: Role) -> anyhow::Result<String> {
+    keys.token(sub, name, role, TOKEN_TTL).context("signing a token")
 }
 
 /// 32 random bytes as 64 hex characters.

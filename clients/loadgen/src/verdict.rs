@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use flashsale::pb;
+use flashsale_client::pb;
 
 use crate::rush::{AttemptRecord, Outcome};
 use crate::setup::Buyer;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use flashsale::pb;
+use flashsale_client::pb;
 use tokio::sync::mpsc;
 
 use crate::cli::WatchArgs;
