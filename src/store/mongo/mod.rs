@@ -237,34 +237,36 @@ impl MongoRecords {
     }
 
     async fn find_orders(&self, filter: Document) -> Result<Vec<OrderRecord>, StoreError> {
-        let docs: Vec<OrderDoc> = self
-            .orders
-            .find(filter)
-            .sort(doc! { "_id": 1 })
-            .await
-            .map_err(store_error)?
-            .try_collect()
-            .await
-            .map_err(store_error)?;
-        docs.into_iter().map(OrderRecord::try_from).collect()
+        find_all(&self.orders, filter, doc! { "_id": 1 }).await
     }
 
     async fn find_sales(&self, filter: Document) -> Result<Vec<SaleRecord>, StoreError> {
-        let docs: Vec<SaleDoc> = self
-            .sales
-            .find(filter)
-            .sort(doc! { "_id": -1 })
-            .await
-            .map_err(store_error)?
-            .try_collect()
-            .await
-            .map_err(store_error)?;
-        docs.into_iter().map(SaleRecord::try_from).collect()
+        find_all(&self.sales, filter, doc! { "_id": -1 }).await
     }
 
     async fn sale_by_id(&self, id: &str) -> Result<Option<SaleRecord>, StoreError> {
-        self.sales.find_one(doc! { "_id": id }).await.map_err(store_error)?.map(SaleRecord::try_from).transpose()
+        find_one(&self.sales, doc! { "_id": id }).await
     }
+}
+
+/// Every document `filter` matches, in `sort` order, read back as records.
+async fn find_all<D, R>(collection: &Collection<D>, filter: Document, sort: Document) -> Result<Vec<R>, StoreError>
+where
+    D: DeserializeOwned + Send + Sync,
+    R: TryFrom<D, Error = StoreError>,
+{
+    let docs: Vec<D> =
+        collection.find(filter).sort(sort).await.map_err(store_error)?.try_collect().await.map_err(store_error)?;
+    docs.into_iter().map(R::try_from).collect()
+}
+
+/// The document `filter` matches, if any, read back as a record.
+async fn find_one<D, R>(collection: &Collection<D>, filter: Document) -> Result<Option<R>, StoreError>
+where
+    D: DeserializeOwned + Send + Sync,
+    R: TryFrom<D, Error = StoreError>,
+{
+    collection.find_one(filter).await.map_err(store_error)?.map(R::try_from).transpose()
 }
 
 fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
@@ -322,12 +324,7 @@ impl RecordStore for MongoRecords {
     }
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError> {
-        self.users
-            .find_one(doc! { "email": email.as_str() })
-            .await
-            .map_err(store_error)?
-            .map(UserRecord::try_from)
-            .transpose()
+        find_one(&self.users, doc! { "email": email.as_str() }).await
     }
 
     async fn create_product(&self, product: ProductRecord) -> Result<(), StoreError> {
@@ -336,25 +333,11 @@ impl RecordStore for MongoRecords {
     }
 
     async fn list_products(&self) -> Result<Vec<ProductRecord>, StoreError> {
-        let docs: Vec<ProductDoc> = self
-            .products
-            .find(doc! {})
-            .sort(doc! { "_id": 1 })
-            .await
-            .map_err(store_error)?
-            .try_collect()
-            .await
-            .map_err(store_error)?;
-        docs.into_iter().map(ProductRecord::try_from).collect()
+        find_all(&self.products, doc! {}, doc! { "_id": 1 }).await
     }
 
     async fn get_product(&self, id: &ProductId) -> Result<Option<ProductRecord>, StoreError> {
-        self.products
-            .find_one(doc! { "_id": id.as_str() })
-            .await
-            .map_err(store_error)?
-            .map(ProductRecord::try_from)
-            .transpose()
+        find_one(&self.products, doc! { "_id": id.as_str() }).await
     }
 
     async fn add_stock(&self, id: &ProductId, units: i64) -> Result<ProductRecord, StoreError> {
@@ -507,12 +490,7 @@ impl RecordStore for MongoRecords {
     }
 
     async fn get_order(&self, id: &OrderId) -> Result<Option<OrderRecord>, StoreError> {
-        self.orders
-            .find_one(doc! { "_id": id.as_str() })
-            .await
-            .map_err(store_error)?
-            .map(OrderRecord::try_from)
-            .transpose()
+        find_one(&self.orders, doc! { "_id": id.as_str() }).await
     }
 
     async fn orders_of_buyer(&self, buyer: &UserId, sale: Option<&SaleId>) -> Result<Vec<OrderRecord>, StoreError> {
@@ -533,11 +511,7 @@ impl RecordStore for MongoRecords {
         sale: &SaleId,
         key: &IdempotencyKey,
     ) -> Result<Option<OrderRecord>, StoreError> {
-        self.orders
-            .find_one(doc! { "buyer_id": buyer.as_str(), "sale_id": sale.as_str(), "idempotency_key": key.as_str() })
-            .await
-            .map_err(store_error)?
-            .map(OrderRecord::try_from)
-            .transpose()
+        let filter = doc! { "buyer_id": buyer.as_str(), "sale_id": sale.as_str(), "idempotency_key": key.as_str() };
+        find_one(&self.orders, filter).await
     }
 }
