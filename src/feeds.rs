@@ -263,3 +263,111 @@ fn publish_if_newer(latest: &watch::Sender<Arc<Published>>, view: SaleView, at: 
         newer
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::domain::{Money, ProductId, SaleRules};
+
+    /// A source whose sale is whatever the test says.
+    struct Scripted(Mutex<Option<SaleView>>);
+
+    #[async_trait::async_trait]
+    impl SaleSource for Scripted {
+        async fn current(&self, _: &SaleId) -> Result<Option<SaleView>, ServiceError> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+    }
+
+    fn view(version: u64, status: SaleStatus) -> SaleView {
+        SaleView {
+            sale_id: SaleId::parse("s").unwrap(),
+            product_id: ProductId::parse("p").unwrap(),
+            version,
+            rules: SaleRules {
+                allocated: 10,
+                per_user_limit: 0,
+                max_per_purchase: 1,
+                start: UnixMillis(0),
+                end: UnixMillis(1),
+                unit_price: Money::parse(1, "EUR").unwrap(),
+            },
+            status,
+            end_reason: None,
+            ended_at: None,
+            sold: 0,
+            remaining: 10,
+            leaderboard: Vec::new(),
+            total_buyers: 0,
+            created_at: UnixMillis(0),
+        }
+    }
+
+    fn hub(source: &Arc<Scripted>, tasks: &TaskTracker) -> FeedHub {
+        let weak: Weak<dyn SaleSource> = Arc::downgrade(source) as Weak<dyn SaleSource>;
+        let clock = Arc::new(ManualClock::new(UnixMillis(0)));
+        FeedHub::new(weak, clock, Duration::from_millis(1), CancellationToken::new(), tasks.clone())
+    }
+
+    async fn wait_for(feed: &mut Feed, done: impl Fn(&Published) -> bool) -> Arc<Published> {
+        loop {
+            let latest = feed.borrow_and_update().clone();
+            if done(&latest) {
+                return latest;
+            }
+            tokio::time::timeout(Duration::from_secs(5), feed.changed()).await.expect("a change").expect("open");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ended_sale_s_feed_publishes_the_end_then_leaves_the_hub() {
+        let source = Arc::new(Scripted(Mutex::new(Some(view(1, SaleStatus::Active)))));
+        let tasks = TaskTracker::new();
+        let hub = hub(&source, &tasks);
+        let mut feed = hub.subscribe(view(1, SaleStatus::Active));
+        *source.0.lock().unwrap() = Some(view(2, SaleStatus::Ended));
+        hub.touch(&SaleId::parse("s").unwrap());
+        let last = wait_for(&mut feed, |p| p.view.status == SaleStatus::Ended).await;
+        assert_eq!(last.view.version, 2);
+        poll_until_empty(&hub).await;
+    }
+
+    #[tokio::test]
+    async fn a_sale_gone_from_the_record_ends_its_feed_as_gone() {
+        let source = Arc::new(Scripted(Mutex::new(Some(view(1, SaleStatus::Active)))));
+        let tasks = TaskTracker::new();
+        let hub = hub(&source, &tasks);
+        let mut feed = hub.subscribe(view(1, SaleStatus::Active));
+        *source.0.lock().unwrap() = None;
+        hub.touch(&SaleId::parse("s").unwrap());
+        let last = wait_for(&mut feed, |p| p.gone).await;
+        assert!(last.is_last());
+        poll_until_empty(&hub).await;
+    }
+
+    #[tokio::test]
+    async fn a_feed_reads_again_on_its_own() {
+        // Nobody touches the feed: it still picks up the change within its refresh.
+        tokio::time::pause();
+        let source = Arc::new(Scripted(Mutex::new(Some(view(1, SaleStatus::Active)))));
+        let tasks = TaskTracker::new();
+        let hub = hub(&source, &tasks);
+        let mut feed = hub.subscribe(view(1, SaleStatus::Active));
+        *source.0.lock().unwrap() = Some(view(5, SaleStatus::Active));
+        let seen = wait_for(&mut feed, |p| p.view.version == 5).await;
+        assert_eq!(seen.view.status, SaleStatus::Active);
+    }
+
+    async fn poll_until_empty(hub: &FeedHub) {
+        for _ in 0..500 {
+            if hub.upstreams.read().unwrap().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the feed's entry stayed in the hub");
+    }
+}

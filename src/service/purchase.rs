@@ -42,7 +42,7 @@ enum Reserved {
 
 /// What one attempt came to.
 enum Step {
-    /// Answered: the order (new and durable, or the key's first), or a refusal.
+    /// Answered: the order, new and durable or the key's first.
     Done(Purchased),
     /// The key's first attempt is still settling (perhaps for a caller that gave up).
     InFlight(OrderRecord),

@@ -1,6 +1,8 @@
 //! Time-driven transitions: sales start at their start time and end at their end time on their
 //! own. The task sleeps until the next deadline (on the injected clock) or until a sale's
-//! deadlines change, and stops with the shutdown token.
+//! deadlines change, and stops with the shutdown token. It is a task of its own: no request can
+//! cancel a transition it started, and shutdown stops it between transitions (the `select!`
+//! below), never inside one.
 
 use std::sync::Arc;
 

@@ -651,6 +651,26 @@ async fn redis_keys_of_a_sale_share_one_hash_tag() {
     }
 }
 
+/// The hot state names its layout: a sale without the name (built before it existed, the same
+/// layout) reads as usual; a sale of a newer layout is refused, never misread.
+#[tokio::test]
+async fn redis_reads_its_own_layout_and_refuses_a_newer_one() {
+    let prefix = fresh_prefix();
+    let hot = redis_hot(&prefix).await;
+    let sale = active_sale(&hot, rules(10, 0, 5)).await;
+    buy(&hot, &sale, "a", "k1", 1, T0).await;
+    let meta = format!("{prefix}{{sale:{}}}:meta", sale.id);
+    let mut raw = raw_connection().await;
+    let format: String = ::redis::cmd("HGET").arg(&meta).arg("format").query_async(&mut raw).await.unwrap();
+    assert_eq!(format, "1");
+
+    ::redis::cmd("HDEL").arg(&meta).arg("format").query_async::<()>(&mut raw).await.unwrap();
+    assert_eq!(view(&hot, &sale).await.sold, 1, "a sale built before the layout was named");
+
+    ::redis::cmd("HSET").arg(&meta).arg("format").arg("2").query_async::<()>(&mut raw).await.unwrap();
+    assert!(matches!(hot.view(&sale.id).await, Err(HotError::Unavailable(_))), "a newer layout is refused");
+}
+
 #[tokio::test]
 async fn redis_lists_reservations_never_confirmed() {
     let hot = redis_hot(&fresh_prefix()).await;

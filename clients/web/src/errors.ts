@@ -101,6 +101,10 @@ export function describe(f: Failure, now: () => number = Date.now): string {
       return f.retryAfterMs !== undefined
         ? `Too many attempts: wait ${seconds(f.retryAfterMs)} and try again.`
         : "Too many attempts: wait a moment and try again.";
+    case "SIGN_IN_BUSY":
+      return f.retryAfterMs !== undefined
+        ? `Many buyers are signing in right now: try again in ${seconds(f.retryAfterMs)}.`
+        : "Many buyers are signing in right now: try again in a moment.";
     case "INVALID_FIELD":
       return f.violations.length > 0
         ? f.violations.map((v) => `${v.field.replace(/_/g, " ")}: ${v.description}`).join("; ")

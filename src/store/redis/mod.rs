@@ -22,7 +22,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P{sale:ID}:meta` | hash | rules (`product_id`, `allocated`, `per_user_limit`, `max_per_purchase`, `start`, `end`, `price`, `currency`), creation time (`created_at`), lifecycle (`status`, `end_reason`, `ended_at`) and counters (`remaining`, `sold`, `in_flight`, `version`); its presence means the sale is loaded |
+//! | `P{sale:ID}:meta` | hash | the layout's `format` (1), rules (`product_id`, `allocated`, `per_user_limit`, `max_per_purchase`, `start`, `end`, `price`, `currency`), creation time (`created_at`), lifecycle (`status`, `end_reason`, `ended_at`) and counters (`remaining`, `sold`, `in_flight`, `version`); its presence means the sale is loaded |
 //! | `P{sale:ID}:units` | hash | buyer id → units held or in flight (the per-user limit) |
 //! | `P{sale:ID}:keys` | hash | `buyer:idempotency key` → the order it made (JSON: id, buyer, name, quantity, key, time) |
 //! | `P{sale:ID}:pending` | hash | order id → the order (JSON), for reservations not yet confirmed or released: what reconciliation with the record looks at |
@@ -62,6 +62,10 @@ use replies::{
     array, expect_ok, int, item, malformed, money, optional_text, parse_reason, parse_status, reason_code,
     reserve_refusal, text, unavailable, Meta, RULE_FIELDS, VIEW_FIELDS,
 };
+
+/// The layout of a sale's keys this code writes (`format` in its meta): the table above, the
+/// order encoding of `order.rs`. A sale built by a newer layout is refused, not misread.
+const FORMAT: &str = "1";
 
 /// How long one attempt to open a TCP connection to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -242,6 +246,7 @@ impl HotStore for RedisHot {
             ("in_flight", "0".to_owned()),
             ("version", crate::domain::first_version(sale.generation).to_string()),
             ("created_at", sale.created_at.0.to_string()),
+            ("format", FORMAT.to_owned()),
         ];
         let keys = self.keys(&sale.id);
         let mut invocation = keys.invoke(&SCRIPTS.load_sale);
@@ -383,6 +388,10 @@ impl HotStore for RedisHot {
         let [meta, buyers, top, names] = <[Value; 4]>::try_from(reply).map_err(|_| malformed("view reply"))?;
         let meta_values = array(meta)?;
         let meta = Meta::new(&VIEW_FIELDS, &meta_values)?;
+        // Absent: built before the format was named, the same layout.
+        if let Some(format) = meta.optional("format")?.filter(|f| f != FORMAT) {
+            return Err(malformed(format!("sale {sale}: hot state format {format:?}, newer than this program reads")));
+        }
         let rules = meta.rules()?;
         let status = parse_status(&meta.text("status")?)?;
         let sold = meta.int("sold")?;

@@ -141,7 +141,8 @@ pub(super) fn expect_ok(items: &[Value]) -> Result<(), HotError> {
 }
 
 /// The meta fields `view` reads, in order.
-pub(super) const VIEW_FIELDS: [&str; 16] = [
+pub(super) const VIEW_FIELDS: [&str; 17] = [
+    "format",
     "product_id",
     "created_at",
     "allocated",
@@ -179,6 +180,14 @@ impl<'a> Meta<'a> {
         match self.0.get(field) {
             Some(Value::Nil) | None => Err(malformed(format!("sale meta lacks {field}"))),
             Some(value) => Ok(value),
+        }
+    }
+
+    /// A field that may be absent.
+    pub(super) fn optional(&self, field: &str) -> Result<Option<String>, HotError> {
+        match self.0.get(field) {
+            Some(value) => optional_text(value),
+            None => Ok(None),
         }
     }
 
