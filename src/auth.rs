@@ -111,9 +111,13 @@ impl JwtKeys {
 
     /// Checks signature, algorithm and expiry (against the system clock) and the claims' shape.
     pub fn verify(&self, token: &str) -> Result<Caller, TokenError> {
-        check_algorithm(token)?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
+            // Which part is wrong, in words: the header first (the verifier's own error for an
+            // unknown algorithm is a JSON error). Only refused tokens pay for this look.
+            if let Err(header) = check_algorithm(token) {
+                return header;
+            }
             match e.kind() {
                 ErrorKind::InvalidSignature => TokenError::BadSignature,
                 ErrorKind::ExpiredSignature => TokenError::Expired,
