@@ -153,25 +153,6 @@ pub struct FloodArgs {
     /// Write remaining stock and purchases/s over time to this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub chart: Option<PathBuf>,
-    /// Share of the attempts whose caller gives up (0..1): cancelled by its deadline, dropped, or
-    /// its connection closed, after a random delay. Then patient buyers ask for the rest until
-    /// the sale sells out, and the verdict checks that nothing was left behind.
-    #[arg(long, default_value_t = 0.0, value_name = "RATIO")]
-    pub abandon: f64,
-    /// Abandoning callers give up within this many milliseconds.
-    #[arg(long, default_value_t = 20, value_name = "MS")]
-    pub abandon_within_ms: u64,
-    /// Share of the abandoned attempts whose caller comes back later with the same key.
-    #[arg(long, default_value_t = 0.5, value_name = "RATIO")]
-    pub abandon_retry: f64,
-    /// Longest one retry call of a come-back caller may wait for its answer before the verdict
-    /// fails (the server's --in-flight-wait-ms, 3 s by default, plus slack).
-    #[arg(long, default_value_t = 5000, value_name = "MS")]
-    pub retry_bound_ms: u64,
-    /// N callers registering and logging in, over and over, during the rush (a sign-in storm):
-    /// the same rush runs first without them, and the throughput of both is reported.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub sign_in_storm: usize,
 }
 
 /// `loadgen watch`.
