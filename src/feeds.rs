@@ -252,11 +252,11 @@ async fn close_at_shutdown(upstreams: Weak<Upstreams>, shutdown: CancellationTok
 /// or the sale ended).
 fn publish_if_newer(latest: &watch::Sender<Arc<Published>>, view: SaleView, at: UnixMillis) {
     latest.send_if_modified(|published| {
-        let newer = view.version > published.view.version
-            || (view.status == SaleStatus::Ended && published.view.status != SaleStatus::Ended);
         if published.is_last() {
             return false; // nothing follows the last state
         }
+        let newer = view.version > published.view.version
+            || (view.status == SaleStatus::Ended && published.view.status != SaleStatus::Ended);
         if newer {
             *published = Arc::new(Published::new(view, at));
         }

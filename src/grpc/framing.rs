@@ -30,14 +30,15 @@ const DETAILS: &str = "grpc-status-details-bin";
 
 /// The middleware: `limit` is the largest request message accepted, in bytes.
 pub async fn explain_refusals(State(limit): State<usize>, request: Request, next: Next) -> Response {
-    let method = request.uri().path().to_owned();
+    // A reference-counted copy: the path is only read for a refusal.
+    let uri = request.uri().clone();
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     if headers.contains_key(DETAILS) {
         return response;
     }
     let Some(refused) = Status::from_header_map(headers) else { return response };
-    let Some(explained) = explain(&refused, &method, limit) else { return response };
+    let Some(explained) = explain(&refused, uri.path(), limit) else { return response };
     if let Err(error) = explained.add_header(headers) {
         tracing::error!(error = %error, "could not write an explained refusal");
     }

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use crate::domain::{
-    shown_remaining, EndReason, ProductId, ProductRecord, SaleId, SaleRecord, SaleRules, SaleStatus, SaleView,
-    UnixMillis,
+    EndReason, ProductId, ProductRecord, SaleId, SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis,
 };
 use crate::store::StoreError;
 
@@ -210,8 +209,8 @@ fn view_of_record(sale: &SaleRecord) -> SaleView {
         end_reason: sale.end_reason,
         ended_at: sale.ended_at,
         sold: sale.sold,
-        // A sale not loaded in the hot state has nothing in flight.
-        remaining: shown_remaining(sale.status, sale.rules.allocated, sale.sold, sale.rules.allocated - sale.sold),
+        // A sale not loaded in the hot state has nothing in flight: open or ended, allocated - sold.
+        remaining: sale.rules.allocated - sale.sold,
         leaderboard: Vec::new(),
         total_buyers: 0,
         created_at: sale.created_at,
