@@ -193,8 +193,8 @@ impl App {
 
     /// Subscribes to a sale's live state (feeds).
     pub async fn watch(&self, id: &SaleId) -> Result<crate::feeds::Feed, ServiceError> {
-        self.load_sale(id).await?;
-        let view = self.hot.view(id).await?.ok_or(ServiceError::SaleNotFound)?;
+        // The feeds' own read: the live state, rebuilt from the record when the hot store lost it.
+        let view = crate::feeds::SaleSource::current(self, id).await?.ok_or(ServiceError::SaleNotFound)?;
         Ok(self.feeds.subscribe(view))
     }
 }
