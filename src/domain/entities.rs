@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::{
-    DisplayName, Email, EndReason, IdempotencyKey, Leaderboard, LeaderboardEntry, Money, OrderId, ProductId, Role,
+    OrderStatus, DisplayName, Email, EndReason, IdempotencyKey, Leaderboard, LeaderboardEntry, Money, OrderId, ProductId, Role,
     SaleId, SaleRules, SaleStatus, UnixMillis, UserId,
 };
 
@@ -51,8 +51,10 @@ pub struct SaleRecord {
     pub product_id: ProductId,
     /// Allocation, price, limits and window.
     pub rules: SaleRules,
-    /// Units in durable orders.
+    /// Units in durable orders that keep them: HELD or CONFIRMED (what the allocation bounds).
     pub sold: i64,
+    /// Of `sold`, the units in HELD orders (waiting for payment).
+    pub held: i64,
     /// Lifecycle status.
     pub status: SaleStatus,
     /// Why it ended.
@@ -91,6 +93,14 @@ pub struct OrderRecord {
     pub idempotency_key: IdempotencyKey,
     /// When the purchase was accepted.
     pub created_at: UnixMillis,
+    /// HELD until paid in a sale with holds; CONFIRMED from the start otherwise.
+    pub status: OrderStatus,
+    /// When a HELD order expires; `None` for orders of sales without holds.
+    pub expires_at: Option<UnixMillis>,
+    /// The payment reference its confirm carried (ConfirmOrder).
+    pub payment_reference: Option<String>,
+    /// When it left HELD.
+    pub settled_at: Option<UnixMillis>,
 }
 
 /// Why the record refuses one order of a batch.
@@ -140,10 +150,14 @@ pub struct SaleView {
     pub end_reason: Option<EndReason>,
     /// When it ended.
     pub ended_at: Option<UnixMillis>,
-    /// Units in durable orders.
+    /// Units in durable HELD or CONFIRMED orders.
     pub sold: i64,
+    /// Of `sold`, the units in HELD orders.
+    pub held: i64,
     /// Units a new purchase may take (for an ended sale: allocated - sold, given back).
     pub remaining: i64,
+    /// Buyers waiting in the sale's line.
+    pub waitlist: u64,
     /// The top of the leaderboard (at most [`LEADERBOARD_MAX`] entries).
     pub leaderboard: Vec<LeaderboardEntry>,
     /// Distinct buyers.
@@ -166,17 +180,35 @@ pub fn shown_remaining(status: SaleStatus, allocated: i64, sold: i64, live: i64)
 /// The most leaderboard entries a feed can ask for.
 pub const LEADERBOARD_MAX: usize = 100;
 
-/// Rebuilds a leaderboard and per-buyer units from durable orders (oldest first).
-pub fn tally(orders: &[OrderRecord]) -> (Leaderboard, foldhash::HashMap<UserId, u32>, i64) {
-    let mut board = Leaderboard::default();
-    let mut units = foldhash::HashMap::default();
-    let mut sold = 0;
-    for order in orders {
-        board.record(&order.buyer_id, &order.buyer_name, i64::from(order.quantity), order.created_at);
-        *units.entry(order.buyer_id.clone()).or_insert(0u32) += order.quantity;
-        sold += i64::from(order.quantity);
+/// A sale's counters rebuilt from its durable orders.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Buyers ranked by confirmed units.
+    pub board: Leaderboard,
+    /// Units each buyer holds (HELD or CONFIRMED), for the per-user limit.
+    pub units: foldhash::HashMap<UserId, u32>,
+    /// Units in HELD or CONFIRMED orders.
+    pub sold: i64,
+    /// Units in HELD orders.
+    pub held: i64,
+}
+
+/// Rebuilds a sale's counters from its durable orders (oldest first): cancelled and expired
+/// holds count for nothing, HELD ones count as sold and against the buyer's limit, and only
+/// CONFIRMED ones rank on the leaderboard.
+pub fn tally(orders: &[OrderRecord]) -> Tally {
+    let mut tally = Tally::default();
+    for order in orders.iter().filter(|o| o.status.takes_units()) {
+        let units = i64::from(order.quantity);
+        *tally.units.entry(order.buyer_id.clone()).or_insert(0u32) += order.quantity;
+        tally.sold += units;
+        if order.status == OrderStatus::Held {
+            tally.held += units;
+        } else {
+            tally.board.record(&order.buyer_id, &order.buyer_name, units, order.created_at);
+        }
     }
-    (board, units, sold)
+    tally
 }
 
 #[cfg(test)]
@@ -209,12 +241,19 @@ mod tests {
             unit_price: Money::parse(1, "EUR").unwrap(),
             idempotency_key: IdempotencyKey::parse("k").unwrap(),
             created_at: UnixMillis(at),
+            status: OrderStatus::Confirmed,
+            expires_at: None,
+            payment_reference: None,
+            settled_at: None,
         };
-        let (board, units, sold) = tally(&[order("a", 1, 10), order("b", 2, 20), order("a", 1, 30)]);
-        assert_eq!(sold, 4);
-        assert_eq!(units[&UserId::parse("a").unwrap()], 2);
-        let top = board.top(10);
-        // Tied at 2 units: the earlier first purchase ranks first.
+        let held = OrderRecord { status: OrderStatus::Held, ..order("c", 2, 5) };
+        let expired = OrderRecord { status: OrderStatus::Expired, ..order("c", 2, 6) };
+        let tally = tally(&[held, expired, order("a", 1, 10), order("b", 2, 20), order("a", 1, 30)]);
+        assert_eq!((tally.sold, tally.held), (6, 2));
+        assert_eq!(tally.units[&UserId::parse("a").unwrap()], 2);
+        assert_eq!(tally.units[&UserId::parse("c").unwrap()], 2);
+        let top = tally.board.top(10);
+        // Tied at 2 units: the earlier first purchase ranks first; the held order does not rank.
         assert_eq!(top.iter().map(|e| (e.display_name.as_ref(), e.units)).collect::<Vec<_>>(), [("a", 2), ("b", 2)]);
     }
 }

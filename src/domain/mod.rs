@@ -4,6 +4,7 @@
 //! or the runtime.
 
 mod entities;
+mod holds;
 mod ids;
 mod leaderboard;
 mod sale;
@@ -11,7 +12,11 @@ mod values;
 
 pub use entities::{
     first_version, judge_order, shown_remaining, tally, CommitOutcome, CommitRefusal, OrderRecord, ProductRecord,
-    SaleRecord, SaleView, UserRecord, LEADERBOARD_MAX,
+    SaleRecord, SaleView, Tally, UserRecord, LEADERBOARD_MAX,
+};
+pub use holds::{
+    all_confirmed, check_join, ended_hold, hand_over, hold_counters, judge_hold, waitlist_key, Handover, HoldEnd,
+    HoldRefusal, LineSnapshot, OrderStatus, WaitlistEntry, WaitlistPlace,
 };
 pub use ids::{OrderId, ProductId, SaleId, UserId};
 pub use leaderboard::{BuyerStanding, Leaderboard, LeaderboardEntry};

@@ -71,6 +71,9 @@ pub struct SaleRules {
     pub end: UnixMillis,
     /// Price of one unit.
     pub unit_price: Money,
+    /// How long a new order is HELD for payment before it expires; 0: orders are CONFIRMED at
+    /// once (no holds, no waitlist).
+    pub hold_seconds: u32,
 }
 
 /// Why a purchase was refused. Each maps to one error reason of the API.
@@ -114,6 +117,15 @@ pub enum PurchaseRefusal {
     /// The idempotency key was used before with other parameters.
     #[error("idempotency key reused with different parameters")]
     IdempotencyKeyReused,
+    /// JoinWaitlist on a sale without holds (no unit can come back).
+    #[error("the sale has no holds, so no waitlist")]
+    NoWaitlist,
+    /// JoinWaitlist while units are on sale: buy them instead.
+    #[error("{remaining} units are on sale: buy them instead of waiting")]
+    UnitsOnSale {
+        /// Units on sale.
+        remaining: i64,
+    },
 }
 
 /// The live facts a purchase is checked against, read atomically with the buyer's count.
@@ -204,6 +216,7 @@ mod tests {
             start: UnixMillis(100),
             end: UnixMillis(200),
             unit_price: Money::parse(500, "USD").unwrap(),
+            hold_seconds: 0,
         }
     }
 

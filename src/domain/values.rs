@@ -187,23 +187,27 @@ pub enum Role {
     Buyer,
     /// May purchase and administer.
     Admin,
+    /// A payment service: may confirm any order, nothing else.
+    Payments,
 }
 
 impl Role {
-    /// Accepts "buyer" or "admin".
+    /// Accepts "buyer", "admin" or "payments".
     pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
         match raw {
             "buyer" => Ok(Self::Buyer),
             "admin" => Ok(Self::Admin),
-            _ => Err(FieldViolation::new("role", "must be buyer or admin")),
+            "payments" => Ok(Self::Payments),
+            _ => Err(FieldViolation::new("role", "must be buyer, admin or payments")),
         }
     }
 
-    /// "buyer" or "admin".
+    /// "buyer", "admin" or "payments".
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Buyer => "buyer",
             Self::Admin => "admin",
+            Self::Payments => "payments",
         }
     }
 }

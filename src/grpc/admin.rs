@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::domain::{ProductId, SaleId, SaleRules, UnixMillis};
+use crate::domain::{DisplayName, FieldViolation, ProductId, Role, SaleId, SaleRules, UnixMillis};
 use crate::pb;
 use crate::service::{App, NewSale};
 
@@ -25,6 +25,12 @@ fn sale_id(raw: &str) -> Result<SaleId, Status> {
     SaleId::parse(raw).map_err(|v| crate::service::ServiceError::from(v).into())
 }
 
+/// The longest hold a sale may set: a day.
+const MAX_HOLD_SECONDS: u32 = 86_400;
+/// Service tokens: 30 days unless asked otherwise, a year at most.
+const SERVICE_TOKEN_TTL: u32 = 30 * 86_400;
+const SERVICE_TOKEN_MAX_TTL: u32 = 365 * 86_400;
+
 impl TryFrom<pb::CreateSaleRequest> for NewSale {
     type Error = crate::service::ServiceError;
 
@@ -33,6 +39,7 @@ impl TryFrom<pb::CreateSaleRequest> for NewSale {
         let product_id = v.check(ProductId::parse(&req.product_id));
         v.require(req.allocated >= 1, "allocated", "must be at least 1");
         v.require(req.max_per_purchase >= 1, "max_per_purchase", "must be at least 1");
+        v.require(req.hold_seconds <= MAX_HOLD_SECONDS, "hold_seconds", "must be at most 86400 (a day)");
         let unit_price = v.check(money(req.unit_price.as_ref()));
         if let Some(price) = unit_price {
             let total = price.amount_minor.checked_mul(i64::from(req.max_per_purchase.max(req.per_user_limit)));
@@ -55,6 +62,7 @@ impl TryFrom<pb::CreateSaleRequest> for NewSale {
                 start,
                 end,
                 unit_price,
+                hold_seconds: req.hold_seconds,
             },
             start_now,
         })
@@ -139,5 +147,28 @@ impl pb::admin_service_server::AdminService for AdminApi {
         };
         let sales = self.app.list_sales(filter.as_ref()).await?;
         Ok(Response::new(pb::ListSalesResponse { sales: sales.iter().map(Into::into).collect() }))
+    }
+
+    async fn issue_service_token(
+        &self,
+        request: Request<pb::IssueServiceTokenRequest>,
+    ) -> Result<Response<pb::IssueServiceTokenResponse>, Status> {
+        require_admin(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        v.require(req.role == pb::Role::Payments as i32, "role", "must be ROLE_PAYMENTS");
+        let name = v.check(DisplayName::parse(&req.name).map_err(|e| FieldViolation::new("name", e.description)));
+        v.require(req.ttl_seconds <= SERVICE_TOKEN_MAX_TTL, "ttl_seconds", "must be at most 31536000 (a year)");
+        let name = v.finish(name)?;
+        let ttl = match req.ttl_seconds {
+            0 => SERVICE_TOKEN_TTL,
+            seconds => seconds,
+        };
+        let (token, expires_at) =
+            self.app.service_token(Role::Payments, &name, std::time::Duration::from_secs(u64::from(ttl)));
+        Ok(Response::new(pb::IssueServiceTokenResponse {
+            access_token: token,
+            expires_at: Some(super::convert::timestamp(expires_at)),
+        }))
     }
 }

@@ -31,6 +31,7 @@ fn respond(session: crate::service::Session) -> Response<pb::AuthResponse> {
             role: match user.role {
                 crate::domain::Role::Buyer => pb::Role::Buyer,
                 crate::domain::Role::Admin => pb::Role::Admin,
+                crate::domain::Role::Payments => pb::Role::Payments,
             }
             .into(),
         }),

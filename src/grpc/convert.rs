@@ -3,7 +3,9 @@
 
 use prost_types::Timestamp;
 
-use crate::domain::{EndReason, FieldViolation, Money, OrderRecord, ProductRecord, SaleStatus, SaleView, UnixMillis};
+use crate::domain::{
+    EndReason, FieldViolation, Money, OrderRecord, OrderStatus, ProductRecord, SaleStatus, SaleView, UnixMillis,
+};
 use crate::pb;
 use crate::service::ServiceError;
 
@@ -105,6 +107,10 @@ impl From<&SaleView> for pb::Sale {
             end_reason: pb_end_reason(v.end_reason).into(),
             ended_at: v.ended_at.map(timestamp),
             created_at: Some(timestamp(v.created_at)),
+            hold_seconds: v.rules.hold_seconds,
+            held: v.held,
+            confirmed: v.sold - v.held,
+            waitlist_length: v.waitlist,
         }
     }
 }
@@ -127,6 +133,10 @@ pub fn snapshot(v: &SaleView, server_time: UnixMillis) -> pb::SaleSnapshot {
         ended_at: v.ended_at.map(timestamp),
         server_time: Some(timestamp(server_time)),
         product_id: v.product_id.to_string(),
+        hold_seconds: v.rules.hold_seconds,
+        held: v.held,
+        confirmed: v.sold - v.held,
+        waitlist_length: v.waitlist,
     }
 }
 
@@ -162,6 +172,26 @@ impl From<&OrderRecord> for pb::Order {
             total: Some(pb_money(o.unit_price.times(o.quantity))),
             idempotency_key: o.idempotency_key.as_str().to_owned(),
             created_at: Some(timestamp(o.created_at)),
+            status: pb_order_status(o.status).into(),
+            expires_at: o.expires_at.map(timestamp),
+            payment_reference: o.payment_reference.clone().unwrap_or_default(),
+            settled_at: o.settled_at.map(timestamp),
         }
+    }
+}
+
+/// The API's order status.
+pub fn pb_order_status(status: OrderStatus) -> pb::OrderStatus {
+    match status {
+        OrderStatus::Held => pb::OrderStatus::Held,
+        OrderStatus::Confirmed => pb::OrderStatus::Confirmed,
+        OrderStatus::Cancelled => pb::OrderStatus::Cancelled,
+        OrderStatus::Expired => pb::OrderStatus::Expired,
+    }
+}
+
+impl From<crate::domain::WaitlistPlace> for pb::WaitlistPlace {
+    fn from(place: crate::domain::WaitlistPlace) -> Self {
+        Self { position: place.position, quantity: place.quantity, length: place.length }
     }
 }

@@ -37,7 +37,11 @@ pub fn reason_of(error: &ServiceError) -> ErrorReason {
             PurchaseRefusal::SoldOut => ErrorReason::SoldOut,
             PurchaseRefusal::InsufficientStock { .. } => ErrorReason::InsufficientStock,
             PurchaseRefusal::IdempotencyKeyReused => ErrorReason::IdempotencyKeyReused,
+            PurchaseRefusal::NoWaitlist | PurchaseRefusal::UnitsOnSale { .. } => ErrorReason::WaitlistUnavailable,
         },
+        ServiceError::RoleNotAllowed(_) => ErrorReason::RoleNotAllowed,
+        ServiceError::HoldExpired(_) => ErrorReason::HoldExpired,
+        ServiceError::OrderNotHeld(_) => ErrorReason::OrderNotHeld,
         ServiceError::RateLimited { .. } => ErrorReason::RateLimited,
         ServiceError::SignInBusy { .. } => ErrorReason::SignInBusy,
         ServiceError::Unavailable(_) => ErrorReason::BackendUnavailable,
@@ -67,6 +71,29 @@ impl From<ServiceError> for Status {
             }
             ServiceError::BadCredentials => Code::Unauthenticated,
             ServiceError::AdminRequired => Code::PermissionDenied,
+            ServiceError::RoleNotAllowed(role) => {
+                metadata.insert("role".into(), role.as_str().into());
+                Code::PermissionDenied
+            }
+            ServiceError::HoldExpired(order) => {
+                if let Some(deadline) = order.expires_at {
+                    metadata.insert("expires_at".into(), super::convert::timestamp(deadline).to_string());
+                }
+                Code::FailedPrecondition
+            }
+            ServiceError::OrderNotHeld(status) => {
+                metadata.insert("status".into(), status.as_str().into());
+                Code::FailedPrecondition
+            }
+            ServiceError::Purchase(PurchaseRefusal::NoWaitlist) => {
+                metadata.insert("why".into(), "NO_HOLDS".into());
+                Code::FailedPrecondition
+            }
+            ServiceError::Purchase(PurchaseRefusal::UnitsOnSale { remaining }) => {
+                metadata.insert("why".into(), "UNITS_ON_SALE".into());
+                metadata.insert("remaining".into(), remaining.to_string());
+                Code::FailedPrecondition
+            }
             ServiceError::ProductNotFound | ServiceError::SaleNotFound | ServiceError::OrderNotFound => Code::NotFound,
             ServiceError::Purchase(PurchaseRefusal::SaleNotFound) => Code::NotFound,
             ServiceError::EmailTaken => Code::AlreadyExists,

@@ -37,6 +37,15 @@ pub fn require_admin<T>(request: &Request<T>) -> Result<Caller, Status> {
     let caller = caller(request)?;
     match caller.role {
         Role::Admin => Ok(caller),
-        Role::Buyer => Err(ServiceError::AdminRequired.into()),
+        Role::Buyer | Role::Payments => Err(ServiceError::AdminRequired.into()),
+    }
+}
+
+/// The caller, who must be a person buying (a buyer or an admin), not a service.
+pub fn require_buyer<T>(request: &Request<T>) -> Result<Caller, Status> {
+    let caller = caller(request)?;
+    match caller.role {
+        Role::Buyer | Role::Admin => Ok(caller),
+        role @ Role::Payments => Err(ServiceError::RoleNotAllowed(role).into()),
     }
 }

@@ -18,6 +18,6 @@ pub use admin::AdminApi;
 pub use auth::AuthApi;
 pub use feeds::FeedsApi;
 pub use framing::explain_refusals;
-pub use interceptor::{authenticate, caller, require_admin};
+pub use interceptor::{authenticate, caller, require_admin, require_buyer};
 pub use purchase::PurchaseApi;
 pub use rate_limit::RateLimits;

@@ -79,6 +79,7 @@ impl App {
             product_id: new.product_id,
             rules,
             sold: 0,
+            held: 0,
             status: if rules.start <= now { SaleStatus::Active } else { SaleStatus::Scheduled },
             end_reason: None,
             ended_at: None,
@@ -209,6 +210,8 @@ fn view_of_record(sale: &SaleRecord) -> SaleView {
         end_reason: sale.end_reason,
         ended_at: sale.ended_at,
         sold: sale.sold,
+        held: sale.held,
+        waitlist: 0,
         // A sale not loaded in the hot state has nothing in flight: open or ended, allocated - sold.
         remaining: sale.rules.allocated - sale.sold,
         leaderboard: Vec::new(),

@@ -10,6 +10,7 @@
 
 mod admin;
 mod committer;
+mod holds;
 mod purchase;
 mod reconcile;
 mod scheduler;
@@ -32,13 +33,16 @@ use crate::auth::{JwtKeys, TokenError};
 use crate::backends::Backends;
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::domain::{EndReason, FieldViolation, OrderRecord, PurchaseRefusal, SaleId, SaleStatus, SaleView};
+use crate::domain::{
+    all_confirmed, EndReason, FieldViolation, OrderRecord, PurchaseRefusal, SaleId, SaleStatus, SaleView,
+};
 use crate::feeds::{FeedHub, SaleSource};
 use crate::passwords::{PasswordPool, PoolError};
 use crate::retry::Backoff;
 use crate::store::{ChangeSink, HotError, HotStore, RecordStore, StoreError};
 
 pub use admin::NewSale;
+pub use holds::HoldAnswer;
 use committer::Committer;
 pub use purchase::Purchased;
 pub use users::Session;
@@ -58,6 +62,15 @@ pub enum ServiceError {
     /// The caller's role may not do this.
     #[error("this method needs an admin token")]
     AdminRequired,
+    /// The caller's role (a service's) may not call this method.
+    #[error("a {} token may not call this method", .0.as_str())]
+    RoleNotAllowed(crate::domain::Role),
+    /// ConfirmOrder after the hold's deadline: it expired (the order as it is now).
+    #[error("the hold expired; its units went back")]
+    HoldExpired(Box<OrderRecord>),
+    /// ConfirmOrder or CancelOrder on an order that is not held.
+    #[error("the order is {}, not held", .0.as_str())]
+    OrderNotHeld(crate::domain::OrderStatus),
     /// No such product.
     #[error("product not found")]
     ProductNotFound,
@@ -166,8 +179,11 @@ pub struct App {
     orphan_after: Duration,
     /// Longest a retry waits for its key's first attempt to settle.
     in_flight_wait: Duration,
-    /// Wakes the scheduler when a sale's deadlines change.
+    /// Wakes the scheduler when a sale's deadlines change, or a hold due before `next_hold` is
+    /// made.
     schedule_changed: Notify,
+    /// The earliest hold deadline the scheduler knows of (Unix ms; `i64::MAX`: none).
+    next_hold: std::sync::atomic::AtomicI64,
     /// Work that must run to its end once started, whatever happens to the request that started
     /// it (see [`App::detached`]), and the background tasks; shutdown waits for them.
     tasks: TaskTracker,
@@ -227,6 +243,7 @@ impl App {
             orphan_after: settings.orphan_after,
             in_flight_wait: settings.in_flight_wait,
             schedule_changed: Notify::new(),
+            next_hold: std::sync::atomic::AtomicI64::new(i64::MAX),
             tasks,
             shutdown,
             me: me.clone(),
@@ -270,6 +287,16 @@ impl App {
             metrics::gauge!("flashsale_units_in_flight", "sale" => gone.to_string()).set(0.0);
         }
         *reported = now_open;
+    }
+
+    /// Whether the server is shutting down (streams end).
+    pub fn is_stopping(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// The service's clock.
+    pub fn now(&self) -> crate::domain::UnixMillis {
+        self.clock.now()
     }
 
     /// The token keys (for the auth interceptor).
@@ -334,16 +361,27 @@ impl App {
         // Reads, a generation bump that only raises future versions, then one atomic load that
         // never replaces a loaded sale: safe to stop anywhere.
         self.hot.load_sale(&sale, &orders).await?;
-        if sale.status != SaleStatus::Ended && sale.sold >= sale.rules.allocated {
+        if sale.status != SaleStatus::Ended && all_confirmed(sale.rules.allocated, sale.sold, sale.held) {
             self.end_sold_out(sale_id).await;
         }
         Ok(())
+    }
+
+    /// A hold is durable: the expiry timer wakes for its deadline if it is the earliest it knows.
+    fn hold_made(&self, order: &OrderRecord) {
+        let Some(deadline) = order.expires_at else { return };
+        if self.next_hold.fetch_min(deadline.0, std::sync::atomic::Ordering::AcqRel) > deadline.0 {
+            self.schedule_changed.notify_one();
+        }
     }
 
     /// Confirms a durable order in the hot state (rebuilding a dropped sale first); returns
     /// whether every allocated unit is now sold. Every confirm goes through here and then
     /// through [`App::end_sold_out`]: a purchase's, and reconciliation's of a dead node's.
     async fn confirm(&self, order: &OrderRecord) -> Result<bool, ServiceError> {
+        if order.status == crate::domain::OrderStatus::Held {
+            self.hold_made(order);
+        }
         let confirmed = match self.hot.confirm(order).await {
             // Dropped for a rebuild between commit and confirm: rebuild it now (it then holds
             // this durable order) and confirm, which changes nothing more.

@@ -100,7 +100,7 @@ impl App {
                             .into(),
                     ))
                 }
-                Ok(Ok(Settled::Confirmed)) => return Ok(Purchased { order: first, replayed: true }),
+                Ok(Ok(Settled::Confirmed)) => return Ok(Purchased { order: self.current(first).await?, replayed: true }),
                 // The first attempt failed and gave its units back, or the sale's hot state was
                 // rebuilt meanwhile: try afresh (a durable first order is found again).
                 Ok(Ok(Settled::Released) | Err(HotError::Refused(PurchaseRefusal::SaleNotFound))) => {
@@ -151,7 +151,9 @@ impl App {
             // Our own reservation, made by a first try whose answer was lost (a connection that
             // broke under the call, retried once by the hot store): it is new, not a replay.
             Reservation::Existing { order, settled: false } if order.id == request.new_order_id => Reserved::New(order),
-            Reservation::Existing { order, settled: true } => Reserved::Replay(Purchased { order, replayed: true }),
+            Reservation::Existing { order, settled: true } => {
+                Reserved::Replay(Purchased { order: self.current(order).await?, replayed: true })
+            }
             Reservation::Existing { order, settled: false } => Reserved::InFlight(order),
         })
     }
@@ -166,7 +168,7 @@ impl App {
     }
 
     /// Commits a reserved order, then confirms or releases it.
-    async fn make_durable(self: &Arc<Self>, order: OrderRecord) -> Result<Purchased, ServiceError> {
+    pub(super) async fn make_durable(self: &Arc<Self>, order: OrderRecord) -> Result<Purchased, ServiceError> {
         let outcome = self.committer.commit(order.clone()).await;
         let durable = matches!(outcome, Ok(Ok(())));
         let settle = if durable { Settle::Confirm } else { Settle::Release };
@@ -215,15 +217,17 @@ impl App {
     }
 
     /// Confirms or releases a reservation; true when a confirm sold the last unit.
-    async fn settle(&self, order: &OrderRecord, how: Settle) -> Result<bool, ServiceError> {
+    async fn settle(self: &Arc<Self>, order: &OrderRecord, how: Settle) -> Result<bool, ServiceError> {
         let sold_out = match how {
             Settle::Confirm => self.confirm(order).await?,
             Settle::Release => {
-                match self.hot.release(order).await {
+                match self.hot.release(order, self.clock.now()).await {
                     // The sale's hot state was dropped (a rebuild from the record is under way):
                     // the rebuilt state never held this reservation, so there is nothing to undo.
                     Err(HotError::Refused(PurchaseRefusal::SaleNotFound)) => {}
-                    other => other?,
+                    // The units went to the head of the line first.
+                    Ok(handed) => self.hand_on(handed),
+                    Err(error) => return Err(error.into()),
                 }
                 false
             }
@@ -234,6 +238,15 @@ impl App {
         }
         self.feeds.touch(&order.sale_id);
         Ok(sold_out)
+    }
+
+    /// A durable order as it stands now: the hot state keeps a hold as it was made, so a
+    /// replayed hold is read from the record (it may have been paid, cancelled or expired since).
+    async fn current(&self, order: OrderRecord) -> Result<OrderRecord, ServiceError> {
+        if order.status != crate::domain::OrderStatus::Held {
+            return Ok(order);
+        }
+        Ok(self.records.get_order(&order.id).await?.unwrap_or(order))
     }
 
     /// One of the caller's orders.

@@ -60,16 +60,18 @@ impl App {
             let stored = self.records.order_by_key(&order.buyer_id, &order.sale_id, &order.idempotency_key).await?;
             // Each settlement is one idempotent script: a reconciliation stopped between two of
             // them (shutdown) leaves the rest for the next round.
-            if stored.is_some_and(|stored| stored.id == order.id) {
+            if let Some(stored) = stored.filter(|stored| stored.id == order.id && stored.status.takes_units()) {
                 tracing::warn!(sale = %sale.id, order = %order.id, "orphaned reservation is durable: confirming it");
-                if self.confirm(order).await? {
+                // As the record has it (a hold may have ended since).
+                if self.confirm(&stored).await? {
                     // The dead node's order was the last unit.
                     self.end_sold_out(&sale.id).await;
                 }
                 self.metrics.swept_confirmed.increment(1);
             } else {
-                tracing::warn!(sale = %sale.id, order = %order.id, "orphaned reservation was never durable: releasing it");
-                self.hot.release(order).await?;
+                tracing::warn!(sale = %sale.id, order = %order.id, "orphaned reservation was never durable (or its hold ended since): releasing it");
+                let handed = self.hot.release(order, now).await?;
+                self.hand_on(handed);
                 self.metrics.swept_released.increment(1);
             }
             settled += 1;
@@ -96,7 +98,7 @@ impl App {
             tracing::warn!(sale = %sale.id, ?reason, "sale ended in the hot state only: ending it in the record");
             return self.end_sale_now(&sale.id, reason).await;
         }
-        if before.sold != record.sold || before.status != record.status {
+        if before.sold != record.sold || before.held != record.held || before.status != record.status {
             tracing::warn!(
                 sale = %sale.id, hot_sold = before.sold, record_sold = record.sold,
                 hot_status = ?before.status, record_status = ?record.status,
@@ -107,7 +109,9 @@ impl App {
             self.hot.forget_sale(&sale.id).await?;
             self.load_sale(&sale.id).await?;
             self.feeds.touch(&sale.id);
-        } else if record.status != SaleStatus::Ended && record.sold >= record.rules.allocated {
+        } else if record.status != SaleStatus::Ended
+            && crate::domain::all_confirmed(record.rules.allocated, record.sold, record.held)
+        {
             // Every unit is durably sold, yet the sale is open (the node that confirmed its last
             // unit died before ending it).
             self.end_sold_out(&sale.id).await;

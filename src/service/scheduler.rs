@@ -1,5 +1,5 @@
 //! Time-driven transitions: sales start at their start time and end at their end time on their
-//! own. The task sleeps until the next deadline (on the injected clock) or until a sale's
+//! own, and holds expire at their deadline. The task sleeps until the next deadline (on the injected clock) or until a sale's
 //! deadlines change, and stops with the shutdown token. It is a task of its own: no request can
 //! cancel a transition it started, and shutdown stops it between transitions (the `select!`
 //! below), never inside one.
@@ -37,6 +37,24 @@ pub(super) async fn run(app: Arc<App>) {
                 tracing::warn!(sale = %id, error = ?error, "scheduled transition failed; retrying in a second");
                 next = earliest(next, Some(UnixMillis(now.0 + 1000)));
             }
+        }
+        // Holds past their deadline expire (of every sale, ended ones too: a hold keeps its own
+        // deadline after its sale ends).
+        app.next_hold.store(i64::MAX, std::sync::atomic::Ordering::Release);
+        match app.expire_due_holds(now).await {
+            Ok(deadline) => {
+                if let Some(deadline) = deadline {
+                    app.next_hold.fetch_min(deadline.0, std::sync::atomic::Ordering::AcqRel);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = ?error, "expiring holds failed; retrying in a second");
+                next = earliest(next, Some(UnixMillis(now.0 + 1000)));
+            }
+        }
+        let next_hold = app.next_hold.load(std::sync::atomic::Ordering::Acquire);
+        if next_hold != i64::MAX {
+            next = earliest(next, Some(UnixMillis(next_hold)));
         }
         let sleep = match next {
             Some(at) => app.clock.sleep_until(at),

@@ -20,9 +20,14 @@ pub mod redis;
 use async_trait::async_trait;
 
 use crate::domain::{
-    CommitOutcome, Email, EndReason, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord, PurchaseRefusal,
-    SaleId, SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, UserRecord,
+    CommitOutcome, Email, EndReason, HoldEnd, HoldRefusal, IdempotencyKey, OrderId, OrderRecord, ProductId,
+    ProductRecord, PurchaseRefusal, SaleId, SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, UserRecord,
+    WaitlistPlace,
 };
+
+/// What ending a hold did in the record: the order after the change, or why nothing changed
+/// with the order as it stands.
+pub type HoldOutcome = Result<OrderRecord, (HoldRefusal, OrderRecord)>;
 
 /// `uri` with any `user:password@` replaced by `***@`, for messages and logs (Redis and
 /// MongoDB URIs alike; only the authority is looked at, so a password holding '@' or a path
@@ -121,6 +126,21 @@ pub trait RecordStore: Send + Sync + 'static {
         sale: &SaleId,
         key: &IdempotencyKey,
     ) -> Result<Option<OrderRecord>, StoreError>;
+
+    /// Ends a HELD order as `end` asks, if the domain's `judge_hold` allows it at `at`, in one
+    /// transaction with its sale's counters (`held` down; `sold` down too when the units go
+    /// back) and, when the sale has ended, the product's inventory (given-back units return to
+    /// it then). Conditional on the order still being HELD, so of several nodes or racing
+    /// calls exactly one ends a hold. `NotFound` when there is no such order.
+    async fn end_hold(
+        &self,
+        id: &OrderId,
+        end: HoldEnd,
+        at: UnixMillis,
+        reference: Option<&str>,
+    ) -> Result<HoldOutcome, StoreError>;
+    /// HELD orders of every sale, earliest deadline first, at most `limit` (the expiry timer).
+    async fn earliest_holds(&self, limit: usize) -> Result<Vec<OrderRecord>, StoreError>;
 }
 
 /// What a purchase asks the hot store to reserve.
@@ -179,8 +199,39 @@ pub enum HotError {
 /// What a confirm tells the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Confirmed {
-    /// Every allocated unit is now sold durably: the sale should end SOLD_OUT.
+    /// Every allocated unit is now sold durably (and, with holds, confirmed): the sale should
+    /// end SOLD_OUT.
     pub sold_out: bool,
+}
+
+/// What units given back did (a released reservation, an ended hold, a buyer leaving the line).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Handed {
+    /// New holds for the buyers at the head of the line, reserved (in flight): the caller makes
+    /// them durable and confirms them as it does a purchase's.
+    pub served: Vec<OrderRecord>,
+    /// Buyers taken out of the line because their quantity can never be served.
+    pub dropped: Vec<UserId>,
+}
+
+/// What settling an ended hold in the hot state did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HoldSettled {
+    /// Where its units went, when they went back.
+    pub handed: Handed,
+    /// Every allocated unit is now confirmed: the sale should end SOLD_OUT.
+    pub sold_out: bool,
+}
+
+/// A buyer asking for a place in a sale's line.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    /// The sale.
+    pub sale_id: SaleId,
+    /// The entry (its `order_id` is fresh; a buyer already in line keeps their entry).
+    pub entry: crate::domain::WaitlistEntry,
+    /// The time the join is judged at.
+    pub now: UnixMillis,
 }
 
 /// The hot path.
@@ -196,8 +247,9 @@ pub trait HotStore: Send + Sync + 'static {
     async fn reserve(&self, request: &ReserveRequest) -> Result<Reservation, HotError>;
     /// The order is durable: count it as sold, credit the leaderboard, settle its key.
     async fn confirm(&self, order: &OrderRecord) -> Result<Confirmed, HotError>;
-    /// The order will not be durable: give its units back and free its key.
-    async fn release(&self, order: &OrderRecord) -> Result<(), HotError>;
+    /// The order will not be durable: give its units back (to the waitlist first, as holds
+    /// starting at `now`) and free its key.
+    async fn release(&self, order: &OrderRecord, now: UnixMillis) -> Result<Handed, HotError>;
     /// Waits until an in-flight order is confirmed or released, however long that takes (the
     /// caller bounds the wait).
     async fn wait_settled(&self, order: &OrderRecord) -> Result<Settled, HotError>;
@@ -213,6 +265,19 @@ pub trait HotStore: Send + Sync + 'static {
     /// Drops a sale's hot state; its next use rebuilds it from the record. Reconciliation
     /// uses it when the hot state drifted from the record (e.g. Redis restored an old file).
     async fn forget_sale(&self, sale: &SaleId) -> Result<(), HotError>;
+
+    /// A hold ended in the record (`order` as it is now): counts it as confirmed, or gives its
+    /// units back (to the waitlist first, as holds starting at `now`). Only a hold the hot state
+    /// holds is settled, so settling twice changes nothing.
+    async fn end_hold(&self, order: &OrderRecord, now: UnixMillis) -> Result<HoldSettled, HotError>;
+    /// Puts a buyer in the sale's line (rules of the domain's `check_join`), or returns the
+    /// place they have.
+    async fn join_waitlist(&self, request: &JoinRequest) -> Result<WaitlistPlace, HotError>;
+    /// Takes a buyer out of the line; the line moves up (spare units may then serve its new
+    /// head). `None` when they were not in it.
+    async fn leave_waitlist(&self, sale: &SaleId, buyer: &UserId, now: UnixMillis) -> Result<Option<Handed>, HotError>;
+    /// A buyer's place in the line, if they are in it.
+    async fn waitlist_place(&self, sale: &SaleId, buyer: &UserId) -> Result<Option<WaitlistPlace>, HotError>;
 }
 
 /// Told of the changes other nodes make to a shared hot state (Redis pub/sub).

@@ -2,7 +2,7 @@
 //! than the serde output of whatever Rust type is handy, so that renaming a field or a variant in
 //! the code can never change what an existing data directory means.
 //!
-//! Format 1 (written now): a flat object with `"v": 1`, names as the API spells them — status
+//! Format 2 (written now): a flat object with `"v": 2`, names as the API spells them — status
 //! `SCHEDULED` | `ACTIVE` | `ENDED`, end reason `SOLD_OUT` | `TIME_UP` | `BY_ADMIN`, role `buyer` |
 //! `admin`, money as `price_minor` and an ISO 4217 `currency` string, times in Unix
 //! milliseconds:
@@ -11,8 +11,13 @@
 //! |---|---|
 //! | `users` | `id`, `email`, `display_name`, `role`, `password_hash`, `created_at` |
 //! | `products` | `id`, `name`, `description`, `inventory`, `created_at` |
-//! | `sales` | `id`, `product_id`, `allocated`, `per_user_limit`, `max_per_purchase`, `start`, `end`, `price_minor`, `currency`, `sold`, `status`, `end_reason`, `ended_at`, `created_at`, `generation` |
-//! | `orders` | `id`, `sale_id`, `buyer_id`, `buyer_name`, `quantity`, `price_minor`, `currency`, `idempotency_key`, `created_at` |
+//! | `sales` | `id`, `product_id`, `allocated`, `per_user_limit`, `max_per_purchase`, `start`, `end`, `price_minor`, `currency`, `hold_seconds`, `sold` (units in HELD or CONFIRMED orders), `held`, `status`, `end_reason`, `ended_at`, `created_at`, `generation` |
+//! | `orders` | `id`, `sale_id`, `buyer_id`, `buyer_name`, `quantity`, `price_minor`, `currency`, `idempotency_key`, `created_at`, `status` (`HELD` \| `CONFIRMED` \| `CANCELLED` \| `EXPIRED`), `expires_at`, `payment_reference`, `settled_at` |
+//!
+//! Format 1 is format 2 without holds: no `hold_seconds`, `held`, order `status`, `expires_at`,
+//! `payment_reference` nor `settled_at`; it reads as a sale without holds whose orders are all
+//! CONFIRMED. A program that reads only format 1 refuses format 2 rather than taking held
+//! orders for paid ones.
 //!
 //! Format 0 (data directories written before formats were versioned: no `v`) is still read: the
 //! serde output of the Rust types of the time — variants as Rust names (`Active`, `SoldOut`), a
@@ -26,19 +31,19 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, ProductId, ProductRecord, Role, SaleId,
+    OrderStatus, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, ProductId, ProductRecord, Role, SaleId,
     SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId, UserRecord,
 };
 use crate::store::StoreError;
 
 /// The format this code writes.
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 
 /// A record as one table stores it.
 pub(super) trait Stored: Sized {
     /// The table's name, for errors.
     const TABLE: &'static str;
-    /// The stored bytes (format 1).
+    /// The stored bytes (format 2).
     fn encode(&self) -> Result<Vec<u8>, StoreError>;
     /// The record stored under `key`, in any format this code reads.
     fn decode(key: &str, bytes: &[u8]) -> Result<Self, StoreError>;
@@ -90,7 +95,7 @@ impl Reader<'_> {
             v: u8,
         }
         match self.document::<Version>(bytes)?.v {
-            v @ (0 | FORMAT) => Ok(v),
+            v @ (0 | 1 | FORMAT) => Ok(v),
             other => Err(self.corrupt("v", format!("format {other} is newer than this program reads"))),
         }
     }
@@ -204,7 +209,7 @@ impl Stored for ProductRecord {
 // ---- sales -------------------------------------------------------------------------------------
 
 #[derive(Serialize, Deserialize)]
-struct SaleV1 {
+struct SaleV2 {
     v: u8,
     id: String,
     product_id: String,
@@ -215,7 +220,13 @@ struct SaleV1 {
     end: i64,
     price_minor: i64,
     currency: String,
+    /// Absent in format 1.
+    #[serde(default)]
+    hold_seconds: u32,
     sold: i64,
+    /// Absent in format 1.
+    #[serde(default)]
+    held: i64,
     status: String,
     end_reason: Option<String>,
     ended_at: Option<i64>,
@@ -284,7 +295,7 @@ impl Stored for SaleRecord {
 
     fn encode(&self) -> Result<Vec<u8>, StoreError> {
         let rules = &self.rules;
-        encode(&SaleV1 {
+        encode(&SaleV2 {
             v: FORMAT,
             id: self.id.to_string(),
             product_id: self.product_id.to_string(),
@@ -295,7 +306,9 @@ impl Stored for SaleRecord {
             end: rules.end.0,
             price_minor: rules.unit_price.amount_minor,
             currency: rules.unit_price.currency.as_str().to_owned(),
+            hold_seconds: rules.hold_seconds,
             sold: self.sold,
+            held: self.held,
             status: self.status.as_str().to_owned(),
             end_reason: self.end_reason.map(|r| r.as_str().to_owned()),
             ended_at: self.ended_at.map(|t| t.0),
@@ -318,8 +331,10 @@ impl Stored for SaleRecord {
                     start: UnixMillis(d.rules.start),
                     end: UnixMillis(d.rules.end),
                     unit_price: d.rules.unit_price.read(&r)?,
+                    hold_seconds: 0,
                 },
                 sold: d.sold,
+                held: 0,
                 status: r.named("status", &d.status, status_v0(&d.status))?,
                 end_reason: r.end_reason(d.end_reason, end_reason_v0)?,
                 ended_at: d.ended_at.map(UnixMillis),
@@ -327,7 +342,7 @@ impl Stored for SaleRecord {
                 generation: 0,
             });
         }
-        let d: SaleV1 = r.document(bytes)?;
+        let d: SaleV2 = r.document(bytes)?;
         Ok(SaleRecord {
             id: r.parse("id", SaleId::parse(&d.id))?,
             product_id: r.parse("product_id", ProductId::parse(&d.product_id))?,
@@ -338,8 +353,10 @@ impl Stored for SaleRecord {
                 start: UnixMillis(d.start),
                 end: UnixMillis(d.end),
                 unit_price: r.money(d.price_minor, &d.currency)?,
+                hold_seconds: d.hold_seconds,
             },
             sold: d.sold,
+            held: d.held,
             status: r.named("status", &d.status, SaleStatus::parse(&d.status))?,
             end_reason: r.end_reason(d.end_reason, EndReason::parse)?,
             ended_at: d.ended_at.map(UnixMillis),
@@ -352,7 +369,7 @@ impl Stored for SaleRecord {
 // ---- orders ------------------------------------------------------------------------------------
 
 #[derive(Serialize, Deserialize)]
-struct OrderV1 {
+struct OrderV2 {
     v: u8,
     id: String,
     sale_id: String,
@@ -363,6 +380,15 @@ struct OrderV1 {
     currency: String,
     idempotency_key: String,
     created_at: i64,
+    /// Absent in format 1 (CONFIRMED).
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    expires_at: Option<i64>,
+    #[serde(default)]
+    payment_reference: Option<String>,
+    #[serde(default)]
+    settled_at: Option<i64>,
 }
 
 /// Format 0: the price nested, its currency as three bytes.
@@ -382,7 +408,7 @@ impl Stored for OrderRecord {
     const TABLE: &'static str = "orders";
 
     fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        encode(&OrderV1 {
+        encode(&OrderV2 {
             v: FORMAT,
             id: self.id.to_string(),
             sale_id: self.sale_id.to_string(),
@@ -393,21 +419,32 @@ impl Stored for OrderRecord {
             currency: self.unit_price.currency.as_str().to_owned(),
             idempotency_key: self.idempotency_key.as_str().to_owned(),
             created_at: self.created_at.0,
+            status: Some(self.status.as_str().to_owned()),
+            expires_at: self.expires_at.map(|t| t.0),
+            payment_reference: self.payment_reference.clone(),
+            settled_at: self.settled_at.map(|t| t.0),
         })
     }
 
     fn decode(key: &str, bytes: &[u8]) -> Result<Self, StoreError> {
         let r = Reader { table: Self::TABLE, key };
+        let mut hold_free = (None, None, None, None);
         let (id, sale_id, buyer_id, buyer_name, quantity, unit_price, idempotency_key, created_at) =
             if r.version(bytes)? == 0 {
                 let d: OrderV0 = r.document(bytes)?;
                 let price = d.unit_price.read(&r)?;
                 (d.id, d.sale_id, d.buyer_id, d.buyer_name, d.quantity, price, d.idempotency_key, d.created_at)
             } else {
-                let d: OrderV1 = r.document(bytes)?;
+                let d: OrderV2 = r.document(bytes)?;
                 let price = r.money(d.price_minor, &d.currency)?;
+                hold_free = (d.status, d.expires_at, d.payment_reference, d.settled_at);
                 (d.id, d.sale_id, d.buyer_id, d.buyer_name, d.quantity, price, d.idempotency_key, d.created_at)
             };
+        let (status, expires_at, payment_reference, settled_at) = hold_free;
+        let status = match status {
+            None => OrderStatus::Confirmed,
+            Some(raw) => r.named("status", &raw, OrderStatus::parse(&raw))?,
+        };
         if quantity == 0 {
             return Err(r.corrupt("quantity", "an order of no units"));
         }
@@ -420,6 +457,10 @@ impl Stored for OrderRecord {
             unit_price,
             idempotency_key: r.parse("idempotency_key", IdempotencyKey::parse(&idempotency_key))?,
             created_at: UnixMillis(created_at),
+            status,
+            expires_at: expires_at.map(UnixMillis),
+            payment_reference,
+            settled_at: settled_at.map(UnixMillis),
         })
     }
 }
@@ -439,8 +480,10 @@ mod tests {
                 start: UnixMillis(1_000),
                 end: UnixMillis(2_000),
                 unit_price: Money::parse(1999, "USD").unwrap(),
+                hold_seconds: 0,
             },
             sold: 4,
+            held: 0,
             status: SaleStatus::Ended,
             end_reason: Some(EndReason::SoldOut),
             ended_at: Some(UnixMillis(1_500)),
@@ -450,18 +493,39 @@ mod tests {
     }
 
     #[test]
-    fn format_1_spells_names_as_the_api_does_and_reads_back() {
-        let sale = sale();
+    fn format_2_spells_names_as_the_api_does_and_reads_back() {
+        let sale = SaleRecord { held: 2, rules: SaleRules { hold_seconds: 600, ..sale().rules }, ..sale() };
         let bytes = sale.encode().unwrap();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(json["v"], 1);
+        assert_eq!(json["v"], 2);
+        assert_eq!((json["hold_seconds"].as_u64(), json["held"].as_i64()), (Some(600), Some(2)));
         assert_eq!((json["status"].as_str(), json["end_reason"].as_str()), (Some("ENDED"), Some("SOLD_OUT")));
         assert_eq!(json["currency"], "USD");
         let back = SaleRecord::decode("s-1", &bytes).unwrap();
         assert_eq!(
-            (back.rules, back.status, back.end_reason, back.generation),
-            (sale.rules, sale.status, sale.end_reason, 7)
+            (back.rules, back.status, back.end_reason, back.generation, back.held),
+            (sale.rules, sale.status, sale.end_reason, 7, 2)
         );
+    }
+
+    #[test]
+    fn format_1_reads_as_a_sale_without_holds_and_confirmed_orders() {
+        let sale = br#"{"v":1,"id":"s-1","product_id":"p-1","allocated":10,"per_user_limit":3,"max_per_purchase":2,
+            "start":1000,"end":2000,"price_minor":1999,"currency":"USD","sold":4,"status":"ENDED",
+            "end_reason":"SOLD_OUT","ended_at":1500,"created_at":900,"generation":7}"#;
+        let back = SaleRecord::decode("s-1", sale).unwrap();
+        assert_eq!((back.rules.hold_seconds, back.held, back.sold), (0, 0, 4));
+        let order = br#"{"v":1,"id":"o-1","sale_id":"s-1","buyer_id":"u-1","buyer_name":"Ann","quantity":2,
+            "price_minor":1999,"currency":"USD","idempotency_key":"k","created_at":950}"#;
+        let back = OrderRecord::decode("o-1", order).unwrap();
+        assert_eq!((back.status, back.expires_at, back.settled_at), (OrderStatus::Confirmed, None, None));
+        let mut held: serde_json::Value = serde_json::from_slice(&back.encode().unwrap()).unwrap();
+        held["status"] = "HELD".into();
+        held["expires_at"] = 5_000.into();
+        let back = OrderRecord::decode("o-1", held.to_string().as_bytes()).unwrap();
+        assert_eq!((back.status, back.expires_at), (OrderStatus::Held, Some(UnixMillis(5_000))));
+        held["status"] = "PAID?".into();
+        assert!(OrderRecord::decode("o-1", held.to_string().as_bytes()).is_err());
     }
 
     #[test]

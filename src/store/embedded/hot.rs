@@ -5,6 +5,7 @@
 //! from signed tokens and from the server, and an idempotency key enters a sale's map only
 //! with a purchase that reserved stock, so a sale holds at most as many as its allocation.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
@@ -12,11 +13,13 @@ use foldhash::HashMap;
 use tokio::sync::Notify;
 
 use crate::domain::{
-    check_purchase, shown_remaining, tally, BuyerSnapshot, EndReason, IdempotencyKey, Leaderboard, OrderRecord,
-    ProductId, PurchaseRefusal, SaleId, SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId,
-    LEADERBOARD_MAX,
+    all_confirmed, check_join, check_purchase, hand_over, shown_remaining, tally, BuyerSnapshot, EndReason,
+    IdempotencyKey, Leaderboard, LineSnapshot, OrderId, OrderRecord, OrderStatus, ProductId, PurchaseRefusal, SaleId,
+    SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, WaitlistEntry, WaitlistPlace, LEADERBOARD_MAX,
 };
-use crate::store::{Confirmed, HotError, HotStore, Reservation, ReserveRequest, Settled};
+use crate::store::{
+    Confirmed, Handed, HoldSettled, HotError, HotStore, JoinRequest, Reservation, ReserveRequest, Settled,
+};
 
 /// Hot state of every loaded sale.
 #[derive(Default)]
@@ -36,6 +39,7 @@ struct HotSale {
 
 #[derive(Debug)]
 struct SaleState {
+    id: SaleId,
     product_id: ProductId,
     created_at: UnixMillis,
     rules: SaleRules,
@@ -44,10 +48,18 @@ struct SaleState {
     ended_at: Option<UnixMillis>,
     /// Units a new purchase may take: allocated - sold - in flight.
     remaining: i64,
-    /// Units in durable orders.
+    /// Units in durable HELD or CONFIRMED orders.
     sold: i64,
+    /// Of `sold`, units in HELD orders.
+    held: i64,
     /// Units of reservations not yet confirmed or released.
     in_flight: i64,
+    /// Durable HELD orders, by id.
+    holds: HashMap<OrderId, OrderRecord>,
+    /// Buyers waiting for units given back, first in line first.
+    line: VecDeque<WaitlistEntry>,
+    /// Units given back and kept for the head of the line (too few for it yet).
+    spare: i64,
     /// Units each buyer holds or has in flight.
     buyers: HashMap<UserId, u32>,
     /// Every order by (buyer, key), with whether it is durable yet.
@@ -80,10 +92,48 @@ impl HotSale {
     }
 }
 
+impl SaleState {
+    /// Units given back go to the line first (the domain's `hand_over`): each buyer served gets
+    /// a reservation of a new hold, in flight like a purchase's, for the caller to make durable.
+    fn give_back(&mut self, units: i64, now: UnixMillis) -> Handed {
+        let outstanding = self.held + self.in_flight;
+        let handover = hand_over(&mut self.line, self.spare + units, outstanding, self.status);
+        self.spare = handover.spare;
+        self.remaining += handover.to_sale;
+        let mut handed = Handed { dropped: handover.dropped.into_iter().map(|e| e.buyer_id).collect(), ..Handed::default() };
+        for entry in handover.served {
+            let order = entry.served(&self.id, &self.rules, now);
+            self.in_flight += i64::from(order.quantity);
+            *self.buyers.entry(order.buyer_id.clone()).or_insert(0) += order.quantity;
+            let key = (order.buyer_id.clone(), order.idempotency_key.clone());
+            self.keys.insert(key, KeyEntry { order: order.clone(), durable: false });
+            handed.served.push(order);
+        }
+        self.version += 1;
+        handed
+    }
+
+    fn take_from_buyer(&mut self, buyer: &UserId, units: u32) {
+        if let Some(held) = self.buyers.get_mut(buyer) {
+            *held = held.saturating_sub(units);
+        }
+    }
+
+    fn sold_out(&self) -> bool {
+        all_confirmed(self.rules.allocated, self.sold, self.held)
+    }
+
+    fn place(&self, buyer: &UserId) -> Option<WaitlistPlace> {
+        let at = self.line.iter().position(|e| e.buyer_id == *buyer)?;
+        Some(WaitlistPlace { position: at as u64 + 1, quantity: self.line[at].quantity, length: self.line.len() as u64 })
+    }
+}
+
 #[async_trait]
 impl HotStore for MemoryHot {
     async fn load_sale(&self, sale: &SaleRecord, orders: &[OrderRecord]) -> Result<(), HotError> {
-        let (board, buyers, sold) = tally(orders);
+        let tally = tally(orders);
+        let holds = orders.iter().filter(|o| o.status == OrderStatus::Held).map(|o| (o.id.clone(), o.clone())).collect();
         let keys = orders
             .iter()
             .map(|o| {
@@ -92,18 +142,23 @@ impl HotStore for MemoryHot {
             })
             .collect();
         let state = SaleState {
+            id: sale.id.clone(),
             product_id: sale.product_id.clone(),
             created_at: sale.created_at,
             rules: sale.rules,
             status: sale.status,
             end_reason: sale.end_reason,
             ended_at: sale.ended_at,
-            remaining: sale.rules.allocated - sold,
-            sold,
+            remaining: sale.rules.allocated - tally.sold,
+            sold: tally.sold,
+            held: tally.held,
             in_flight: 0,
-            buyers,
+            holds,
+            line: VecDeque::new(),
+            spare: 0,
+            buyers: tally.units,
             keys,
-            board,
+            board: tally.board,
             version: crate::domain::first_version(sale.generation),
         };
         let hot = Arc::new(HotSale { state: Mutex::new(state), settled: Notify::new() });
@@ -131,6 +186,7 @@ impl HotStore for MemoryHot {
         let live =
             BuyerSnapshot { status: state.status, end_reason: state.end_reason, remaining: state.remaining, bought };
         let quantity = check_purchase(&state.rules, live, request.now, request.quantity)?;
+        let (status, expires_at) = state.rules.new_order_terms(request.now);
         let order = OrderRecord {
             id: request.new_order_id.clone(),
             sale_id: request.sale_id.clone(),
@@ -140,6 +196,10 @@ impl HotStore for MemoryHot {
             unit_price: state.rules.unit_price,
             idempotency_key: request.idempotency_key.clone(),
             created_at: request.now,
+            status,
+            expires_at,
+            payment_reference: None,
+            settled_at: None,
         };
         let units = i64::from(quantity.get());
         state.remaining -= units;
@@ -159,7 +219,7 @@ impl HotStore for MemoryHot {
             match state.keys.get_mut(&key) {
                 // Confirming twice changes nothing.
                 Some(entry) if entry.order.id == order.id && entry.durable => {
-                    return Ok(Confirmed { sold_out: state.sold >= state.rules.allocated });
+                    return Ok(Confirmed { sold_out: state.sold_out() });
                 }
                 Some(entry) if entry.order.id == order.id => {
                     entry.durable = true;
@@ -174,32 +234,36 @@ impl HotStore for MemoryHot {
                 }
             }
             state.sold += units;
-            state.board.record(&order.buyer_id, &order.buyer_name, units, order.created_at);
+            if order.status == OrderStatus::Held {
+                // Ranked once paid (`end_hold`).
+                state.held += units;
+                state.holds.insert(order.id.clone(), order.clone());
+            } else {
+                state.board.record(&order.buyer_id, &order.buyer_name, units, order.created_at);
+            }
             state.version += 1;
-            Confirmed { sold_out: state.sold >= state.rules.allocated }
+            Confirmed { sold_out: state.sold_out() }
         };
         sale.settled.notify_waiters();
         Ok(confirmed)
     }
 
-    async fn release(&self, order: &OrderRecord) -> Result<(), HotError> {
+    async fn release(&self, order: &OrderRecord, now: UnixMillis) -> Result<Handed, HotError> {
         let sale = self.sale_or_refuse(&order.sale_id)?;
-        {
+        let handed = {
             let mut state = sale.lock();
             let key = (order.buyer_id.clone(), order.idempotency_key.clone());
             if state.keys.get(&key).is_some_and(|e| e.order.id == order.id && !e.durable) {
                 state.keys.remove(&key);
-                let units = i64::from(order.quantity);
-                state.in_flight -= units;
-                state.remaining += units;
-                if let Some(held) = state.buyers.get_mut(&order.buyer_id) {
-                    *held = held.saturating_sub(order.quantity);
-                }
-                state.version += 1;
+                state.in_flight -= i64::from(order.quantity);
+                state.take_from_buyer(&order.buyer_id, order.quantity);
+                state.give_back(i64::from(order.quantity), now)
+            } else {
+                Handed::default()
             }
-        }
+        };
         sale.settled.notify_waiters();
-        Ok(())
+        Ok(handed)
     }
 
     async fn wait_settled(&self, order: &OrderRecord) -> Result<Settled, HotError> {
@@ -224,6 +288,10 @@ impl HotStore for MemoryHot {
         state.end_reason = sale.end_reason;
         state.ended_at = sale.ended_at;
         state.rules.start = sale.rules.start;
+        if sale.status == SaleStatus::Ended {
+            // The line closes with the sale; its buyers learn it from the sale's status.
+            state.line.clear();
+        }
         state.version += 1;
         Ok(())
     }
@@ -240,7 +308,9 @@ impl HotStore for MemoryHot {
             end_reason: state.end_reason,
             ended_at: state.ended_at,
             sold: state.sold,
+            held: state.held,
             remaining: shown_remaining(state.status, state.rules.allocated, state.sold, state.remaining),
+            waitlist: state.line.len() as u64,
             leaderboard: state.board.top(LEADERBOARD_MAX),
             total_buyers: state.board.len() as u64,
             created_at: state.created_at,
@@ -275,5 +345,62 @@ impl HotStore for MemoryHot {
                 (state.status != SaleStatus::Ended).then(|| (id, state.rules, state.status))
             })
             .collect())
+    }
+
+    async fn end_hold(&self, order: &OrderRecord, now: UnixMillis) -> Result<HoldSettled, HotError> {
+        let sale = self.sale_or_refuse(&order.sale_id)?;
+        let mut state = sale.lock();
+        if order.status == OrderStatus::Held || state.holds.remove(&order.id).is_none() {
+            // Settled before (or not a hold this state holds): nothing more to do.
+            return Ok(HoldSettled { handed: Handed::default(), sold_out: state.sold_out() });
+        }
+        let units = i64::from(order.quantity);
+        state.held -= units;
+        let key = (order.buyer_id.clone(), order.idempotency_key.clone());
+        if let Some(entry) = state.keys.get_mut(&key) {
+            entry.order = order.clone();
+        }
+        let handed = if order.status == OrderStatus::Confirmed {
+            state.board.record(&order.buyer_id, &order.buyer_name, units, order.created_at);
+            state.version += 1;
+            Handed::default()
+        } else {
+            state.sold -= units;
+            state.take_from_buyer(&order.buyer_id, order.quantity);
+            state.give_back(units, now)
+        };
+        Ok(HoldSettled { handed, sold_out: state.sold_out() })
+    }
+
+    async fn join_waitlist(&self, request: &JoinRequest) -> Result<WaitlistPlace, HotError> {
+        let sale = self.sale_or_refuse(&request.sale_id)?;
+        let mut state = sale.lock();
+        let entry = &request.entry;
+        if let Some(place) = state.place(&entry.buyer_id) {
+            return Ok(place);
+        }
+        let bought = state.buyers.get(&entry.buyer_id).copied().unwrap_or(0);
+        let buyer =
+            BuyerSnapshot { status: state.status, end_reason: state.end_reason, remaining: state.remaining, bought };
+        let live = LineSnapshot { buyer, outstanding: state.held + state.in_flight };
+        check_join(&state.rules, live, request.now, entry.quantity)?;
+        state.line.push_back(entry.clone());
+        state.version += 1;
+        Ok(state.place(&entry.buyer_id).expect("just joined"))
+    }
+
+    async fn leave_waitlist(&self, sale: &SaleId, buyer: &UserId, now: UnixMillis) -> Result<Option<Handed>, HotError> {
+        let sale = self.sale_or_refuse(sale)?;
+        let mut state = sale.lock();
+        let Some(at) = state.line.iter().position(|e| e.buyer_id == *buyer) else { return Ok(None) };
+        state.line.remove(at);
+        // The line moved up: units kept for the old head may serve the new one, or go on sale.
+        Ok(Some(state.give_back(0, now)))
+    }
+
+    async fn waitlist_place(&self, sale: &SaleId, buyer: &UserId) -> Result<Option<WaitlistPlace>, HotError> {
+        let sale = self.sale_or_refuse(sale)?;
+        let state = sale.lock();
+        Ok(state.place(buyer))
     }
 }

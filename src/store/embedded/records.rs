@@ -23,10 +23,10 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use super::format::Stored;
 use crate::domain::{
-    judge_order, CommitOutcome, Email, EndReason, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord,
+    ended_hold, hold_counters, judge_hold, HoldEnd, OrderStatus, judge_order, CommitOutcome, Email, EndReason, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord,
     SaleId, SaleRecord, SaleStatus, UnixMillis, UserId, UserRecord,
 };
-use crate::store::{RecordStore, StoreError};
+use crate::store::{HoldOutcome, RecordStore, StoreError};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const USERS_BY_EMAIL: TableDefinition<&str, &str> = TableDefinition::new("users_by_email");
@@ -56,6 +56,8 @@ struct OrderIndex {
     by_buyer: HashMap<UserId, Vec<OrderId>>,
     /// The order of each (buyer, sale, idempotency key).
     by_key: HashMap<(UserId, SaleId, IdempotencyKey), OrderId>,
+    /// HELD orders by deadline (the expiry timer's question).
+    holds: std::collections::BTreeSet<(UnixMillis, OrderId)>,
 }
 
 impl OrderIndex {
@@ -63,6 +65,9 @@ impl OrderIndex {
         self.by_sale.entry(order.sale_id.clone()).or_default().push(order.id.clone());
         self.by_buyer.entry(order.buyer_id.clone()).or_default().push(order.id.clone());
         self.by_key.insert(Self::key(order), order.id.clone());
+        if let (OrderStatus::Held, Some(deadline)) = (order.status, order.expires_at) {
+            self.holds.insert((deadline, order.id.clone()));
+        }
     }
 
     /// The (buyer, sale, idempotency key) an order is found by.
@@ -389,6 +394,9 @@ impl RecordStore for RedbRecords {
                     let outcome = judge_order(ended, sale.sold, sale.rules.allocated, order.quantity, taken);
                     if outcome.is_ok() {
                         sale.sold += i64::from(order.quantity);
+                        if order.status == OrderStatus::Held {
+                            sale.held += i64::from(order.quantity);
+                        }
                         orders.insert(order.id.as_str(), order.encode()?.as_slice())?;
                         batch_keys.insert(key);
                         stored.push(order);
@@ -444,5 +452,60 @@ impl RecordStore for RedbRecords {
             return Ok(None);
         };
         self.get_order(&id).await
+    }
+
+    async fn end_hold(
+        &self,
+        id: &OrderId,
+        end: HoldEnd,
+        at: UnixMillis,
+        reference: Option<&str>,
+    ) -> Result<HoldOutcome, StoreError> {
+        let (id, reference) = (id.clone(), reference.map(str::to_owned));
+        let (index, order_writer) = (self.index.clone(), self.order_writer.clone());
+        self.blocking(move |db| {
+            // One write transaction (redb runs one at a time): the status read here is the one
+            // changed, so a racing confirm and expiry cannot both end the hold.
+            let _writing = order_writer.lock().unwrap_or_else(|e| e.into_inner());
+            let txn = db.begin_write()?;
+            let ended = {
+                let mut orders = txn.open_table(ORDERS)?;
+                let order: OrderRecord = get(&orders, id.as_str())?.ok_or(StoreError::NotFound)?;
+                if let Err(refusal) = judge_hold(&order, end, at) {
+                    return Ok(Err((refusal, order)));
+                }
+                let ended = ended_hold(&order, end, at, reference.as_deref());
+                orders.insert(id.as_str(), ended.encode()?.as_slice())?;
+                let mut sales = txn.open_table(SALES)?;
+                let mut sale: SaleRecord = get(&sales, order.sale_id.as_str())?.ok_or(StoreError::NotFound)?;
+                let (sold, held) = hold_counters(end, order.quantity);
+                sale.sold += sold;
+                sale.held += held;
+                sales.insert(sale.id.as_str(), sale.encode()?.as_slice())?;
+                if end.gives_back() && sale.status == SaleStatus::Ended {
+                    // The sale gave back its unsold units when it ended; a hold's come back now.
+                    let mut products = txn.open_table(PRODUCTS)?;
+                    let mut product: ProductRecord =
+                        get(&products, sale.product_id.as_str())?.ok_or(StoreError::NotFound)?;
+                    product.inventory += i64::from(order.quantity);
+                    products.insert(product.id.as_str(), product.encode()?.as_slice())?;
+                }
+                ended
+            };
+            txn.commit()?;
+            if let Some(deadline) = ended.expires_at {
+                index.lock().unwrap_or_else(|e| e.into_inner()).holds.remove(&(deadline, ended.id.clone()));
+            }
+            Ok(Ok(ended))
+        })
+        .await
+    }
+
+    async fn earliest_holds(&self, limit: usize) -> Result<Vec<OrderRecord>, StoreError> {
+        let ids: Vec<OrderId> = {
+            let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            index.holds.iter().take(limit).map(|(_, id)| id.clone()).collect()
+        };
+        self.blocking(move |db| orders_in(&db.begin_read()?.open_table(ORDERS)?, &ids)).await
     }
 }

@@ -89,6 +89,7 @@ impl MongoRecords {
             .await?;
         self.orders.create_index(index(doc! { "sale_id": 1, "_id": 1 }, "orders_by_sale", false)).await?;
         self.orders.create_index(index(doc! { "buyer_id": 1, "_id": 1 }, "orders_by_buyer", false)).await?;
+        self.orders.create_index(index(doc! { "status": 1, "expires_at": 1 }, "holds_by_deadline", false)).await?;
         self.sales.create_index(index(doc! { "product_id": 1, "_id": -1 }, "sales_by_product", false)).await?;
         Ok(())
     }

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Currency, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, ProductId, ProductRecord,
+    OrderStatus, Currency, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, ProductId, ProductRecord,
     Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId, UserRecord,
 };
 use crate::store::StoreError;
@@ -142,7 +142,14 @@ pub(super) struct SaleDoc {
     start_at: i64,
     end_at: i64,
     unit_price: MoneyDoc,
+    /// Absent in sales stored before holds existed: 0 (no holds).
+    #[serde(default)]
+    hold_seconds: i64,
+    /// Units in HELD or CONFIRMED orders.
     pub(super) sold: i64,
+    /// Of `sold`, units in HELD orders; absent before holds existed: 0.
+    #[serde(default)]
+    pub(super) held: i64,
     pub(super) status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     end_reason: Option<String>,
@@ -155,6 +162,11 @@ pub(super) struct SaleDoc {
 }
 
 impl SaleDoc {
+    /// The product the sale's units came from.
+    pub(super) fn product_id(&self) -> &str {
+        &self.product_id
+    }
+
     /// Whether the sale has ended (it takes no more orders).
     pub(super) fn is_ended(&self) -> bool {
         self.status == SaleStatus::Ended.as_str()
@@ -172,7 +184,9 @@ impl From<&SaleRecord> for SaleDoc {
             start_at: sale.rules.start.0,
             end_at: sale.rules.end.0,
             unit_price: MoneyDoc::new(sale.rules.unit_price),
+            hold_seconds: i64::from(sale.rules.hold_seconds),
             sold: sale.sold,
+            held: sale.held,
             status: sale.status.as_str().to_owned(),
             end_reason: sale.end_reason.map(|r| r.as_str().to_owned()),
             ended_at: sale.ended_at.map(|t| t.0),
@@ -202,8 +216,10 @@ impl TryFrom<SaleDoc> for SaleRecord {
                 start: UnixMillis(doc.start_at),
                 end: UnixMillis(doc.end_at),
                 unit_price: doc.unit_price.parse("sales", id)?,
+                hold_seconds: count("hold_seconds", doc.hold_seconds)?,
             },
             sold: doc.sold,
+            held: doc.held,
             status: SaleStatus::parse(&doc.status).ok_or_else(|| corrupt("sales", id, "status", &doc.status))?,
             end_reason,
             ended_at: doc.ended_at.map(UnixMillis),
@@ -225,6 +241,16 @@ pub(super) struct OrderDoc {
     unit_price: MoneyDoc,
     pub(super) idempotency_key: String,
     created_at: i64,
+    /// HELD | CONFIRMED | CANCELLED | EXPIRED; absent in orders stored before holds existed:
+    /// CONFIRMED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) expires_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payment_reference: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    settled_at: Option<i64>,
 }
 
 impl From<&OrderRecord> for OrderDoc {
@@ -238,6 +264,10 @@ impl From<&OrderRecord> for OrderDoc {
             unit_price: MoneyDoc::new(order.unit_price),
             idempotency_key: order.idempotency_key.as_str().to_owned(),
             created_at: order.created_at.0,
+            status: Some(order.status.as_str().to_owned()),
+            expires_at: order.expires_at.map(|t| t.0),
+            payment_reference: order.payment_reference.clone(),
+            settled_at: order.settled_at.map(|t| t.0),
         }
     }
 }
@@ -247,6 +277,10 @@ impl TryFrom<OrderDoc> for OrderRecord {
 
     fn try_from(doc: OrderDoc) -> Result<Self, StoreError> {
         let id = &doc.id;
+        let status = match &doc.status {
+            None => OrderStatus::Confirmed,
+            Some(raw) => OrderStatus::parse(raw).ok_or_else(|| corrupt("orders", id, "status", raw))?,
+        };
         Ok(OrderRecord {
             id: OrderId::parse(id).map_err(|e| corrupt("orders", id, "_id", e))?,
             sale_id: SaleId::parse(&doc.sale_id).map_err(|e| corrupt("orders", id, "sale_id", e))?,
@@ -257,6 +291,10 @@ impl TryFrom<OrderDoc> for OrderRecord {
             idempotency_key: IdempotencyKey::parse(&doc.idempotency_key)
                 .map_err(|e| corrupt("orders", id, "idempotency_key", e))?,
             created_at: UnixMillis(doc.created_at),
+            status,
+            expires_at: doc.expires_at.map(UnixMillis),
+            payment_reference: doc.payment_reference,
+            settled_at: doc.settled_at.map(UnixMillis),
         })
     }
 }

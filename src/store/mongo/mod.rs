@@ -42,11 +42,11 @@ use mongodb::{Client, ClientSession, Collection, Database, SessionCursor};
 use serde::de::DeserializeOwned;
 
 use crate::domain::{
-    judge_order, CommitOutcome, Email, EndReason, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord,
+    ended_hold, hold_counters, judge_hold, HoldEnd, OrderStatus, judge_order, CommitOutcome, Email, EndReason, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord,
     SaleId, SaleRecord, SaleStatus, UnixMillis, UserId, UserRecord,
 };
 use crate::retry;
-use crate::store::{RecordStore, StoreError};
+use crate::store::{HoldOutcome, RecordStore, StoreError};
 
 pub use connect::connect;
 use documents::{OrderDoc, ProductDoc, SaleDoc, UserDoc};
@@ -170,7 +170,8 @@ impl MongoRecords {
 
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut accepted = Vec::new();
-        let mut added: HashMap<&str, i64> = HashMap::new();
+        // Per sale: (units, of which held).
+        let mut added: HashMap<&str, (i64, i64)> = HashMap::new();
         for order in batch {
             let Some(sale) = sales.get_mut(order.sale_id.as_str()) else {
                 return Ok(Attempt::Abort(Err(StoreError::NotFound)));
@@ -184,7 +185,11 @@ impl MongoRecords {
             let outcome = judge_order(sale.is_ended(), sale.sold, sale.allocated, order.quantity, keys.contains(&key));
             if outcome.is_ok() {
                 sale.sold += quantity;
-                *added.entry(order.sale_id.as_str()).or_default() += quantity;
+                let counts = added.entry(order.sale_id.as_str()).or_default();
+                counts.0 += quantity;
+                if order.status == OrderStatus::Held {
+                    counts.1 += quantity;
+                }
                 keys.insert(key);
                 accepted.push(OrderDoc::from(order));
             }
@@ -196,7 +201,7 @@ impl MongoRecords {
 
         // The record's own guard against oversell: each sale's count rises only if the sale
         // is still open and has room, whatever was read above.
-        for (sale_id, n) in &added {
+        for (sale_id, (n, held)) in &added {
             let allocated = sales[*sale_id].allocated;
             let raised = self
                 .sales
@@ -206,7 +211,7 @@ impl MongoRecords {
                         "status": { "$ne": SaleStatus::Ended.as_str() },
                         "sold": { "$lte": allocated - n },
                     },
-                    doc! { "$inc": { "sold": *n } },
+                    doc! { "$inc": { "sold": *n, "held": *held } },
                 )
                 .session(&mut *s)
                 .await?;
@@ -234,6 +239,67 @@ impl MongoRecords {
         };
         let found = self.orders.find(filter).session(&mut *s).await?;
         Ok(collect(found, s).await?.into_iter().map(|o| (o.buyer_id, o.sale_id, o.idempotency_key)).collect())
+    }
+
+    /// One attempt of `end_hold`: the order's status is read and changed inside the
+    /// transaction, conditional on it still being HELD, so of two nodes ending one hold (a
+    /// confirm racing the expiry) one commits and the other reads the outcome again.
+    async fn end_hold_attempt(
+        &self,
+        s: &mut ClientSession,
+        id: &OrderId,
+        end: HoldEnd,
+        at: UnixMillis,
+        reference: Option<&str>,
+    ) -> Result<Attempt<HoldOutcome>, MongoError> {
+        let Some(found) = self.orders.find_one(doc! { "_id": id.as_str() }).session(&mut *s).await? else {
+            return Ok(Attempt::Abort(Err(StoreError::NotFound)));
+        };
+        let order = match OrderRecord::try_from(found) {
+            Ok(order) => order,
+            Err(e) => return Ok(Attempt::Abort(Err(e))),
+        };
+        if let Err(refusal) = judge_hold(&order, end, at) {
+            return Ok(Attempt::Abort(Ok(Err((refusal, order)))));
+        }
+        let ended = ended_hold(&order, end, at, reference);
+        let mut set = doc! { "status": ended.status.as_str(), "settled_at": at.0 };
+        if let Some(reference) = reference {
+            set.insert("payment_reference", reference);
+        }
+        let changed = self
+            .orders
+            .update_one(doc! { "_id": id.as_str(), "status": OrderStatus::Held.as_str() }, doc! { "$set": set })
+            .session(&mut *s)
+            .await?;
+        if changed.matched_count == 0 {
+            return Ok(Attempt::Conflict("the hold ended meanwhile"));
+        }
+        let (sold, held) = hold_counters(end, order.quantity);
+        let sale = self
+            .sales
+            .find_one_and_update(doc! { "_id": order.sale_id.as_str() }, doc! { "$inc": { "sold": sold, "held": held } })
+            .return_document(ReturnDocument::After)
+            .session(&mut *s)
+            .await?;
+        let Some(sale) = sale else {
+            return Ok(Attempt::Abort(Err(StoreError::NotFound)));
+        };
+        if end.gives_back() && sale.is_ended() {
+            // The sale gave back its unsold units when it ended; a hold's come back now.
+            let returned = self
+                .products
+                .update_one(
+                    doc! { "_id": sale.product_id() },
+                    doc! { "$inc": { "inventory": i64::from(order.quantity) } },
+                )
+                .session(&mut *s)
+                .await?;
+            if returned.matched_count == 0 {
+                return Ok(Attempt::Abort(Err(StoreError::NotFound)));
+            }
+        }
+        Ok(Attempt::Commit(Ok(ended)))
     }
 
     async fn find_orders(&self, filter: Document) -> Result<Vec<OrderRecord>, StoreError> {
@@ -513,5 +579,49 @@ impl RecordStore for MongoRecords {
     ) -> Result<Option<OrderRecord>, StoreError> {
         let filter = doc! { "buyer_id": buyer.as_str(), "sale_id": sale.as_str(), "idempotency_key": key.as_str() };
         find_one(&self.orders, filter).await
+    }
+
+    async fn end_hold(
+        &self,
+        id: &OrderId,
+        end: HoldEnd,
+        at: UnixMillis,
+        reference: Option<&str>,
+    ) -> Result<HoldOutcome, StoreError> {
+        let records = self.clone();
+        let (order_id, reference) = (id.clone(), reference.map(str::to_owned));
+        let outcome = self
+            .transaction("end_hold", move |s| {
+                let (records, id, reference) = (records.clone(), order_id.clone(), reference.clone());
+                Box::pin(async move { records.end_hold_attempt(s, &id, end, at, reference.as_deref()).await })
+            })
+            .await;
+        match outcome {
+            Ok(answer) => Ok(answer),
+            Err(TxnFailure::Store(e)) => Err(e),
+            Err(TxnFailure::CommitUnknown { answer, error }) => match self.get_order(id).await {
+                // Ours if it ended exactly as asked, at this instant; someone else's otherwise.
+                Ok(Some(order)) if order.status == end.status() && order.settled_at == Some(at) => Ok(answer),
+                Ok(Some(order)) if order.status != OrderStatus::Held => {
+                    Ok(Err((crate::domain::HoldRefusal::NotHeld(order.status), order)))
+                }
+                Ok(_) => Err(StoreError::Unavailable(Box::new(NotCommitted { operation: "end_hold", source: error }))),
+                Err(check) => Err(unsettled("end_hold", error, check)),
+            },
+        }
+    }
+
+    async fn earliest_holds(&self, limit: usize) -> Result<Vec<OrderRecord>, StoreError> {
+        let docs: Vec<OrderDoc> = self
+            .orders
+            .find(doc! { "status": OrderStatus::Held.as_str() })
+            .sort(doc! { "expires_at": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        docs.into_iter().map(OrderRecord::try_from).collect()
     }
 }

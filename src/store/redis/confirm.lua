@@ -1,9 +1,11 @@
--- An order is durable: count it as sold, credit the leaderboard, settle its idempotency key and
+-- An order is durable: count it as sold (and as held, for a HELD order of a sale with holds,
+-- which ranks on the leaderboard only once paid: `end_hold.lua`), settle its idempotency key and
 -- tell every node. Confirming twice changes nothing the second time.
 --
--- KEYS: 1 meta, 2 units, 3 keys, 4 pending, 5 board, 6 firsts, 7 names (see mod.rs).
+-- KEYS: see common.lua.
 -- ARGV: 1 buyer id, 2 idempotency field, 3 order id, 4 quantity, 5 the buyer's board member if
---       this is their first purchase, 6 display name, 7 the encoded order, 8 change channel.
+--       this is their first purchase, 6 display name, 7 the encoded order, 8 change channel,
+--       9 the order's status (HELD or CONFIRMED).
 --
 -- Replies: {'OK', sold_out 0|1} or {'REFUSED', 'SALE_NOT_FOUND'}.
 
@@ -11,13 +13,6 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
     return {'REFUSED', 'SALE_NOT_FOUND'}
 end
 local quantity = tonumber(ARGV[4])
-
-local function sold_out()
-    local sold = tonumber(redis.call('HGET', KEYS[1], 'sold'))
-    local allocated = tonumber(redis.call('HGET', KEYS[1], 'allocated'))
-    if sold >= allocated then return 1 end
-    return 0
-end
 
 if redis.call('HDEL', KEYS[4], ARGV[3]) == 1 then
     -- The usual case: the reservation was in flight.
@@ -38,16 +33,11 @@ else
     end
 end
 redis.call('HINCRBY', KEYS[1], 'sold', quantity)
-
--- Leaderboard: the member keeps the buyer's first purchase time, the score is -units.
-local member = redis.call('HGET', KEYS[6], ARGV[1])
-if not member then
-    member = ARGV[5]
-    redis.call('HSET', KEYS[6], ARGV[1], member)
-    redis.call('HSET', KEYS[7], ARGV[1], ARGV[6])
+if ARGV[9] == 'HELD' then
+    redis.call('HINCRBY', KEYS[1], 'held', quantity)
+    redis.call('HSET', KEYS[8], ARGV[3], ARGV[7])
+else
+    credit(ARGV[1], quantity, ARGV[5], ARGV[6])
 end
-redis.call('ZINCRBY', KEYS[5], -quantity, member)
-
-local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('PUBLISH', ARGV[8], version)
+changed(ARGV[8])
 return {'OK', sold_out()}

@@ -7,8 +7,9 @@ use crate::domain::{IdempotencyKey, SaleId, UnixMillis, UserId};
 
 /// The keys of one sale; all share the hash tag `{sale:ID}` (see the module docs).
 pub(super) struct SaleKeys {
-    /// meta, units, keys, pending, board, firsts, names: `KEYS[1..=7]` of every script.
-    pub(super) keys: [String; 7],
+    /// meta, units, keys, pending, board, firsts, names, holds, line, waiting: `KEYS[1..=10]` of
+    /// every script.
+    pub(super) keys: [String; 10],
     /// Where changes of the sale are published.
     pub(super) channel: String,
 }
@@ -17,7 +18,8 @@ impl SaleKeys {
     pub(super) fn new(prefix: &str, sale: &SaleId) -> Self {
         let base = format!("{prefix}{{sale:{sale}}}:");
         Self {
-            keys: ["meta", "units", "keys", "pending", "board", "firsts", "names"].map(|k| format!("{base}{k}")),
+            keys: ["meta", "units", "keys", "pending", "board", "firsts", "names", "holds", "line", "waiting"]
+                .map(|k| format!("{base}{k}")),
             channel: format!("{base}changes"),
         }
     }
@@ -28,6 +30,14 @@ impl SaleKeys {
 
     pub(super) fn pending(&self) -> &str {
         &self.keys[3]
+    }
+
+    pub(super) fn line(&self) -> &str {
+        &self.keys[8]
+    }
+
+    pub(super) fn waiting(&self) -> &str {
+        &self.keys[9]
     }
 
     /// An invocation of `script` with this sale's keys as `KEYS`.

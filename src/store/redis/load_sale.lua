@@ -1,10 +1,11 @@
 -- Builds a sale's hot state from its record and durable orders, unless the sale is live: a live
 -- sale's in-flight reservations exist only here, so it is never overwritten.
 --
--- KEYS: 1 meta, 2 units, 3 keys, 4 pending, 5 board, 6 firsts, 7 names (see mod.rs).
--- ARGV: 1 change channel, 2 meta pairs n1, 3 buyers n2, 4 orders n3, 5 board entries n4, then
---       n1 x (field, value) of meta, n2 x (buyer, units), n3 x (idempotency field, encoded
---       order), n4 x (buyer, member, score, display name).
+-- KEYS: see common.lua.
+-- ARGV: 1 change channel, 2 meta pairs n1, 3 buyers n2, 4 orders n3, 5 board entries n4,
+--       6 holds n5, then n1 x (field, value) of meta, n2 x (buyer, units), n3 x (idempotency
+--       field, encoded order), n4 x (buyer, member, score, display name), n5 x (order id,
+--       encoded order). The line starts empty.
 --
 -- Replies: {'LOADED'} or {'PRESENT'}.
 
@@ -12,11 +13,11 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     return {'PRESENT'}
 end
 -- Leftovers of a sale without meta cannot be live: start clean.
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10])
 
-local n_meta, n_buyers, n_orders, n_board =
-    tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local i = 6
+local n_meta, n_buyers, n_orders, n_board, n_holds =
+    tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local i = 7
 local meta_at = i
 i = i + 2 * n_meta
 for _ = 1, n_buyers do
@@ -32,6 +33,10 @@ for _ = 1, n_board do
     redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 1])
     redis.call('HSET', KEYS[7], ARGV[i], ARGV[i + 3])
     i = i + 4
+end
+for _ = 1, n_holds do
+    redis.call('HSET', KEYS[8], ARGV[i], ARGV[i + 1])
+    i = i + 2
 end
 -- Meta last: it is what marks the sale live.
 for j = meta_at, meta_at + 2 * n_meta - 1, 2 do

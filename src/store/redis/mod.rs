@@ -4,7 +4,8 @@
 //!
 //! | operation | round trips to Redis |
 //! |---|---|
-//! | `reserve`, `confirm`, `release`, `view`, `wait_settled` (each poll) | 1: one script (`reserve.lua`, `confirm.lua`, `release.lua`, `view.lua`, `settled.lua`) |
+//! | `reserve`, `confirm`, `release`, `view`, `wait_settled` (each poll), `end_hold`, `join_waitlist`, `leave_waitlist` | 1: one script (`reserve.lua`, `confirm.lua`, `release.lua`, `view.lua`, `settled.lua`, `end_hold.lua`, `join.lua`, `leave.lua`; `common.lua` holds what several share) |
+//! | `waitlist_place` | 1: a `MULTI` pipeline (`ZRANK` + `HGET` + `ZCARD`) |
 //! | `has_sale` | 1: `EXISTS` |
 //! | `in_flight` | 1: a `MULTI` pipeline (`HMGET` + `HVALS`) |
 //! | `load_sale` | 2: `SADD` to the open sales, then `load_sale.lua` |
@@ -22,13 +23,16 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P{sale:ID}:meta` | hash | the layout's `format` (1), rules (`product_id`, `allocated`, `per_user_limit`, `max_per_purchase`, `start`, `end`, `price`, `currency`), creation time (`created_at`), lifecycle (`status`, `end_reason`, `ended_at`) and counters (`remaining`, `sold`, `in_flight`, `version`); its presence means the sale is loaded |
+//! | `P{sale:ID}:meta` | hash | the layout's `format` (1), rules (`product_id`, `allocated`, `per_user_limit`, `max_per_purchase`, `start`, `end`, `price`, `currency`, `hold_seconds`), creation time (`created_at`), lifecycle (`status`, `end_reason`, `ended_at`) and counters (`remaining`, `sold` (held or confirmed), `held`, `in_flight`, `spare` (units given back, kept for the head of the line), `line_seq`, `version`); its presence means the sale is loaded. Fields added with holds may be absent in a sale loaded before them: they read as 0 |
 //! | `P{sale:ID}:units` | hash | buyer id → units held or in flight (the per-user limit) |
 //! | `P{sale:ID}:keys` | hash | `buyer:idempotency key` → the order it made (JSON: id, buyer, name, quantity, key, time) |
 //! | `P{sale:ID}:pending` | hash | order id → the order (JSON), for reservations not yet confirmed or released: what reconciliation with the record looks at |
 //! | `P{sale:ID}:board` | sorted set | member `<first purchase>:<buyer>` with score `-units`: ascending order is the leaderboard order (most units, then earlier first purchase, then buyer id) |
 //! | `P{sale:ID}:firsts` | hash | buyer id → their board member (it keeps the first purchase time) |
 //! | `P{sale:ID}:names` | hash | buyer id → display name shown on the board |
+//! | `P{sale:ID}:holds` | hash | order id → the order (JSON), for durable HELD orders |
+//! | `P{sale:ID}:line` | sorted set | buyer id with score = their turn (`line_seq` when they joined): the waitlist, head first |
+//! | `P{sale:ID}:waiting` | hash | buyer id → their waitlist entry (JSON, `order.rs`) |
 //! | `Psales:open` | set | ids of loaded sales not ended, for the scheduler; a single key, only read or written by plain commands outside the scripts |
 //!
 //! Changes are published on the channel `P{sale:ID}:changes` (payload: the new version);
@@ -50,16 +54,18 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 
 use crate::domain::{
-    shown_remaining, tally, LeaderboardEntry, OrderRecord, ProductId, SaleId, SaleRecord, SaleRules, SaleStatus,
-    SaleView, UnixMillis, LEADERBOARD_MAX,
+    shown_remaining, tally, LeaderboardEntry, OrderRecord, OrderStatus, ProductId, SaleId, SaleRecord, SaleRules,
+    SaleStatus, SaleView, UnixMillis, UserId, WaitlistPlace, LEADERBOARD_MAX,
 };
-use crate::store::{redact_uri, Confirmed, HotError, HotStore, Reservation, ReserveRequest, Settled};
+use crate::store::{
+    redact_uri, Confirmed, Handed, HoldSettled, HotError, HotStore, JoinRequest, Reservation, ReserveRequest, Settled,
+};
 
 pub use changes::{change_listener, spawn_change_listener};
 use keys::{board_member, key_field, open_sales_key, parse_board_member, SaleKeys};
-use order::StoredOrder;
+use order::{StoredEntry, StoredOrder};
 use replies::{
-    array, expect_ok, int, item, malformed, money, optional_text, parse_reason, parse_status, reason_code,
+    array, expect_ok, int, item, join_refusal, malformed, money, optional_text, parse_reason, parse_status, reason_code,
     reserve_refusal, text, unavailable, Meta, RULE_FIELDS, VIEW_FIELDS,
 };
 
@@ -88,16 +94,29 @@ struct Scripts {
     set_status: Script,
     load_sale: Script,
     view: Script,
+    end_hold: Script,
+    join: Script,
+    leave: Script,
+}
+
+/// A script with `common.lua` (the functions several share) before it.
+macro_rules! with_common {
+    ($file:literal) => {
+        Script::new(concat!(include_str!("common.lua"), include_str!($file)))
+    };
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     reserve: Script::new(include_str!("reserve.lua")),
-    confirm: Script::new(include_str!("confirm.lua")),
-    release: Script::new(include_str!("release.lua")),
+    confirm: with_common!("confirm.lua"),
+    release: with_common!("release.lua"),
     settled: Script::new(include_str!("settled.lua")),
     set_status: Script::new(include_str!("set_status.lua")),
     load_sale: Script::new(include_str!("load_sale.lua")),
     view: Script::new(include_str!("view.lua")),
+    end_hold: with_common!("end_hold.lua"),
+    join: with_common!("join.lua"),
+    leave: with_common!("leave.lua"),
 });
 
 /// The hot state of every sale, in Redis.
@@ -108,6 +127,39 @@ pub struct RedisHot {
     conn: ConnectionManager,
     /// Prepended to every key and channel (several deployments can share one Redis).
     prefix: Arc<str>,
+}
+
+/// What a script that gave units back answered, from its third element: the holds it reserved
+/// for the head of the line, the buyers it dropped, then (when it served anyone) the price.
+fn handed(reply: &[Value], sale: &SaleId) -> Result<Handed, HotError> {
+    let served = match reply.get(2) {
+        Some(Value::Array(served)) => served,
+        _ => return Ok(Handed::default()),
+    };
+    let dropped = match reply.get(3) {
+        Some(Value::Array(dropped)) => dropped.iter().map(|v| UserId::parse(&text(v)?).map_err(|e| malformed(e.to_string()))).collect::<Result<_, _>>()?,
+        _ => Vec::new(),
+    };
+    let served = if served.is_empty() {
+        Vec::new()
+    } else {
+        let unit_price = money(item(reply, 4)?, item(reply, 5)?)?;
+        served
+            .iter()
+            .map(|raw| StoredOrder::decode(&text(raw)?)?.into_order(sale, unit_price))
+            .collect::<Result<_, _>>()?
+    };
+    Ok(Handed { served, dropped })
+}
+
+/// A place in a line: `{position, quantity, length}`.
+fn place(items: &[Value]) -> Result<WaitlistPlace, HotError> {
+    let number = |at| u64::try_from(int(item(items, at)?)?).map_err(|_| malformed("a place out of range"));
+    Ok(WaitlistPlace {
+        position: number(0)?,
+        quantity: u32::try_from(number(1)?).map_err(|_| malformed("a quantity out of range"))?,
+        length: number(2)?,
+    })
 }
 
 /// Connects to Redis at `uri` and checks it answers PING, within a few seconds. Keys and channels
@@ -227,7 +279,9 @@ impl HotStore for RedisHot {
             let _: i64 =
                 self.command(::redis::cmd("SADD").arg(open_sales_key(&self.prefix)).arg(sale.id.as_str())).await?;
         }
-        let (board, units, sold) = tally(orders);
+        let tally = tally(orders);
+        let (board, units, sold) = (&tally.board, &tally.units, tally.sold);
+        let holds: Vec<&OrderRecord> = orders.iter().filter(|o| o.status == OrderStatus::Held).collect();
         let rules = &sale.rules;
         let meta: Vec<(&str, String)> = vec![
             ("product_id", sale.product_id.to_string()),
@@ -238,6 +292,9 @@ impl HotStore for RedisHot {
             ("end", rules.end.0.to_string()),
             ("price", rules.unit_price.amount_minor.to_string()),
             ("currency", rules.unit_price.currency.as_str().to_owned()),
+            ("hold_seconds", rules.hold_seconds.to_string()),
+            ("held", tally.held.to_string()),
+            ("spare", "0".to_owned()),
             ("status", sale.status.as_str().to_owned()),
             ("end_reason", reason_code(sale.end_reason).to_owned()),
             ("ended_at", sale.ended_at.map(|t| t.0.to_string()).unwrap_or_default()),
@@ -250,11 +307,11 @@ impl HotStore for RedisHot {
         ];
         let keys = self.keys(&sale.id);
         let mut invocation = keys.invoke(&SCRIPTS.load_sale);
-        invocation.arg(&keys.channel).arg(meta.len()).arg(units.len()).arg(orders.len()).arg(board.len());
+        invocation.arg(&keys.channel).arg(meta.len()).arg(units.len()).arg(orders.len()).arg(board.len()).arg(holds.len());
         for (field, value) in &meta {
             invocation.arg(*field).arg(value);
         }
-        for (buyer, held) in &units {
+        for (buyer, held) in units {
             invocation.arg(buyer.as_str()).arg(*held);
         }
         for order in orders {
@@ -267,6 +324,9 @@ impl HotStore for RedisHot {
                 .arg(board_member(standing.first_purchase_at, buyer))
                 .arg(-standing.units)
                 .arg(standing.display_name.as_ref());
+        }
+        for hold in holds {
+            invocation.arg(hold.id.as_str()).arg(StoredOrder::of(hold).encode()?);
         }
         self.run(&invocation).await?;
         Ok(())
@@ -291,16 +351,10 @@ impl HotStore for RedisHot {
         match text(item(&reply, 0)?)?.as_str() {
             "NEW" => {
                 let unit_price = money(item(&reply, 1)?, item(&reply, 2)?)?;
-                Ok(Reservation::New(OrderRecord {
-                    id: request.new_order_id.clone(),
-                    sale_id: request.sale_id.clone(),
-                    buyer_id: request.buyer_id.clone(),
-                    buyer_name: request.buyer_name.clone(),
-                    quantity: request.quantity,
-                    unit_price,
-                    idempotency_key: request.idempotency_key.clone(),
-                    created_at: request.now,
-                }))
+                // As stored: HELD with its deadline in a sale with holds.
+                let stored = StoredOrder::decode(&text(item(&reply, 3)?)?)?;
+                let order = stored.into_order(&request.sale_id, unit_price)?;
+                Ok(Reservation::New(OrderRecord { buyer_name: request.buyer_name.clone(), ..order }))
             }
             "EXISTING" => {
                 let first = StoredOrder::decode(&text(item(&reply, 1)?)?)?;
@@ -324,21 +378,25 @@ impl HotStore for RedisHot {
             .arg(board_member(order.created_at, &order.buyer_id))
             .arg(&*order.buyer_name)
             .arg(StoredOrder::of(order).encode()?)
-            .arg(&keys.channel);
+            .arg(&keys.channel)
+            .arg(order.status.as_str());
         let reply = self.run(&invocation).await?;
         expect_ok(&reply)?;
         Ok(Confirmed { sold_out: int(item(&reply, 1)?)? == 1 })
     }
 
-    async fn release(&self, order: &OrderRecord) -> Result<(), HotError> {
+    async fn release(&self, order: &OrderRecord, now: UnixMillis) -> Result<Handed, HotError> {
         let keys = self.keys(&order.sale_id);
         let mut invocation = keys.invoke(&SCRIPTS.release);
         invocation
             .arg(order.buyer_id.as_str())
             .arg(key_field(&order.buyer_id, &order.idempotency_key))
             .arg(order.id.as_str())
-            .arg(&keys.channel);
-        expect_ok(&self.run(&invocation).await?)
+            .arg(&keys.channel)
+            .arg(now.0);
+        let reply = self.run(&invocation).await?;
+        expect_ok(&reply)?;
+        handed(&reply, &order.sale_id)
     }
 
     async fn wait_settled(&self, order: &OrderRecord) -> Result<Settled, HotError> {
@@ -385,7 +443,8 @@ impl HotStore for RedisHot {
         if reply.is_empty() {
             return Ok(None);
         }
-        let [meta, buyers, top, names] = <[Value; 4]>::try_from(reply).map_err(|_| malformed("view reply"))?;
+        let [meta, buyers, top, names, line] =
+            <[Value; 5]>::try_from(reply).map_err(|_| malformed("view reply"))?;
         let meta_values = array(meta)?;
         let meta = Meta::new(&VIEW_FIELDS, &meta_values)?;
         // Absent: built before the format was named, the same layout.
@@ -424,7 +483,9 @@ impl HotStore for RedisHot {
                 .map(|t| t.parse().map(UnixMillis).map_err(|_| malformed("ended_at")))
                 .transpose()?,
             sold,
+            held: meta.optional_int("held")?.unwrap_or(0),
             remaining: shown_remaining(status, rules.allocated, sold, meta.int("remaining")?),
+            waitlist: u64::try_from(int(&line)?).map_err(|_| malformed("line length"))?,
             leaderboard,
             total_buyers: u64::try_from(int(&buyers)?).map_err(|_| malformed("buyers"))?,
             created_at: UnixMillis(meta.int("created_at")?),
@@ -467,5 +528,79 @@ impl HotStore for RedisHot {
             }
         }
         Ok(open)
+    }
+
+    async fn end_hold(&self, order: &OrderRecord, now: UnixMillis) -> Result<HoldSettled, HotError> {
+        if order.status == OrderStatus::Held {
+            return Err(malformed("end_hold of an order still held"));
+        }
+        let keys = self.keys(&order.sale_id);
+        let mut invocation = keys.invoke(&SCRIPTS.end_hold);
+        invocation
+            .arg(order.id.as_str())
+            .arg(order.status.as_str())
+            .arg(now.0)
+            .arg(board_member(order.created_at, &order.buyer_id))
+            .arg(&*order.buyer_name)
+            .arg(&keys.channel);
+        let reply = self.run(&invocation).await?;
+        expect_ok(&reply)?;
+        Ok(HoldSettled { sold_out: int(item(&reply, 1)?)? == 1, handed: handed(&reply, &order.sale_id)? })
+    }
+
+    async fn join_waitlist(&self, request: &JoinRequest) -> Result<WaitlistPlace, HotError> {
+        let keys = self.keys(&request.sale_id);
+        let entry = &request.entry;
+        let mut invocation = keys.invoke(&SCRIPTS.join);
+        invocation
+            .arg(entry.buyer_id.as_str())
+            .arg(entry.quantity)
+            .arg(request.now.0)
+            .arg(StoredEntry::encode(entry)?)
+            .arg(&keys.channel);
+        let reply = self.run(&invocation).await?;
+        match text(item(&reply, 0)?)?.as_str() {
+            "PLACED" => place(&reply[1..]),
+            "REFUSED" => Err(HotError::Refused(join_refusal(&reply, entry.quantity, request.now)?)),
+            other => Err(malformed(format!("unknown join reply {other:?}"))),
+        }
+    }
+
+    async fn leave_waitlist(&self, sale: &SaleId, buyer: &UserId, now: UnixMillis) -> Result<Option<Handed>, HotError> {
+        let keys = self.keys(sale);
+        let mut invocation = keys.invoke(&SCRIPTS.leave);
+        invocation.arg(buyer.as_str()).arg(now.0).arg(&keys.channel);
+        let reply = self.run(&invocation).await?;
+        expect_ok(&reply)?;
+        if int(item(&reply, 1)?)? == 0 {
+            return Ok(None);
+        }
+        handed(&reply, sale).map(Some)
+    }
+
+    async fn waitlist_place(&self, sale: &SaleId, buyer: &UserId) -> Result<Option<WaitlistPlace>, HotError> {
+        let keys = self.keys(sale);
+        let (rank, entry, length): (Option<u64>, Option<String>, u64) = self
+            .pipeline(
+                ::redis::pipe()
+                    .atomic()
+                    .cmd("ZRANK")
+                    .arg(keys.line())
+                    .arg(buyer.as_str())
+                    .cmd("HGET")
+                    .arg(keys.waiting())
+                    .arg(buyer.as_str())
+                    .cmd("ZCARD")
+                    .arg(keys.line()),
+            )
+            .await?;
+        let (Some(rank), Some(entry)) = (rank, entry) else { return Ok(None) };
+        #[derive(serde::Deserialize)]
+        struct Quantity {
+            quantity: u32,
+        }
+        let wanted: Quantity =
+            serde_json::from_str(&entry).map_err(|e| malformed(format!("a waitlist entry: {e}")))?;
+        Ok(Some(WaitlistPlace { position: rank + 1, quantity: wanted.quantity, length }))
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use ::redis::{RedisError, Value};
 
 use crate::domain::{
-    check_purchase, BuyerSnapshot, EndReason, Money, PurchaseRefusal, SaleRules, SaleStatus, UnixMillis,
+    check_join, LineSnapshot, check_purchase, BuyerSnapshot, EndReason, Money, PurchaseRefusal, SaleRules, SaleStatus, UnixMillis,
 };
 use crate::store::{HotError, ReserveRequest};
 
@@ -90,7 +90,7 @@ pub(super) fn parse_reason(code: &str) -> Result<Option<EndReason>, HotError> {
 }
 
 /// The meta fields `reserve.lua` reads, in its order (it returns them with a refusal).
-pub(super) const RESERVE_FIELDS: [&str; 10] = [
+pub(super) const RESERVE_FIELDS: [&str; 11] = [
     "status",
     "end_reason",
     "start",
@@ -101,7 +101,49 @@ pub(super) const RESERVE_FIELDS: [&str; 10] = [
     "price",
     "currency",
     "allocated",
+    "hold_seconds",
 ];
+
+/// The meta fields `join.lua` reads, in its order (it returns them with a refusal).
+pub(super) const JOIN_FIELDS: [&str; 13] = [
+    "status",
+    "end_reason",
+    "start",
+    "end",
+    "max_per_purchase",
+    "per_user_limit",
+    "remaining",
+    "price",
+    "currency",
+    "allocated",
+    "hold_seconds",
+    "held",
+    "in_flight",
+];
+
+/// A refusal of `join.lua`, stated by the domain's `check_join` from the facts the script sent
+/// (as [`reserve_refusal`] does for a purchase).
+pub(super) fn join_refusal(items: &[Value], quantity: u32, now: UnixMillis) -> Result<PurchaseRefusal, HotError> {
+    let rule = text(item(items, 1)?)?;
+    if rule == "SALE_NOT_FOUND" {
+        return Ok(PurchaseRefusal::SaleNotFound);
+    }
+    let Value::Array(values) = item(items, 2)? else {
+        return Err(malformed("a refusal without the sale's facts"));
+    };
+    let meta = Meta::new(&JOIN_FIELDS, values)?;
+    let buyer = BuyerSnapshot {
+        status: parse_status(&meta.text("status")?)?,
+        end_reason: parse_reason(&meta.text("end_reason")?)?,
+        remaining: meta.int("remaining")?,
+        bought: u32::try_from(int(item(items, 3)?)?).map_err(|_| malformed("units out of range"))?,
+    };
+    let live = LineSnapshot { buyer, outstanding: int(item(items, 4)?)? };
+    match check_join(&meta.rules()?, live, now, quantity) {
+        Err(refusal) => Ok(refusal),
+        Ok(_) => Err(malformed(format!("the join script refused ({rule}) what the sale's rules accept"))),
+    }
+}
 
 /// A refusal of `reserve.lua`. For a sale rule, the script decided atomically to refuse and sent
 /// the facts it decided on; the refusal itself is stated by the domain's `check_purchase` from
@@ -141,7 +183,7 @@ pub(super) fn expect_ok(items: &[Value]) -> Result<(), HotError> {
 }
 
 /// The meta fields `view` reads, in order.
-pub(super) const VIEW_FIELDS: [&str; 17] = [
+pub(super) const VIEW_FIELDS: [&str; 19] = [
     "format",
     "product_id",
     "created_at",
@@ -159,11 +201,23 @@ pub(super) const VIEW_FIELDS: [&str; 17] = [
     "sold",
     "version",
     "in_flight",
+    "hold_seconds",
+    "held",
 ];
 
 /// The meta fields `open_sales` reads, in order (the rules and the status).
-pub(super) const RULE_FIELDS: [&str; 9] =
-    ["allocated", "per_user_limit", "max_per_purchase", "start", "end", "price", "currency", "status", "product_id"];
+pub(super) const RULE_FIELDS: [&str; 10] = [
+    "allocated",
+    "per_user_limit",
+    "max_per_purchase",
+    "start",
+    "end",
+    "price",
+    "currency",
+    "status",
+    "product_id",
+    "hold_seconds",
+];
 
 /// Meta fields read by name from an HMGET reply.
 pub(super) struct Meta<'a>(HashMap<&'a str, &'a Value>);
@@ -211,6 +265,17 @@ impl<'a> Meta<'a> {
             start: UnixMillis(self.int("start")?),
             end: UnixMillis(self.int("end")?),
             unit_price: money(self.value("price")?, self.value("currency")?)?,
+            // Absent in sales loaded before holds existed: none.
+            hold_seconds: self.optional_int("hold_seconds")?.map_or(Ok(0), |n| {
+                u32::try_from(n).map_err(|_| malformed("hold_seconds out of range"))
+            })?,
         })
+    }
+
+    /// An integer field that may be absent.
+    pub(super) fn optional_int(&self, field: &str) -> Result<Option<i64>, HotError> {
+        self.optional(field)?
+            .map(|raw| raw.parse().map_err(|_| malformed(format!("{field}: expected an integer, got {raw:?}"))))
+            .transpose()
     }
 }

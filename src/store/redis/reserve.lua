@@ -1,12 +1,12 @@
 -- Reserve units for one purchase: every purchase rule, then the writes. Lua has no rollback, so
 -- nothing is written until every check has passed.
 --
--- KEYS: 1 meta, 2 units, 3 keys, 4 pending, 5 board, 6 firsts, 7 names (see mod.rs).
+-- KEYS: see common.lua.
 -- ARGV: 1 buyer id, 2 idempotency field ("<buyer>:<key>"), 3 quantity, 4 now (ms),
 --       5 new order id, 6 the new order, encoded (what `keys` and `pending` store).
 --
 -- Replies (first element is the code):
---   {'NEW', price, currency}
+--   {'NEW', price, currency, the order as stored (HELD with its deadline in a sale with holds)}
 --   {'EXISTING', encoded first order, settled 0|1, price, currency}
 --   {'REFUSED', 'SALE_NOT_FOUND'} or {'REFUSED', 'IDEMPOTENCY_KEY_REUSED'}
 --   {'REFUSED', rule, meta, bought}: refused by a sale rule; `meta` holds the fields read below,
@@ -14,7 +14,7 @@
 --   as the domain's rules do from the same facts.
 
 local meta = redis.call('HMGET', KEYS[1], 'status', 'end_reason', 'start', 'end',
-    'max_per_purchase', 'per_user_limit', 'remaining', 'price', 'currency', 'allocated')
+    'max_per_purchase', 'per_user_limit', 'remaining', 'price', 'currency', 'allocated', 'hold_seconds')
 local status = meta[1]
 if not status then
     return {'REFUSED', 'SALE_NOT_FOUND'}
@@ -71,11 +71,19 @@ if quantity > remaining then
     return refuse('INSUFFICIENT_STOCK')
 end
 
--- Every check passed: reserve.
+-- Every check passed: reserve. In a sale with holds the order is HELD until now + hold time.
+local stored = ARGV[6]
+local hold_seconds = tonumber(meta[11] or '0')
+if hold_seconds > 0 then
+    local order = cjson.decode(stored)
+    order.status = 'HELD'
+    order.expires_at = now + hold_seconds * 1000
+    stored = cjson.encode(order)
+end
 redis.call('HINCRBY', KEYS[1], 'remaining', -quantity)
 redis.call('HINCRBY', KEYS[1], 'in_flight', quantity)
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HINCRBY', KEYS[2], ARGV[1], quantity)
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[6])
-redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
-return {'NEW', price, currency}
+redis.call('HSET', KEYS[3], ARGV[2], stored)
+redis.call('HSET', KEYS[4], ARGV[5], stored)
+return {'NEW', price, currency, stored}

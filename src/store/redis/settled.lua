@@ -1,7 +1,7 @@
 -- Where an order stands, read atomically (a pipeline could see the key before a release and the
 -- pending record after it, and call a released order confirmed).
 --
--- KEYS: 1 meta, 2 units, 3 keys, 4 pending, 5 board, 6 firsts, 7 names (see mod.rs).
+-- KEYS: see common.lua.
 -- ARGV: 1 idempotency field, 2 order id.
 --
 -- Replies: {'CONFIRMED'}, {'IN_FLIGHT'}, {'RELEASED'} or {'REFUSED', 'SALE_NOT_FOUND'}.

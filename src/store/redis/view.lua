@@ -1,9 +1,10 @@
 -- A sale's live state and the top of its leaderboard, read atomically.
 --
--- KEYS: 1 meta, 2 units, 3 keys, 4 pending, 5 board, 6 firsts, 7 names (see mod.rs).
+-- KEYS: see common.lua.
 -- ARGV: 1 how many leaderboard entries, 2.. the meta fields wanted, in order.
 --
--- Replies: {} when the sale is absent, else {meta values, buyers, {member, score, ...}, names}.
+-- Replies: {} when the sale is absent, else {meta values, buyers, {member, score, ...}, names,
+-- buyers in line}.
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
     return {}
@@ -20,4 +21,4 @@ for j = 1, #top, 2 do
     local buyer = string.sub(member, string.find(member, ':', 1, true) + 1)
     names[#names + 1] = redis.call('HGET', KEYS[7], buyer) or ''
 end
-return {meta, redis.call('ZCARD', KEYS[5]), top, names}
+return {meta, redis.call('ZCARD', KEYS[5]), top, names, redis.call('ZCARD', KEYS[9])}
