@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use super::{
-    OrderStatus, DisplayName, Email, EndReason, IdempotencyKey, Leaderboard, LeaderboardEntry, Money, OrderId, ProductId, Role,
-    SaleId, SaleRules, SaleStatus, UnixMillis, UserId,
+    DisplayName, Email, EndReason, IdempotencyKey, Leaderboard, LeaderboardEntry, Money, OrderId, OrderStatus,
+    ProductId, Role, SaleId, SaleRules, SaleStatus, UnixMillis, UserId,
 };
 
 /// An account.

@@ -9,8 +9,10 @@
 
 use std::sync::Arc;
 
-use super::{IdempotencyKey, OrderId, OrderRecord, PurchaseRefusal, Quantity, SaleRules, SaleStatus, UnixMillis, UserId};
 use super::BuyerSnapshot;
+use super::{
+    IdempotencyKey, OrderId, OrderRecord, PurchaseRefusal, Quantity, SaleRules, SaleStatus, UnixMillis, UserId,
+};
 
 /// Where an order stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -247,7 +249,12 @@ pub struct Handover {
 
 /// Serves `line` (front first) with `spare` units; `outstanding` units (held or in flight,
 /// before this hand-over) may still come back. Removes served and dropped entries from `line`.
-pub fn hand_over(line: &mut std::collections::VecDeque<WaitlistEntry>, spare: i64, outstanding: i64, status: SaleStatus) -> Handover {
+pub fn hand_over(
+    line: &mut std::collections::VecDeque<WaitlistEntry>,
+    spare: i64,
+    outstanding: i64,
+    status: SaleStatus,
+) -> Handover {
     let mut result = Handover { spare, ..Handover::default() };
     if status == SaleStatus::Ended {
         result.to_sale = std::mem::take(&mut result.spare);

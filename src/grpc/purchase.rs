@@ -185,7 +185,9 @@ impl MyOrders {
                 }
             };
             let same = self.last.as_ref().is_some_and(|last| {
-                last.orders == update.orders && last.waitlist == update.waitlist && last.sale_status == update.sale_status
+                last.orders == update.orders
+                    && last.waitlist == update.waitlist
+                    && last.sale_status == update.sale_status
             });
             if same {
                 continue;

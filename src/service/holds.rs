@@ -53,7 +53,9 @@ impl App {
                 {
                     Ok(HoldAnswer { order, replayed: true })
                 }
-                Err((HoldRefusal::NotHeld(OrderStatus::Expired), order)) => Err(ServiceError::HoldExpired(Box::new(order))),
+                Err((HoldRefusal::NotHeld(OrderStatus::Expired), order)) => {
+                    Err(ServiceError::HoldExpired(Box::new(order)))
+                }
                 Err((HoldRefusal::NotHeld(status), _)) => Err(ServiceError::OrderNotHeld(status)),
                 Err((HoldRefusal::Expired, _)) => {
                     // Past its deadline, not expired yet (the timer runs behind by moments): expire
@@ -166,7 +168,10 @@ impl App {
 
     /// Expires every hold whose deadline has passed at `now`; returns the next deadline known.
     /// Run by the scheduler's task (each expiry is two writes: no request can cancel them).
-    pub(super) async fn expire_due_holds(self: &Arc<Self>, now: UnixMillis) -> Result<Option<UnixMillis>, ServiceError> {
+    pub(super) async fn expire_due_holds(
+        self: &Arc<Self>,
+        now: UnixMillis,
+    ) -> Result<Option<UnixMillis>, ServiceError> {
         loop {
             let holds = self.records.earliest_holds(EXPIRY_BATCH).await?;
             let full = holds.len() == EXPIRY_BATCH;

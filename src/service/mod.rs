@@ -42,8 +42,8 @@ use crate::retry::Backoff;
 use crate::store::{ChangeSink, HotError, HotStore, RecordStore, StoreError};
 
 pub use admin::NewSale;
-pub use holds::HoldAnswer;
 use committer::Committer;
+pub use holds::HoldAnswer;
 pub use purchase::Purchased;
 pub use users::Session;
 

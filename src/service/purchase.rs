@@ -100,7 +100,9 @@ impl App {
                             .into(),
                     ))
                 }
-                Ok(Ok(Settled::Confirmed)) => return Ok(Purchased { order: self.current(first).await?, replayed: true }),
+                Ok(Ok(Settled::Confirmed)) => {
+                    return Ok(Purchased { order: self.current(first).await?, replayed: true })
+                }
                 // The first attempt failed and gave its units back, or the sale's hot state was
                 // rebuilt meanwhile: try afresh (a durable first order is found again).
                 Ok(Ok(Settled::Released) | Err(HotError::Refused(PurchaseRefusal::SaleNotFound))) => {

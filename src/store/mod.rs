@@ -21,8 +21,8 @@ use async_trait::async_trait;
 
 use crate::domain::{
     CommitOutcome, Email, EndReason, HoldEnd, HoldRefusal, IdempotencyKey, OrderId, OrderRecord, ProductId,
-    ProductRecord, PurchaseRefusal, SaleId, SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, UserRecord,
-    WaitlistPlace,
+    ProductRecord, PurchaseRefusal, SaleId, SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId,
+    UserRecord, WaitlistPlace,
 };
 
 /// What ending a hold did in the record: the order after the change, or why nothing changed

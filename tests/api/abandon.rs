@@ -68,6 +68,7 @@ impl InProcess {
             start: now,
             end: UnixMillis(now.0 + 3_600_000),
             unit_price: Money::parse(500, "EUR").unwrap(),
+            hold_seconds: 0,
         };
         self.app.create_sale(NewSale { product_id: product.id, rules, start_now: true }).await.unwrap().sale_id
     }

@@ -160,6 +160,7 @@ async fn call_every_admin_method(app: &TestApp, token: &str) -> Vec<(&'static st
         max_per_purchase: 1,
         start_time: None,
         end_time: Some(crate::helpers::timestamp(UnixMillis(app.now().0 + 3_600_000))),
+        hold_seconds: 0,
     };
     vec![
         ("CreateProduct", admin.create_product(authed(product, token)).await.map(drop)),

@@ -246,6 +246,7 @@ impl Shop {
                     max_per_purchase,
                     start_time: None,
                     end_time: Some(timestamp(UnixMillis(SystemClock.now().0 + 3_600_000))),
+                    hold_seconds: 0,
                 },
                 &self.admin,
             ))

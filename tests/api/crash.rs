@@ -120,6 +120,7 @@ async fn acknowledged_orders_survive_kill_9() {
                 max_per_purchase: 3,
                 start_time: None,
                 end_time: Some(timestamp(UnixMillis(SystemClock.now().0 + 3_600_000))),
+                hold_seconds: 0,
             },
             &admin,
         ))

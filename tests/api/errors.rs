@@ -36,6 +36,7 @@ fn sale_request(app: &TestApp, product_id: &str, allocated: i64) -> pb::CreateSa
         max_per_purchase: 5,
         start_time: None,
         end_time: Some(hours_from_now(app, 1)),
+        hold_seconds: 0,
     }
 }
 

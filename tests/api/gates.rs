@@ -7,10 +7,13 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use flashsale::backends::Backends;
 use flashsale::domain::{
-    CommitOutcome, Email, EndReason, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord, SaleId,
-    SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, UserRecord,
+    CommitOutcome, Email, EndReason, HoldEnd, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord, SaleId,
+    SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, UserRecord, WaitlistPlace,
 };
-use flashsale::store::{Confirmed, HotError, HotStore, RecordStore, Reservation, ReserveRequest, Settled, StoreError};
+use flashsale::store::{
+    Confirmed, Handed, HoldOutcome, HoldSettled, HotError, HotStore, JoinRequest, RecordStore, Reservation,
+    ReserveRequest, Settled, StoreError,
+};
 use tokio::sync::oneshot;
 
 /// Where a purchase can be stopped.
@@ -176,6 +179,18 @@ impl RecordStore for GatedRecords {
     ) -> Result<Option<OrderRecord>, StoreError> {
         self.inner.order_by_key(buyer, sale, key).await
     }
+    async fn end_hold(
+        &self,
+        id: &OrderId,
+        end: HoldEnd,
+        at: UnixMillis,
+        reference: Option<&str>,
+    ) -> Result<HoldOutcome, StoreError> {
+        self.inner.end_hold(id, end, at, reference).await
+    }
+    async fn earliest_holds(&self, limit: usize) -> Result<Vec<OrderRecord>, StoreError> {
+        self.inner.earliest_holds(limit).await
+    }
 }
 
 #[async_trait]
@@ -197,9 +212,9 @@ impl HotStore for GatedHot {
         self.gates.pass(Step::Confirm).await;
         self.inner.confirm(order).await
     }
-    async fn release(&self, order: &OrderRecord) -> Result<(), HotError> {
+    async fn release(&self, order: &OrderRecord, now: UnixMillis) -> Result<Handed, HotError> {
         self.gates.pass(Step::Release).await;
-        self.inner.release(order).await
+        self.inner.release(order, now).await
     }
     async fn wait_settled(&self, order: &OrderRecord) -> Result<Settled, HotError> {
         self.inner.wait_settled(order).await
@@ -218,5 +233,17 @@ impl HotStore for GatedHot {
     }
     async fn forget_sale(&self, sale: &SaleId) -> Result<(), HotError> {
         self.inner.forget_sale(sale).await
+    }
+    async fn end_hold(&self, order: &OrderRecord, now: UnixMillis) -> Result<HoldSettled, HotError> {
+        self.inner.end_hold(order, now).await
+    }
+    async fn join_waitlist(&self, request: &JoinRequest) -> Result<WaitlistPlace, HotError> {
+        self.inner.join_waitlist(request).await
+    }
+    async fn leave_waitlist(&self, sale: &SaleId, buyer: &UserId, now: UnixMillis) -> Result<Option<Handed>, HotError> {
+        self.inner.leave_waitlist(sale, buyer, now).await
+    }
+    async fn waitlist_place(&self, sale: &SaleId, buyer: &UserId) -> Result<Option<WaitlistPlace>, HotError> {
+        self.inner.waitlist_place(sale, buyer).await
     }
 }

@@ -230,6 +230,7 @@ impl TestApp {
             max_per_purchase,
             start_time: None,
             end_time: Some(timestamp(UnixMillis(self.now().0 + 3_600_000))),
+            hold_seconds: 0,
         })
         .await
     }

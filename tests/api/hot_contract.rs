@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale::domain::{
-    EndReason, IdempotencyKey, Money, OrderId, OrderRecord, ProductId, PurchaseRefusal, Quantity, SaleId, SaleRecord,
-    SaleRules, SaleStatus, SaleView, UnixMillis, UserId,
+    EndReason, IdempotencyKey, Money, OrderId, OrderRecord, OrderStatus, ProductId, PurchaseRefusal, Quantity, SaleId,
+    SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, WaitlistEntry, WaitlistPlace,
 };
 use flashsale::store::embedded::MemoryHot;
 use flashsale::store::redis::{connect, spawn_change_listener, RedisHot};
-use flashsale::store::{ChangeSink, HotError, HotStore, Reservation, ReserveRequest, Settled};
+use flashsale::store::{ChangeSink, HotError, HotStore, JoinRequest, Reservation, ReserveRequest, Settled};
 use tokio_util::sync::CancellationToken;
 
 use crate::redis_support::{fresh_prefix, shared_redis, RedisServer};
@@ -108,7 +108,165 @@ contract_tests!(
     load_sale_rebuilds_from_durable_orders_and_never_overwrites,
     concurrent_reserves_never_oversell_nor_exceed_the_limit,
     status_changes_and_open_sales,
+    holds_are_sold_held_and_ranked_once_paid,
+    the_line_opens_only_when_nothing_is_left_and_something_may_come_back,
+    given_back_units_serve_the_line_in_order_then_go_on_sale,
+    a_served_hold_that_fails_to_commit_serves_the_next_in_line,
 );
+
+/// A sale whose orders are held for ten seconds.
+fn hold_rules(allocated: i64, per_user_limit: u32, max_per_purchase: u32) -> SaleRules {
+    SaleRules { hold_seconds: 10, ..rules(allocated, per_user_limit, max_per_purchase) }
+}
+
+fn entry(buyer: &str, quantity: u32) -> WaitlistEntry {
+    WaitlistEntry {
+        order_id: OrderId::generate(),
+        buyer_id: user(buyer),
+        buyer_name: format!("Name of {buyer}").into(),
+        quantity,
+        joined_at: UnixMillis(T0 + 5),
+    }
+}
+
+async fn join(hot: &dyn HotStore, sale: &SaleRecord, buyer: &str, quantity: u32) -> Result<WaitlistPlace, HotError> {
+    hot.join_waitlist(&JoinRequest { sale_id: sale.id.clone(), entry: entry(buyer, quantity), now: UnixMillis(T0 + 5) })
+        .await
+}
+
+/// The hold `order` ended as `status` at `now`, as the record says.
+fn ended(order: &OrderRecord, status: OrderStatus, now: i64) -> OrderRecord {
+    OrderRecord { status, settled_at: Some(UnixMillis(now)), ..order.clone() }
+}
+
+async fn holds_are_sold_held_and_ranked_once_paid(backend: Backend) {
+    let hot = backend.fresh().await;
+    let sale = active_sale(&*hot, hold_rules(3, 0, 2)).await;
+    let order = buy(&*hot, &sale, "ann", "k-1", 2, T0 + 10).await;
+    assert_eq!((order.status, order.expires_at), (OrderStatus::Held, Some(UnixMillis(T0 + 10 + 10_000))));
+    let v = view(&*hot, &sale).await;
+    assert_eq!((v.sold, v.held, v.remaining), (2, 2, 1));
+    assert!(v.leaderboard.is_empty(), "a held order does not rank");
+    // A replay answers the hold as it was made.
+    match hot.reserve(&request(&sale, "ann", "k-1", 2, T0 + 20)).await.unwrap() {
+        Reservation::Existing { order: first, settled: true } => {
+            assert_eq!((first.id, first.status), (order.id.clone(), OrderStatus::Held))
+        }
+        other => panic!("expected the settled hold, got {other:?}"),
+    }
+
+    let paid = hot.end_hold(&ended(&order, OrderStatus::Confirmed, T0 + 30), UnixMillis(T0 + 30)).await.unwrap();
+    assert!(!paid.sold_out, "one unit is still on sale");
+    let v = view(&*hot, &sale).await;
+    assert_eq!((v.sold, v.held, v.remaining), (2, 0, 1));
+    assert_eq!(
+        v.leaderboard.iter().map(|e| (e.display_name.to_string(), e.units)).collect::<Vec<_>>(),
+        [("Name of ann".to_owned(), 2)]
+    );
+    // Settling again changes nothing.
+    hot.end_hold(&ended(&order, OrderStatus::Confirmed, T0 + 30), UnixMillis(T0 + 31)).await.unwrap();
+    assert_eq!(view(&*hot, &sale).await.leaderboard[0].units, 2);
+
+    // The last unit held then paid: every unit confirmed, sold out.
+    let last = buy(&*hot, &sale, "bob", "k-2", 1, T0 + 40).await;
+    assert!(!hot.confirm(&last).await.unwrap().sold_out, "held, not confirmed");
+    assert!(hot.end_hold(&ended(&last, OrderStatus::Confirmed, T0 + 50), UnixMillis(T0 + 50)).await.unwrap().sold_out);
+}
+
+async fn the_line_opens_only_when_nothing_is_left_and_something_may_come_back(backend: Backend) {
+    let hot = backend.fresh().await;
+    let no_holds = active_sale(&*hot, rules(1, 0, 1)).await;
+    assert!(matches!(join(&*hot, &no_holds, "zed", 1).await, Err(HotError::Refused(PurchaseRefusal::NoWaitlist))));
+
+    let sale = active_sale(&*hot, hold_rules(2, 2, 2)).await;
+    assert!(matches!(
+        join(&*hot, &sale, "zed", 1).await,
+        Err(HotError::Refused(PurchaseRefusal::UnitsOnSale { remaining: 2 }))
+    ));
+    let held = buy(&*hot, &sale, "ann", "k-1", 2, T0 + 1).await;
+    assert!(matches!(join(&*hot, &sale, "zed", 3).await, Err(HotError::Refused(PurchaseRefusal::InvalidQuantity(_)))));
+    assert!(matches!(
+        join(&*hot, &sale, "ann", 1).await,
+        Err(HotError::Refused(PurchaseRefusal::UserLimitReached { limit: 2, bought: 2 }))
+    ));
+    let first = join(&*hot, &sale, "zed", 1).await.unwrap();
+    assert_eq!((first.position, first.quantity, first.length), (1, 1, 1));
+    let second = join(&*hot, &sale, "yan", 2).await.unwrap();
+    assert_eq!((second.position, second.length), (2, 2));
+    // Joining again keeps the place (and its quantity).
+    assert_eq!(join(&*hot, &sale, "zed", 2).await.unwrap(), WaitlistPlace { position: 1, quantity: 1, length: 2 });
+    assert_eq!(hot.waitlist_place(&sale.id, &user("yan")).await.unwrap().map(|p| p.position), Some(2));
+    assert_eq!(view(&*hot, &sale).await.waitlist, 2);
+
+    // Every unit paid: nothing can come back, the line is closed for newcomers.
+    hot.end_hold(&ended(&held, OrderStatus::Confirmed, T0 + 9), UnixMillis(T0 + 9)).await.unwrap();
+    assert!(matches!(join(&*hot, &sale, "xia", 1).await, Err(HotError::Refused(PurchaseRefusal::SoldOut))));
+
+    // An ended sale's line closes.
+    let mut done = sale.clone();
+    done.status = SaleStatus::Ended;
+    done.end_reason = Some(EndReason::TimeUp);
+    hot.set_status(&done).await.unwrap();
+    assert_eq!(view(&*hot, &sale).await.waitlist, 0);
+    assert_eq!(hot.waitlist_place(&sale.id, &user("zed")).await.unwrap(), None);
+}
+
+async fn given_back_units_serve_the_line_in_order_then_go_on_sale(backend: Backend) {
+    let hot = backend.fresh().await;
+    let sale = active_sale(&*hot, hold_rules(3, 0, 2)).await;
+    let a = buy(&*hot, &sale, "ann", "k-a", 1, T0 + 1).await;
+    let b = buy(&*hot, &sale, "bob", "k-b", 2, T0 + 2).await;
+    join(&*hot, &sale, "zed", 2).await.unwrap();
+    join(&*hot, &sale, "yan", 1).await.unwrap();
+
+    // One unit back: the head wants two, so it waits for the head (not for sale, not for yan).
+    let first = hot.end_hold(&ended(&a, OrderStatus::Expired, T0 + 100), UnixMillis(T0 + 100)).await.unwrap();
+    assert!(first.handed.served.is_empty());
+    assert!(matches!(
+        hot.reserve(&request(&sale, "xia", "k-x", 1, T0 + 101)).await,
+        Err(HotError::Refused(PurchaseRefusal::SoldOut))
+    ));
+    assert_eq!(view(&*hot, &sale).await.remaining, 0);
+
+    // Two more back: zed gets a hold of two (one spare + one), yan one, the line is empty.
+    let second = hot.end_hold(&ended(&b, OrderStatus::Cancelled, T0 + 200), UnixMillis(T0 + 200)).await.unwrap();
+    let served: Vec<_> = second.handed.served.iter().map(|o| (o.buyer_id.to_string(), o.quantity)).collect();
+    assert_eq!(served, [("zed".to_owned(), 2), ("yan".to_owned(), 1)]);
+    for hold in &second.handed.served {
+        assert_eq!((hold.status, hold.expires_at), (OrderStatus::Held, Some(UnixMillis(T0 + 200 + 10_000))));
+        assert_eq!(hold.idempotency_key.as_str(), format!("waitlist-{}", hold.id));
+    }
+    let v = view(&*hot, &sale).await;
+    assert_eq!((v.waitlist, v.remaining, v.sold, v.held), (0, 0, 0, 0), "the line's holds are in flight");
+    for hold in &second.handed.served {
+        hot.confirm(hold).await.unwrap();
+    }
+    let v = view(&*hot, &sale).await;
+    assert_eq!((v.sold, v.held, v.remaining), (3, 3, 0));
+
+    // The line is empty: a unit given back now goes on sale.
+    let zed_hold = &second.handed.served[0];
+    let third =
+        hot.end_hold(&ended(zed_hold, OrderStatus::Expired, T0 + 20_000), UnixMillis(T0 + 20_000)).await.unwrap();
+    assert!(third.handed.served.is_empty());
+    assert_eq!(view(&*hot, &sale).await.remaining, 2);
+    reserve_new(&*hot, &request(&sale, "xia", "k-x2", 2, T0 + 20_001)).await;
+}
+
+async fn a_served_hold_that_fails_to_commit_serves_the_next_in_line(backend: Backend) {
+    let hot = backend.fresh().await;
+    let sale = active_sale(&*hot, hold_rules(1, 0, 1)).await;
+    let a = buy(&*hot, &sale, "ann", "k-a", 1, T0 + 1).await;
+    join(&*hot, &sale, "zed", 1).await.unwrap();
+    join(&*hot, &sale, "yan", 1).await.unwrap();
+    let handed = hot.end_hold(&ended(&a, OrderStatus::Expired, T0 + 100), UnixMillis(T0 + 100)).await.unwrap().handed;
+    assert_eq!(handed.served.len(), 1);
+    // zed's hold never becomes durable: its unit goes to yan, now the head.
+    let next = hot.release(&handed.served[0], UnixMillis(T0 + 150)).await.unwrap();
+    assert_eq!(next.served.iter().map(|o| o.buyer_id.to_string()).collect::<Vec<_>>(), ["yan"]);
+    // yan was served: no longer in line, leaving changes nothing.
+    assert_eq!(hot.leave_waitlist(&sale.id, &user("yan"), UnixMillis(T0 + 160)).await.unwrap(), None);
+}
 
 const T0: i64 = 1_700_000_000_000;
 const END: i64 = T0 + 60_000;
@@ -125,6 +283,7 @@ fn rules(allocated: i64, per_user_limit: u32, max_per_purchase: u32) -> SaleRule
         start: UnixMillis(T0),
         end: UnixMillis(END),
         unit_price: price(),
+        hold_seconds: 0,
     }
 }
 
@@ -134,6 +293,7 @@ fn sale(rules: SaleRules, status: SaleStatus) -> SaleRecord {
         product_id: ProductId::parse("product-1").unwrap(),
         rules,
         sold: 0,
+        held: 0,
         status,
         end_reason: None,
         ended_at: None,
@@ -368,7 +528,7 @@ async fn wait_settled_follows_confirm_and_release(backend: Backend) {
         async move { hot.wait_settled(&order).await }
     });
     tokio::time::sleep(Duration::from_millis(20)).await;
-    hot.release(&released).await.unwrap();
+    hot.release(&released, UnixMillis(0)).await.unwrap();
     let settled = tokio::time::timeout(limit, waiter).await.expect("waiter woke").unwrap().unwrap();
     assert_eq!(settled, Settled::Released);
 
@@ -387,12 +547,12 @@ async fn release_gives_units_and_key_back(backend: Backend) {
     assert_eq!(view(hot, &sale).await.remaining, 0);
     assert_eq!(refusal(hot, &request(&sale, "b", "k1", 1, T0)).await, PurchaseRefusal::SoldOut);
 
-    hot.release(&order).await.unwrap();
+    hot.release(&order, UnixMillis(0)).await.unwrap();
     let after = view(hot, &sale).await;
     assert_eq!((after.remaining, after.sold, after.total_buyers), (2, 0, 0));
     assert!(after.leaderboard.is_empty());
     // Releasing again, or an order never reserved, changes nothing.
-    hot.release(&order).await.unwrap();
+    hot.release(&order, UnixMillis(0)).await.unwrap();
     assert_eq!(view(hot, &sale).await, after);
 
     // The key is free again (a new order), and the buyer's limit too.
@@ -401,7 +561,7 @@ async fn release_gives_units_and_key_back(backend: Backend) {
     hot.confirm(&again).await.unwrap();
     // A release after the confirm changes nothing.
     let confirmed = view(hot, &sale).await;
-    hot.release(&again).await.unwrap();
+    hot.release(&again, UnixMillis(0)).await.unwrap();
     assert_eq!(view(hot, &sale).await, confirmed);
     assert_eq!((confirmed.sold, confirmed.remaining), (2, 0));
 }
@@ -505,7 +665,7 @@ async fn concurrent_reserves_never_oversell_nor_exceed_the_limit(backend: Backen
                     Ok(Reservation::New(order)) => {
                         // Every fifth commit "fails": its units go back to the others.
                         if i % 5 == 0 {
-                            hot.release(&order).await.unwrap();
+                            hot.release(&order, UnixMillis(0)).await.unwrap();
                             None
                         } else {
                             hot.confirm(&order).await.unwrap();
@@ -678,7 +838,7 @@ async fn redis_lists_reservations_never_confirmed() {
     let confirmed = buy(&hot, &sale, "a", "k1", 1, T0).await;
     let pending = reserve_new(&hot, &request(&sale, "b", "k1", 2, T0 + 1)).await;
     let released = reserve_new(&hot, &request(&sale, "c", "k1", 3, T0 + 2)).await;
-    hot.release(&released).await.unwrap();
+    hot.release(&released, UnixMillis(0)).await.unwrap();
     assert_eq!(hot.pending_orders(&sale.id).await.unwrap(), std::slice::from_ref(&pending));
     // Confirming twice (a retried confirm) counts once.
     hot.confirm(&confirmed).await.unwrap();

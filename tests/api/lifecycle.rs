@@ -32,6 +32,7 @@ fn scheduled(product_id: &str, allocated: i64, start: Duration, end: Duration) -
         max_per_purchase: 5,
         start_time: at(start),
         end_time: at(end),
+        hold_seconds: 0,
     }
 }
 

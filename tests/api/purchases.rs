@@ -233,6 +233,7 @@ async fn orders_belong_to_the_token_subject() {
             max_per_purchase: 5,
             start_time: None,
             end_time: Some(timestamp(flashsale::domain::UnixMillis(app.now().0 + 3_600_000))),
+            hold_seconds: 0,
         })
         .await;
     let euro_order = app.buy(&ann, &euro_sale.id, 4, "ann-2").await.expect("ann buys in euros").order.expect("order");

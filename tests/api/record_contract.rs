@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale::domain::{
-    CommitRefusal, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, ProductId,
-    ProductRecord, Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId, UserRecord,
+    CommitRefusal, DisplayName, Email, EndReason, HoldEnd, HoldRefusal, IdempotencyKey, Money, OrderId, OrderRecord,
+    OrderStatus, ProductId, ProductRecord, Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId,
+    UserRecord,
 };
 use flashsale::store::embedded::RedbRecords;
 use flashsale::store::mongo::{connect, MongoRecords};
@@ -53,8 +54,10 @@ fn sale(product: &ProductRecord, allocated: i64, status: SaleStatus) -> SaleReco
             start: UnixMillis(1_700_000_100_000),
             end: UnixMillis(1_700_000_700_000),
             unit_price: Money::parse(1999, "EUR").unwrap(),
+            hold_seconds: 0,
         },
         sold: 0,
+        held: 0,
         status,
         end_reason: None,
         ended_at: None,
@@ -73,6 +76,10 @@ fn order(sale: &SaleRecord, buyer: &UserId, quantity: u32, key: &str) -> OrderRe
         unit_price: sale.rules.unit_price,
         idempotency_key: IdempotencyKey::parse(key).unwrap(),
         created_at: UnixMillis(1_700_000_200_000),
+        status: OrderStatus::Confirmed,
+        expires_at: None,
+        payment_reference: None,
+        settled_at: None,
     }
 }
 
@@ -384,6 +391,93 @@ async fn each_build_of_a_sale_takes_the_next_generation<R: RecordStore>(store: &
     assert!(matches!(store.next_generation(&SaleId::generate()).await, Err(StoreError::NotFound)));
 }
 
+/// A HELD order of `sale` expiring at `expires_at`.
+fn hold(sale: &SaleRecord, buyer: &UserId, quantity: u32, key: &str, expires_at: i64) -> OrderRecord {
+    OrderRecord {
+        status: OrderStatus::Held,
+        expires_at: Some(UnixMillis(expires_at)),
+        ..order(sale, buyer, quantity, key)
+    }
+}
+
+async fn counters<R: RecordStore>(store: &R, sale: &SaleRecord) -> (i64, i64) {
+    let sale = store.get_sale(&sale.id).await.unwrap().expect("sale");
+    (sale.sold, sale.held)
+}
+
+async fn a_hold_ends_once_and_only_as_the_rules_allow<R: RecordStore>(store: &R) {
+    let (_, s) = on_sale(store, 5, SaleStatus::Active).await;
+    let ann = UserId::generate();
+    let (paid, lapsed) = (hold(&s, &ann, 2, "k-1", 1_000), hold(&s, &ann, 1, "k-2", 2_000));
+    let outcomes = store.commit_orders(&[paid.clone(), lapsed.clone()]).await.unwrap();
+    assert_eq!(outcomes, [Ok(()), Ok(())]);
+    assert_eq!(counters(store, &s).await, (3, 3), "held units count as sold and as held");
+    let found = store.get_order(&paid.id).await.unwrap().unwrap();
+    assert_eq!((found.status, found.expires_at), (OrderStatus::Held, Some(UnixMillis(1_000))));
+
+    // A confirm at the deadline is too late; before it, it wins, once.
+    let late = store.end_hold(&paid.id, HoldEnd::Confirm, UnixMillis(1_000), Some("pay-1")).await.unwrap();
+    assert!(matches!(late, Err((HoldRefusal::Expired, ref order)) if order.status == OrderStatus::Held));
+    let confirmed = store.end_hold(&paid.id, HoldEnd::Confirm, UnixMillis(999), Some("pay-1")).await.unwrap().unwrap();
+    assert_eq!(
+        (confirmed.status, confirmed.payment_reference.as_deref(), confirmed.settled_at),
+        (OrderStatus::Confirmed, Some("pay-1"), Some(UnixMillis(999)))
+    );
+    assert_eq!(counters(store, &s).await, (3, 1), "a confirmed hold stays sold");
+    let again = store.end_hold(&paid.id, HoldEnd::Expire, UnixMillis(5_000), None).await.unwrap();
+    assert!(matches!(again, Err((HoldRefusal::NotHeld(OrderStatus::Confirmed), _))));
+    let stored = store.get_order(&paid.id).await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.payment_reference.as_deref()), (OrderStatus::Confirmed, Some("pay-1")));
+
+    // An expiry before the deadline changes nothing; at it, the units leave `sold`.
+    let early = store.end_hold(&lapsed.id, HoldEnd::Expire, UnixMillis(1_999), None).await.unwrap();
+    assert!(matches!(early, Err((HoldRefusal::NotDue, _))));
+    let expired = store.end_hold(&lapsed.id, HoldEnd::Expire, UnixMillis(2_000), None).await.unwrap().unwrap();
+    assert_eq!(expired.status, OrderStatus::Expired);
+    assert_eq!(counters(store, &s).await, (2, 0));
+    let cancel = store.end_hold(&lapsed.id, HoldEnd::Cancel, UnixMillis(2_001), None).await.unwrap();
+    assert!(matches!(cancel, Err((HoldRefusal::NotHeld(OrderStatus::Expired), _))), "ended once");
+    assert_eq!(counters(store, &s).await, (2, 0), "units given back once");
+    assert!(matches!(
+        store.end_hold(&OrderId::generate(), HoldEnd::Cancel, UnixMillis(0), None).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn the_holds_of_an_ended_sale_return_their_units_to_the_product<R: RecordStore>(store: &R) {
+    let (product, s) = on_sale(store, 5, SaleStatus::Active).await;
+    let start = inventory(store, &product).await;
+    let (ann, bob) = (UserId::generate(), UserId::generate());
+    let (kept, dropped) = (hold(&s, &ann, 2, "k-1", 9_000), hold(&s, &bob, 1, "k-2", 9_000));
+    store.commit_orders(&[kept.clone(), dropped.clone()]).await.unwrap();
+    // The end returns what no order holds: 5 - 3.
+    store.end_sale(&s.id, EndReason::TimeUp, UnixMillis(5_000)).await.unwrap();
+    assert_eq!(inventory(store, &product).await, start + 2);
+    // A hold keeps its own deadline after the end: paid, it stays sold; cancelled, its unit
+    // returns to the product, once.
+    store.end_hold(&kept.id, HoldEnd::Confirm, UnixMillis(6_000), Some("pay")).await.unwrap().unwrap();
+    store.end_hold(&dropped.id, HoldEnd::Cancel, UnixMillis(6_000), None).await.unwrap().unwrap();
+    assert!(store.end_hold(&dropped.id, HoldEnd::Cancel, UnixMillis(6_001), None).await.unwrap().is_err());
+    assert_eq!(inventory(store, &product).await, start + 3);
+    assert_eq!(counters(store, &s).await, (2, 0));
+}
+
+async fn holds_are_listed_earliest_deadline_first<R: RecordStore>(store: &R) {
+    let (_, s) = on_sale(store, 10, SaleStatus::Active).await;
+    let buyer = UserId::generate();
+    let late = hold(&s, &buyer, 1, "late", 3_000);
+    let early = hold(&s, &buyer, 1, "early", 1_000);
+    let middle = hold(&s, &buyer, 1, "middle", 2_000);
+    let paid = order(&s, &buyer, 1, "paid");
+    store.commit_orders(&[late.clone(), early.clone(), paid, middle.clone()]).await.unwrap();
+    let listed: Vec<OrderId> = store.earliest_holds(10).await.unwrap().into_iter().map(|o| o.id).collect();
+    assert_eq!(listed, [early.id.clone(), middle.id.clone(), late.id.clone()]);
+    assert_eq!(store.earliest_holds(1).await.unwrap()[0].id, early.id);
+    store.end_hold(&early.id, HoldEnd::Cancel, UnixMillis(10), None).await.unwrap().unwrap();
+    let listed: Vec<OrderId> = store.earliest_holds(10).await.unwrap().into_iter().map(|o| o.id).collect();
+    assert_eq!(listed, [middle.id, late.id], "an ended hold is no longer listed");
+}
+
 /// One test per contract function and backend.
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
@@ -419,6 +513,9 @@ contract!(
     a_batch_refuses_per_order_and_keeps_the_rest,
     orders_are_found_by_buyer_sale_and_key,
     each_build_of_a_sale_takes_the_next_generation,
+    a_hold_ends_once_and_only_as_the_rules_allow,
+    the_holds_of_an_ended_sale_return_their_units_to_the_product,
+    holds_are_listed_earliest_deadline_first,
 );
 
 // ---- embedded only ---------------------------------------------------------------------------

@@ -92,6 +92,7 @@ pub async fn create_sale(session: &Session, spec: &SaleSpec, tag: &str) -> anyho
                     seconds: end.as_secs() as i64,
                     nanos: end.subsec_nanos() as i32,
                 }),
+                ..Default::default()
             },
             &session.admin,
         ))

@@ -31,8 +31,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    OrderStatus, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, ProductId, ProductRecord, Role, SaleId,
-    SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId, UserRecord,
+    DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, OrderStatus, ProductId, ProductRecord,
+    Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId, UserRecord,
 };
 use crate::store::StoreError;
 

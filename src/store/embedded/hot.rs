@@ -100,7 +100,8 @@ impl SaleState {
         let handover = hand_over(&mut self.line, self.spare + units, outstanding, self.status);
         self.spare = handover.spare;
         self.remaining += handover.to_sale;
-        let mut handed = Handed { dropped: handover.dropped.into_iter().map(|e| e.buyer_id).collect(), ..Handed::default() };
+        let mut handed =
+            Handed { dropped: handover.dropped.into_iter().map(|e| e.buyer_id).collect(), ..Handed::default() };
         for entry in handover.served {
             let order = entry.served(&self.id, &self.rules, now);
             self.in_flight += i64::from(order.quantity);
@@ -125,7 +126,11 @@ impl SaleState {
 
     fn place(&self, buyer: &UserId) -> Option<WaitlistPlace> {
         let at = self.line.iter().position(|e| e.buyer_id == *buyer)?;
-        Some(WaitlistPlace { position: at as u64 + 1, quantity: self.line[at].quantity, length: self.line.len() as u64 })
+        Some(WaitlistPlace {
+            position: at as u64 + 1,
+            quantity: self.line[at].quantity,
+            length: self.line.len() as u64,
+        })
     }
 }
 
@@ -133,7 +138,8 @@ impl SaleState {
 impl HotStore for MemoryHot {
     async fn load_sale(&self, sale: &SaleRecord, orders: &[OrderRecord]) -> Result<(), HotError> {
         let tally = tally(orders);
-        let holds = orders.iter().filter(|o| o.status == OrderStatus::Held).map(|o| (o.id.clone(), o.clone())).collect();
+        let holds =
+            orders.iter().filter(|o| o.status == OrderStatus::Held).map(|o| (o.id.clone(), o.clone())).collect();
         let keys = orders
             .iter()
             .map(|o| {

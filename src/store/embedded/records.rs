@@ -23,8 +23,9 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use super::format::Stored;
 use crate::domain::{
-    ended_hold, hold_counters, judge_hold, HoldEnd, OrderStatus, judge_order, CommitOutcome, Email, EndReason, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord,
-    SaleId, SaleRecord, SaleStatus, UnixMillis, UserId, UserRecord,
+    ended_hold, hold_counters, judge_hold, judge_order, CommitOutcome, Email, EndReason, HoldEnd, IdempotencyKey,
+    OrderId, OrderRecord, OrderStatus, ProductId, ProductRecord, SaleId, SaleRecord, SaleStatus, UnixMillis, UserId,
+    UserRecord,
 };
 use crate::store::{HoldOutcome, RecordStore, StoreError};
 

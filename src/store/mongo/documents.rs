@@ -15,8 +15,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    OrderStatus, Currency, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, ProductId, ProductRecord,
-    Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId, UserRecord,
+    Currency, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, OrderStatus, ProductId,
+    ProductRecord, Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId, UserRecord,
 };
 use crate::store::StoreError;
 
@@ -316,8 +316,10 @@ mod tests {
                 start: UnixMillis(1_700_000_000_000),
                 end: UnixMillis(1_700_000_060_000),
                 unit_price: Money::parse(1999, "EUR").unwrap(),
+                hold_seconds: 0,
             },
             sold: 3,
+            held: 0,
             status: SaleStatus::Ended,
             end_reason: Some(EndReason::SoldOut),
             ended_at: Some(UnixMillis(1_700_000_001_000)),

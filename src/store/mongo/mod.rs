@@ -42,8 +42,9 @@ use mongodb::{Client, ClientSession, Collection, Database, SessionCursor};
 use serde::de::DeserializeOwned;
 
 use crate::domain::{
-    ended_hold, hold_counters, judge_hold, HoldEnd, OrderStatus, judge_order, CommitOutcome, Email, EndReason, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord,
-    SaleId, SaleRecord, SaleStatus, UnixMillis, UserId, UserRecord,
+    ended_hold, hold_counters, judge_hold, judge_order, CommitOutcome, Email, EndReason, HoldEnd, IdempotencyKey,
+    OrderId, OrderRecord, OrderStatus, ProductId, ProductRecord, SaleId, SaleRecord, SaleStatus, UnixMillis, UserId,
+    UserRecord,
 };
 use crate::retry;
 use crate::store::{HoldOutcome, RecordStore, StoreError};
@@ -278,7 +279,10 @@ impl MongoRecords {
         let (sold, held) = hold_counters(end, order.quantity);
         let sale = self
             .sales
-            .find_one_and_update(doc! { "_id": order.sale_id.as_str() }, doc! { "$inc": { "sold": sold, "held": held } })
+            .find_one_and_update(
+                doc! { "_id": order.sale_id.as_str() },
+                doc! { "$inc": { "sold": sold, "held": held } },
+            )
             .return_document(ReturnDocument::After)
             .session(&mut *s)
             .await?;

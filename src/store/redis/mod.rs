@@ -65,8 +65,8 @@ pub use changes::{change_listener, spawn_change_listener};
 use keys::{board_member, key_field, open_sales_key, parse_board_member, SaleKeys};
 use order::{StoredEntry, StoredOrder};
 use replies::{
-    array, expect_ok, int, item, join_refusal, malformed, money, optional_text, parse_reason, parse_status, reason_code,
-    reserve_refusal, text, unavailable, Meta, RULE_FIELDS, VIEW_FIELDS,
+    array, expect_ok, int, item, join_refusal, malformed, money, optional_text, parse_reason, parse_status,
+    reason_code, reserve_refusal, text, unavailable, Meta, RULE_FIELDS, VIEW_FIELDS,
 };
 
 /// The layout of a sale's keys this code writes (`format` in its meta): the table above, the
@@ -137,7 +137,10 @@ fn handed(reply: &[Value], sale: &SaleId) -> Result<Handed, HotError> {
         _ => return Ok(Handed::default()),
     };
     let dropped = match reply.get(3) {
-        Some(Value::Array(dropped)) => dropped.iter().map(|v| UserId::parse(&text(v)?).map_err(|e| malformed(e.to_string()))).collect::<Result<_, _>>()?,
+        Some(Value::Array(dropped)) => dropped
+            .iter()
+            .map(|v| UserId::parse(&text(v)?).map_err(|e| malformed(e.to_string())))
+            .collect::<Result<_, _>>()?,
         _ => Vec::new(),
     };
     let served = if served.is_empty() {
@@ -307,7 +310,13 @@ impl HotStore for RedisHot {
         ];
         let keys = self.keys(&sale.id);
         let mut invocation = keys.invoke(&SCRIPTS.load_sale);
-        invocation.arg(&keys.channel).arg(meta.len()).arg(units.len()).arg(orders.len()).arg(board.len()).arg(holds.len());
+        invocation
+            .arg(&keys.channel)
+            .arg(meta.len())
+            .arg(units.len())
+            .arg(orders.len())
+            .arg(board.len())
+            .arg(holds.len());
         for (field, value) in &meta {
             invocation.arg(*field).arg(value);
         }
@@ -443,8 +452,7 @@ impl HotStore for RedisHot {
         if reply.is_empty() {
             return Ok(None);
         }
-        let [meta, buyers, top, names, line] =
-            <[Value; 5]>::try_from(reply).map_err(|_| malformed("view reply"))?;
+        let [meta, buyers, top, names, line] = <[Value; 5]>::try_from(reply).map_err(|_| malformed("view reply"))?;
         let meta_values = array(meta)?;
         let meta = Meta::new(&VIEW_FIELDS, &meta_values)?;
         // Absent: built before the format was named, the same layout.
@@ -599,8 +607,7 @@ impl HotStore for RedisHot {
         struct Quantity {
             quantity: u32,
         }
-        let wanted: Quantity =
-            serde_json::from_str(&entry).map_err(|e| malformed(format!("a waitlist entry: {e}")))?;
+        let wanted: Quantity = serde_json::from_str(&entry).map_err(|e| malformed(format!("a waitlist entry: {e}")))?;
         Ok(Some(WaitlistPlace { position: rank + 1, quantity: wanted.quantity, length }))
     }
 }

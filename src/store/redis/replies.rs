@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use ::redis::{RedisError, Value};
 
 use crate::domain::{
-    check_join, LineSnapshot, check_purchase, BuyerSnapshot, EndReason, Money, PurchaseRefusal, SaleRules, SaleStatus, UnixMillis,
+    check_join, check_purchase, BuyerSnapshot, EndReason, LineSnapshot, Money, PurchaseRefusal, SaleRules, SaleStatus,
+    UnixMillis,
 };
 use crate::store::{HotError, ReserveRequest};
 
@@ -266,9 +267,9 @@ impl<'a> Meta<'a> {
             end: UnixMillis(self.int("end")?),
             unit_price: money(self.value("price")?, self.value("currency")?)?,
             // Absent in sales loaded before holds existed: none.
-            hold_seconds: self.optional_int("hold_seconds")?.map_or(Ok(0), |n| {
-                u32::try_from(n).map_err(|_| malformed("hold_seconds out of range"))
-            })?,
+            hold_seconds: self
+                .optional_int("hold_seconds")?
+                .map_or(Ok(0), |n| u32::try_from(n).map_err(|_| malformed("hold_seconds out of range")))?,
         })
     }
 
