@@ -10,6 +10,7 @@ mod feeds;
 mod gates;
 mod grpcurl;
 mod helpers;
+mod holds;
 mod hot_contract;
 mod idempotency;
 mod lifecycle;
