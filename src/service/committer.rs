@@ -3,7 +3,9 @@
 //! A purchase is acknowledged only when its order's outcome comes back.
 //!
 //! Sale ends go through the same queue, so every order reserved before an end is committed
-//! before the end computes the unsold units.
+//! before the end computes the unsold units. So do the ends of holds (payments, cancels,
+//! expiries): each batch of them is one record transaction too, so a burst of payments or
+//! expiries does not queue one transaction per hold on its sale's counters.
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::domain::{CommitOutcome, EndReason, OrderRecord, SaleId, SaleRecord, UnixMillis};
-use crate::store::{RecordStore, StoreError};
+use crate::store::{HoldChange, HoldOutcome, RecordStore, StoreError};
 
 /// Most orders in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -25,6 +27,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Job {
     Order(OrderRecord, Reply<CommitOutcome>),
+    EndHold(HoldChange, Reply<Option<HoldOutcome>>),
     EndSale { sale: SaleId, reason: EndReason, at: UnixMillis, reply: Reply<(SaleRecord, bool)> },
 }
 
@@ -65,6 +68,13 @@ impl Committer {
         outcome.await.map_err(|_| stopped())?
     }
 
+    /// Ends a hold together with whatever else is waiting; `None` when there is no such order.
+    pub(super) async fn end_hold(&self, change: HoldChange) -> Result<Option<HoldOutcome>, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.jobs.send(Job::EndHold(change, reply)).await.map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+
     /// Ends a sale after every order queued before it.
     pub(super) async fn end_sale(
         &self,
@@ -82,6 +92,8 @@ async fn write_loop(records: Arc<dyn RecordStore>, mut queue: mpsc::Receiver<Job
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     let mut orders = Vec::with_capacity(MAX_BATCH);
     let mut replies = Vec::with_capacity(MAX_BATCH);
+    let mut holds = Vec::new();
+    let mut hold_replies = Vec::new();
     loop {
         let received = tokio::select! {
             received = queue.recv_many(&mut jobs, MAX_BATCH) => received,
@@ -100,15 +112,47 @@ async fn write_loop(records: Arc<dyn RecordStore>, mut queue: mpsc::Receiver<Job
                     orders.push(order);
                     replies.push(reply);
                 }
+                Job::EndHold(change, reply) => {
+                    holds.push(change);
+                    hold_replies.push(reply);
+                }
                 Job::EndSale { sale, reason, at, reply } => {
                     flush(&*records, &mut orders, &mut replies).await;
+                    flush_holds(&*records, &mut holds, &mut hold_replies).await;
                     // The caller may have gone (client cancelled): nothing to tell then.
                     let _ = reply.send(records.end_sale(&sale, reason, at).await);
                 }
             }
         }
         flush(&*records, &mut orders, &mut replies).await;
+        flush_holds(&*records, &mut holds, &mut hold_replies).await;
     }
+}
+
+async fn flush_holds(
+    records: &dyn RecordStore,
+    holds: &mut Vec<HoldChange>,
+    replies: &mut Vec<Reply<Option<HoldOutcome>>>,
+) {
+    if holds.is_empty() {
+        return;
+    }
+    metrics::histogram!("flashsale_commit_batch_hold_ends").record(holds.len() as f64);
+    match records.end_holds(holds).await {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.drain(..).zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(error) => {
+            tracing::error!(error = ?error, holds = holds.len(), "a batch of hold ends failed; nothing of it was written");
+            let shared = Arc::new(error);
+            for reply in replies.drain(..) {
+                let _ = reply.send(Err(StoreError::Unavailable(Box::new(SharedError(shared.clone())))));
+            }
+        }
+    }
+    holds.clear();
 }
 
 async fn flush(records: &dyn RecordStore, orders: &mut Vec<OrderRecord>, replies: &mut Vec<Reply<CommitOutcome>>) {

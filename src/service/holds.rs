@@ -18,7 +18,7 @@ use crate::auth::Caller;
 use crate::domain::{
     HoldEnd, HoldRefusal, OrderId, OrderRecord, OrderStatus, Role, SaleId, UnixMillis, WaitlistEntry, WaitlistPlace,
 };
-use crate::store::{Handed, HotError, JoinRequest, StoreError};
+use crate::store::{Handed, HoldChange, HotError, JoinRequest};
 
 use super::{App, ServiceError};
 
@@ -46,7 +46,17 @@ impl App {
         let app = self.clone();
         self.detached(async move {
             let now = app.clock.now();
-            match app.end_hold(&order.id, HoldEnd::Confirm, now, Some(&reference)).await? {
+            let mut outcome = app.end_hold(&order.id, HoldEnd::Confirm, now, Some(&reference)).await?;
+            if let Err((HoldRefusal::Expired, _)) = outcome {
+                // Past its deadline, not expired yet (the timer runs behind by moments): expire it
+                // now, so the payer's answer and the units agree at once. If another call ended it
+                // meanwhile (a payment judged a moment earlier), the answer is what it is now.
+                outcome = match app.end_hold(&order.id, HoldEnd::Expire, now, None).await? {
+                    Ok(expired) => Err((HoldRefusal::NotHeld(OrderStatus::Expired), expired)),
+                    other => other,
+                };
+            }
+            match outcome {
                 Ok(order) => Ok(HoldAnswer { order, replayed: false }),
                 Err((HoldRefusal::NotHeld(OrderStatus::Confirmed), order))
                     if order.payment_reference.as_deref() == Some(reference.as_str()) =>
@@ -57,18 +67,7 @@ impl App {
                     Err(ServiceError::HoldExpired(Box::new(order)))
                 }
                 Err((HoldRefusal::NotHeld(status), _)) => Err(ServiceError::OrderNotHeld(status)),
-                Err((HoldRefusal::Expired, _)) => {
-                    // Past its deadline, not expired yet (the timer runs behind by moments): expire
-                    // it now, so the buyer's answer and the units agree at once.
-                    match app.end_hold(&order.id, HoldEnd::Expire, now, None).await? {
-                        Ok(expired) => Err(ServiceError::HoldExpired(Box::new(expired))),
-                        Err((_, current)) if current.status == OrderStatus::Expired => {
-                            Err(ServiceError::HoldExpired(Box::new(current)))
-                        }
-                        Err((_, current)) => Err(ServiceError::OrderNotHeld(current.status)),
-                    }
-                }
-                Err((HoldRefusal::NotDue, _)) => Err(ServiceError::Internal("a confirm judged as an expiry".into())),
+                Err((refusal, _)) => Err(ServiceError::Internal(Box::new(refusal))),
             }
         })
         .await
@@ -112,10 +111,8 @@ impl App {
         at: UnixMillis,
         reference: Option<&str>,
     ) -> Result<crate::store::HoldOutcome, ServiceError> {
-        let outcome = match self.records.end_hold(id, end, at, reference).await {
-            Err(StoreError::NotFound) => return Err(ServiceError::OrderNotFound),
-            other => other?,
-        };
+        let change = HoldChange { id: id.clone(), end, at, reference: reference.map(str::to_owned) };
+        let outcome = self.committer.end_hold(change).await?.ok_or(ServiceError::OrderNotFound)?;
         if let Ok(ended) = &outcome {
             metrics::counter!("flashsale_holds_ended_total", "outcome" => ended.status.as_str()).increment(1);
             if let Err(error) = self.settle_hold(ended).await {

@@ -29,6 +29,19 @@ use crate::domain::{
 /// with the order as it stands.
 pub type HoldOutcome = Result<OrderRecord, (HoldRefusal, OrderRecord)>;
 
+/// One hold to end (`RecordStore::end_holds`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldChange {
+    /// The order.
+    pub id: OrderId,
+    /// How it ends.
+    pub end: HoldEnd,
+    /// When (the domain's `judge_hold` decides with it).
+    pub at: UnixMillis,
+    /// A confirm's payment reference.
+    pub reference: Option<String>,
+}
+
 /// `uri` with any `user:password@` replaced by `***@`, for messages and logs (Redis and
 /// MongoDB URIs alike; only the authority is looked at, so a password holding '@' or a path
 /// holding '@' shows nothing it should not).
@@ -127,18 +140,27 @@ pub trait RecordStore: Send + Sync + 'static {
         key: &IdempotencyKey,
     ) -> Result<Option<OrderRecord>, StoreError>;
 
-    /// Ends a HELD order as `end` asks, if the domain's `judge_hold` allows it at `at`, in one
-    /// transaction with its sale's counters (`held` down; `sold` down too when the units go
-    /// back) and, when the sale has ended, the product's inventory (given-back units return to
-    /// it then). Conditional on the order still being HELD, so of several nodes or racing
-    /// calls exactly one ends a hold. `NotFound` when there is no such order.
+    /// Ends HELD orders as each change asks, where the domain's `judge_hold` allows it, in one
+    /// transaction with their sales' counters (`held` down; `sold` down too when the units go
+    /// back) and, for a sale that has ended, the product's inventory (given-back units return
+    /// to it then). In batch order: a later change of the same order sees the earlier one.
+    /// Conditional on each order still being HELD when written, so of several nodes or racing
+    /// calls exactly one ends a hold. `None` for an order that does not exist. Hold ends go
+    /// through the group committer like orders: a burst of payments or expiries is a few
+    /// transactions, not one per hold contending for the same sale.
+    async fn end_holds(&self, batch: &[HoldChange]) -> Result<Vec<Option<HoldOutcome>>, StoreError>;
+
+    /// [`RecordStore::end_holds`] of one change; `NotFound` when there is no such order.
     async fn end_hold(
         &self,
         id: &OrderId,
         end: HoldEnd,
         at: UnixMillis,
         reference: Option<&str>,
-    ) -> Result<HoldOutcome, StoreError>;
+    ) -> Result<HoldOutcome, StoreError> {
+        let change = HoldChange { id: id.clone(), end, at, reference: reference.map(str::to_owned) };
+        self.end_holds(&[change]).await?.pop().flatten().ok_or(StoreError::NotFound)
+    }
     /// HELD orders of every sale, earliest deadline first, at most `limit` (the expiry timer).
     async fn earliest_holds(&self, limit: usize) -> Result<Vec<OrderRecord>, StoreError>;
 }

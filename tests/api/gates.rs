@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use flashsale::backends::Backends;
 use flashsale::domain::{
-    CommitOutcome, Email, EndReason, HoldEnd, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord, SaleId,
+    CommitOutcome, Email, EndReason, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord, SaleId,
     SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, UserRecord, WaitlistPlace,
 };
 use flashsale::store::{
-    Confirmed, Handed, HoldOutcome, HoldSettled, HotError, HotStore, JoinRequest, RecordStore, Reservation,
+    Confirmed, Handed, HoldChange, HoldOutcome, HoldSettled, HotError, HotStore, JoinRequest, RecordStore, Reservation,
     ReserveRequest, Settled, StoreError,
 };
 use tokio::sync::oneshot;
@@ -179,14 +179,8 @@ impl RecordStore for GatedRecords {
     ) -> Result<Option<OrderRecord>, StoreError> {
         self.inner.order_by_key(buyer, sale, key).await
     }
-    async fn end_hold(
-        &self,
-        id: &OrderId,
-        end: HoldEnd,
-        at: UnixMillis,
-        reference: Option<&str>,
-    ) -> Result<HoldOutcome, StoreError> {
-        self.inner.end_hold(id, end, at, reference).await
+    async fn end_holds(&self, batch: &[HoldChange]) -> Result<Vec<Option<HoldOutcome>>, StoreError> {
+        self.inner.end_holds(batch).await
     }
     async fn earliest_holds(&self, limit: usize) -> Result<Vec<OrderRecord>, StoreError> {
         self.inner.earliest_holds(limit).await

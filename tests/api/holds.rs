@@ -46,7 +46,12 @@ impl TestApp {
         order
     }
 
-    async fn confirm(&self, token: &str, order_id: &str, reference: &str) -> Result<pb::ConfirmOrderResponse, tonic::Status> {
+    async fn confirm(
+        &self,
+        token: &str,
+        order_id: &str,
+        reference: &str,
+    ) -> Result<pb::ConfirmOrderResponse, tonic::Status> {
         self.purchase()
             .confirm_order(authed(
                 pb::ConfirmOrderRequest { order_id: order_id.into(), payment_reference: reference.into() },
@@ -91,7 +96,11 @@ impl TestApp {
     async fn payments_token(&self) -> String {
         self.admin()
             .issue_service_token(authed(
-                pb::IssueServiceTokenRequest { role: pb::Role::Payments.into(), name: "payments-webhook".into(), ttl_seconds: 600 },
+                pb::IssueServiceTokenRequest {
+                    role: pb::Role::Payments.into(),
+                    name: "payments-webhook".into(),
+                    ttl_seconds: 600,
+                },
                 &self.admin_token(),
             ))
             .await
@@ -239,10 +248,19 @@ async fn confirms_racing_the_expiry_end_each_hold_once() {
             let (app_channel, id) = (app.purchase(), order.id.clone());
             calls.spawn(async move {
                 let mut client = app_channel;
-                let answer = client
-                    .confirm_order(authed(pb::ConfirmOrderRequest { order_id: id.clone(), payment_reference: format!("pay-{i}") }, &payer))
-                    .await;
-                (id, answer.map(|r| r.into_inner().order.unwrap().status()).map_err(|s| crate::helpers::reason(&s)))
+                // As a payment webhook does: UNAVAILABLE (the outcome is not known) is retried
+                // with the same reference until the answer is definite.
+                for _ in 0..20 {
+                    let request =
+                        pb::ConfirmOrderRequest { order_id: id.clone(), payment_reference: format!("pay-{i}") };
+                    let answer = client.confirm_order(authed(request, &payer)).await;
+                    match answer.map(|r| r.into_inner().order.unwrap().status()).map_err(|s| crate::helpers::reason(&s))
+                    {
+                        Err(reason) if reason == "BACKEND_UNAVAILABLE" => continue,
+                        answer => return (id, answer),
+                    }
+                }
+                panic!("the confirm of {id} stayed unavailable");
             });
         }
     }

@@ -114,10 +114,13 @@ impl MongoTestServer {
     }
 
     /// A URI for the driver. The pool is larger than the driver's default because this server
-    /// makes a transaction wait for its turn while holding a connection.
+    /// makes a transaction wait for its turn while holding a connection, and makes a plain read
+    /// wait while a transaction is open (a real server does neither): with as many reads in
+    /// flight as the pool has connections, the open transaction's next command would find no
+    /// connection and nothing would move. Tests put up to a few hundred calls in flight at once.
     pub fn uri(&self) -> String {
         format!(
-            "mongodb://127.0.0.1:{}/?replicaSet={REPLICA_SET}&maxPoolSize=64&serverSelectionTimeoutMS=2000",
+            "mongodb://127.0.0.1:{}/?replicaSet={REPLICA_SET}&maxPoolSize=512&serverSelectionTimeoutMS=2000",
             self.port
         )
     }

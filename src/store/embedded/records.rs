@@ -23,11 +23,10 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use super::format::Stored;
 use crate::domain::{
-    ended_hold, hold_counters, judge_hold, judge_order, CommitOutcome, Email, EndReason, HoldEnd, IdempotencyKey,
-    OrderId, OrderRecord, OrderStatus, ProductId, ProductRecord, SaleId, SaleRecord, SaleStatus, UnixMillis, UserId,
-    UserRecord,
+    ended_hold, hold_counters, judge_hold, judge_order, CommitOutcome, Email, EndReason, IdempotencyKey, OrderId,
+    OrderRecord, OrderStatus, ProductId, ProductRecord, SaleId, SaleRecord, SaleStatus, UnixMillis, UserId, UserRecord,
 };
-use crate::store::{HoldOutcome, RecordStore, StoreError};
+use crate::store::{HoldChange, HoldOutcome, RecordStore, StoreError};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const USERS_BY_EMAIL: TableDefinition<&str, &str> = TableDefinition::new("users_by_email");
@@ -455,49 +454,55 @@ impl RecordStore for RedbRecords {
         self.get_order(&id).await
     }
 
-    async fn end_hold(
-        &self,
-        id: &OrderId,
-        end: HoldEnd,
-        at: UnixMillis,
-        reference: Option<&str>,
-    ) -> Result<HoldOutcome, StoreError> {
-        let (id, reference) = (id.clone(), reference.map(str::to_owned));
+    async fn end_holds(&self, batch: &[HoldChange]) -> Result<Vec<Option<HoldOutcome>>, StoreError> {
+        let batch = batch.to_vec();
         let (index, order_writer) = (self.index.clone(), self.order_writer.clone());
         self.blocking(move |db| {
-            // One write transaction (redb runs one at a time): the status read here is the one
-            // changed, so a racing confirm and expiry cannot both end the hold.
+            // One write transaction (redb runs one at a time): the status each change reads is
+            // the one it changes, so a racing confirm and expiry cannot both end a hold.
             let _writing = order_writer.lock().unwrap_or_else(|e| e.into_inner());
             let txn = db.begin_write()?;
-            let ended = {
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut ended_ids = Vec::new();
+            {
                 let mut orders = txn.open_table(ORDERS)?;
-                let order: OrderRecord = get(&orders, id.as_str())?.ok_or(StoreError::NotFound)?;
-                if let Err(refusal) = judge_hold(&order, end, at) {
-                    return Ok(Err((refusal, order)));
-                }
-                let ended = ended_hold(&order, end, at, reference.as_deref());
-                orders.insert(id.as_str(), ended.encode()?.as_slice())?;
                 let mut sales = txn.open_table(SALES)?;
-                let mut sale: SaleRecord = get(&sales, order.sale_id.as_str())?.ok_or(StoreError::NotFound)?;
-                let (sold, held) = hold_counters(end, order.quantity);
-                sale.sold += sold;
-                sale.held += held;
-                sales.insert(sale.id.as_str(), sale.encode()?.as_slice())?;
-                if end.gives_back() && sale.status == SaleStatus::Ended {
-                    // The sale gave back its unsold units when it ended; a hold's come back now.
-                    let mut products = txn.open_table(PRODUCTS)?;
-                    let mut product: ProductRecord =
-                        get(&products, sale.product_id.as_str())?.ok_or(StoreError::NotFound)?;
-                    product.inventory += i64::from(order.quantity);
-                    products.insert(product.id.as_str(), product.encode()?.as_slice())?;
+                let mut products = txn.open_table(PRODUCTS)?;
+                for change in &batch {
+                    let Some(order) = get::<OrderRecord>(&orders, change.id.as_str())? else {
+                        outcomes.push(None);
+                        continue;
+                    };
+                    if let Err(refusal) = judge_hold(&order, change.end, change.at) {
+                        outcomes.push(Some(Err((refusal, order))));
+                        continue;
+                    }
+                    let ended = ended_hold(&order, change.end, change.at, change.reference.as_deref());
+                    orders.insert(ended.id.as_str(), ended.encode()?.as_slice())?;
+                    let mut sale: SaleRecord = get(&sales, order.sale_id.as_str())?.ok_or(StoreError::NotFound)?;
+                    let (sold, held) = hold_counters(change.end, order.quantity);
+                    sale.sold += sold;
+                    sale.held += held;
+                    sales.insert(sale.id.as_str(), sale.encode()?.as_slice())?;
+                    if change.end.gives_back() && sale.status == SaleStatus::Ended {
+                        // The sale gave back its unsold units when it ended; a hold's come back now.
+                        let mut product: ProductRecord =
+                            get(&products, sale.product_id.as_str())?.ok_or(StoreError::NotFound)?;
+                        product.inventory += i64::from(order.quantity);
+                        products.insert(product.id.as_str(), product.encode()?.as_slice())?;
+                    }
+                    if let Some(deadline) = ended.expires_at {
+                        ended_ids.push((deadline, ended.id.clone()));
+                    }
+                    outcomes.push(Some(Ok(ended)));
                 }
-                ended
-            };
-            txn.commit()?;
-            if let Some(deadline) = ended.expires_at {
-                index.lock().unwrap_or_else(|e| e.into_inner()).holds.remove(&(deadline, ended.id.clone()));
             }
-            Ok(Ok(ended))
+            txn.commit()?;
+            let mut index = index.lock().unwrap_or_else(|e| e.into_inner());
+            for hold in &ended_ids {
+                index.holds.remove(hold);
+            }
+            Ok(outcomes)
         })
         .await
     }

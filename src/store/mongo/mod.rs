@@ -42,12 +42,11 @@ use mongodb::{Client, ClientSession, Collection, Database, SessionCursor};
 use serde::de::DeserializeOwned;
 
 use crate::domain::{
-    ended_hold, hold_counters, judge_hold, judge_order, CommitOutcome, Email, EndReason, HoldEnd, IdempotencyKey,
-    OrderId, OrderRecord, OrderStatus, ProductId, ProductRecord, SaleId, SaleRecord, SaleStatus, UnixMillis, UserId,
-    UserRecord,
+    ended_hold, hold_counters, judge_hold, judge_order, CommitOutcome, Email, EndReason, IdempotencyKey, OrderId,
+    OrderRecord, OrderStatus, ProductId, ProductRecord, SaleId, SaleRecord, SaleStatus, UnixMillis, UserId, UserRecord,
 };
 use crate::retry;
-use crate::store::{HoldOutcome, RecordStore, StoreError};
+use crate::store::{HoldChange, HoldOutcome, RecordStore, StoreError};
 
 pub use connect::connect;
 use documents::{OrderDoc, ProductDoc, SaleDoc, UserDoc};
@@ -242,68 +241,98 @@ impl MongoRecords {
         Ok(collect(found, s).await?.into_iter().map(|o| (o.buyer_id, o.sale_id, o.idempotency_key)).collect())
     }
 
-    /// One attempt of `end_hold`: the order's status is read and changed inside the
-    /// transaction, conditional on it still being HELD, so of two nodes ending one hold (a
-    /// confirm racing the expiry) one commits and the other reads the outcome again.
-    async fn end_hold_attempt(
+    /// One attempt of `end_holds`: the orders' statuses are read and changed inside the
+    /// transaction, each write conditional on the order still being HELD, so of two nodes
+    /// ending one hold (a payment racing the expiry) one commits and the other reads the
+    /// outcome again. Each touched sale's counters move once, by the batch's sum.
+    async fn end_holds_attempt(
         &self,
         s: &mut ClientSession,
-        id: &OrderId,
-        end: HoldEnd,
-        at: UnixMillis,
-        reference: Option<&str>,
-    ) -> Result<Attempt<HoldOutcome>, MongoError> {
-        let Some(found) = self.orders.find_one(doc! { "_id": id.as_str() }).session(&mut *s).await? else {
-            return Ok(Attempt::Abort(Err(StoreError::NotFound)));
-        };
-        let order = match OrderRecord::try_from(found) {
-            Ok(order) => order,
-            Err(e) => return Ok(Attempt::Abort(Err(e))),
-        };
-        if let Err(refusal) = judge_hold(&order, end, at) {
-            return Ok(Attempt::Abort(Ok(Err((refusal, order)))));
+        batch: &[HoldChange],
+    ) -> Result<Attempt<Vec<Option<HoldOutcome>>>, MongoError> {
+        let ids = distinct(batch.iter().map(|c| c.id.as_str()));
+        let found = self.orders.find(doc! { "_id": { "$in": &ids } }).session(&mut *s).await?;
+        let mut current = HashMap::new();
+        for found in collect(found, s).await? {
+            match OrderRecord::try_from(found) {
+                Ok(order) => current.insert(order.id.as_str().to_owned(), order),
+                Err(e) => return Ok(Attempt::Abort(Err(e))),
+            };
         }
-        let ended = ended_hold(&order, end, at, reference);
-        let mut set = doc! { "status": ended.status.as_str(), "settled_at": at.0 };
-        if let Some(reference) = reference {
-            set.insert("payment_reference", reference);
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut changed = Vec::new();
+        // Per sale: (sold, held, units given back).
+        let mut deltas: HashMap<String, (i64, i64, i64)> = HashMap::new();
+        for change in batch {
+            let Some(order) = current.get(change.id.as_str()) else {
+                outcomes.push(None);
+                continue;
+            };
+            if let Err(refusal) = judge_hold(order, change.end, change.at) {
+                outcomes.push(Some(Err((refusal, order.clone()))));
+                continue;
+            }
+            let ended = ended_hold(order, change.end, change.at, change.reference.as_deref());
+            let (sold, held) = hold_counters(change.end, order.quantity);
+            let delta = deltas.entry(order.sale_id.as_str().to_owned()).or_default();
+            delta.0 += sold;
+            delta.1 += held;
+            if change.end.gives_back() {
+                delta.2 += i64::from(order.quantity);
+            }
+            changed.push(ended.clone());
+            current.insert(ended.id.as_str().to_owned(), ended.clone());
+            outcomes.push(Some(Ok(ended)));
         }
-        let changed = self
-            .orders
-            .update_one(doc! { "_id": id.as_str(), "status": OrderStatus::Held.as_str() }, doc! { "$set": set })
-            .session(&mut *s)
-            .await?;
-        if changed.matched_count == 0 {
-            return Ok(Attempt::Conflict("the hold ended meanwhile"));
+        if changed.is_empty() {
+            return Ok(Attempt::Abort(Ok(outcomes)));
         }
-        let (sold, held) = hold_counters(end, order.quantity);
-        let sale = self
-            .sales
-            .find_one_and_update(
-                doc! { "_id": order.sale_id.as_str() },
-                doc! { "$inc": { "sold": sold, "held": held } },
-            )
-            .return_document(ReturnDocument::After)
-            .session(&mut *s)
-            .await?;
-        let Some(sale) = sale else {
-            return Ok(Attempt::Abort(Err(StoreError::NotFound)));
-        };
-        if end.gives_back() && sale.is_ended() {
-            // The sale gave back its unsold units when it ended; a hold's come back now.
-            let returned = self
-                .products
+        for ended in &changed {
+            let mut set = doc! { "status": ended.status.as_str() };
+            if let Some(at) = ended.settled_at {
+                set.insert("settled_at", at.0);
+            }
+            if let Some(reference) = &ended.payment_reference {
+                set.insert("payment_reference", reference.as_str());
+            }
+            let written = self
+                .orders
                 .update_one(
-                    doc! { "_id": sale.product_id() },
-                    doc! { "$inc": { "inventory": i64::from(order.quantity) } },
+                    doc! { "_id": ended.id.as_str(), "status": OrderStatus::Held.as_str() },
+                    doc! { "$set": set },
                 )
                 .session(&mut *s)
                 .await?;
-            if returned.matched_count == 0 {
-                return Ok(Attempt::Abort(Err(StoreError::NotFound)));
+            if written.matched_count == 0 {
+                return Ok(Attempt::Conflict("a hold ended meanwhile"));
             }
         }
-        Ok(Attempt::Commit(Ok(ended)))
+        for (sale_id, (sold, held, given_back)) in &deltas {
+            let sale = self
+                .sales
+                .find_one_and_update(
+                    doc! { "_id": sale_id.as_str() },
+                    doc! { "$inc": { "sold": *sold, "held": *held } },
+                )
+                .return_document(ReturnDocument::After)
+                .session(&mut *s)
+                .await?;
+            let Some(sale) = sale else {
+                return Ok(Attempt::Abort(Err(StoreError::NotFound)));
+            };
+            if *given_back > 0 && sale.is_ended() {
+                // The sale gave back its unsold units when it ended; its holds' come back now.
+                let returned = self
+                    .products
+                    .update_one(doc! { "_id": sale.product_id() }, doc! { "$inc": { "inventory": *given_back } })
+                    .session(&mut *s)
+                    .await?;
+                if returned.matched_count == 0 {
+                    return Ok(Attempt::Abort(Err(StoreError::NotFound)));
+                }
+            }
+        }
+        Ok(Attempt::Commit(outcomes))
     }
 
     async fn find_orders(&self, filter: Document) -> Result<Vec<OrderRecord>, StoreError> {
@@ -585,33 +614,36 @@ impl RecordStore for MongoRecords {
         find_one(&self.orders, filter).await
     }
 
-    async fn end_hold(
-        &self,
-        id: &OrderId,
-        end: HoldEnd,
-        at: UnixMillis,
-        reference: Option<&str>,
-    ) -> Result<HoldOutcome, StoreError> {
+    async fn end_holds(&self, batch: &[HoldChange]) -> Result<Vec<Option<HoldOutcome>>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let records = self.clone();
-        let (order_id, reference) = (id.clone(), reference.map(str::to_owned));
+        let changes: Arc<[HoldChange]> = batch.into();
         let outcome = self
-            .transaction("end_hold", move |s| {
-                let (records, id, reference) = (records.clone(), order_id.clone(), reference.clone());
-                Box::pin(async move { records.end_hold_attempt(s, &id, end, at, reference.as_deref()).await })
+            .transaction("end_holds", move |s| {
+                let (records, changes) = (records.clone(), changes.clone());
+                Box::pin(async move { records.end_holds_attempt(s, &changes).await })
             })
             .await;
         match outcome {
             Ok(answer) => Ok(answer),
             Err(TxnFailure::Store(e)) => Err(e),
-            Err(TxnFailure::CommitUnknown { answer, error }) => match self.get_order(id).await {
-                // Ours if it ended exactly as asked, at this instant; someone else's otherwise.
-                Ok(Some(order)) if order.status == end.status() && order.settled_at == Some(at) => Ok(answer),
-                Ok(Some(order)) if order.status != OrderStatus::Held => {
-                    Ok(Err((crate::domain::HoldRefusal::NotHeld(order.status), order)))
+            Err(TxnFailure::CommitUnknown { answer, error }) => {
+                // The batch's changes were written all or none: the first it made tells.
+                let Some(probe) = answer.iter().flatten().find_map(|o| o.as_ref().ok()) else {
+                    return Ok(answer);
+                };
+                match self.get_order(&probe.id).await {
+                    Ok(Some(stored)) if stored.status == probe.status && stored.settled_at == probe.settled_at => {
+                        Ok(answer)
+                    }
+                    Ok(_) => {
+                        Err(StoreError::Unavailable(Box::new(NotCommitted { operation: "end_holds", source: error })))
+                    }
+                    Err(check) => Err(unsettled("end_holds", error, check)),
                 }
-                Ok(_) => Err(StoreError::Unavailable(Box::new(NotCommitted { operation: "end_hold", source: error }))),
-                Err(check) => Err(unsettled("end_hold", error, check)),
-            },
+            }
         }
     }
 
