@@ -1395,3 +1395,107 @@ async fn the_first_request_after_a_redis_restart_succeeds() {
     }
     buy(&b.channel, &shop.buyer("after"), &sale.id, 1, "k").await.expect("the first purchase after the restart");
 }
+
+/// Holds expire on both nodes at once (each node's timer sees every hold in the record): each
+/// hold ends once, each freed unit goes to one waiting buyer or back on sale once, and the
+/// sale's units all come back to the product when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_expiring_on_two_nodes_at_once_give_each_unit_back_once() {
+    const UNITS: usize = 12;
+    const WAITERS: usize = 4;
+    let backends = Backends::shared();
+    let nodes = two_nodes(&backends, CALM_RECONCILE).await;
+    let shop = Shop::new();
+    let mut admin = AdminServiceClient::new(nodes[0].channel.clone());
+    let product = admin
+        .create_product(authed(
+            pb::CreateProductRequest {
+                name: "Held sneaker".into(),
+                description: String::new(),
+                initial_inventory: UNITS as i64,
+            },
+            &shop.admin,
+        ))
+        .await
+        .expect("create product")
+        .into_inner();
+    let sale = admin
+        .create_sale(authed(
+            pb::CreateSaleRequest {
+                product_id: product.id.clone(),
+                allocated: UNITS as i64,
+                unit_price: Some(pb::Money { amount_minor: 2500, currency: "EUR".into() }),
+                per_user_limit: 1,
+                max_per_purchase: 1,
+                start_time: None,
+                end_time: Some(timestamp(UnixMillis(SystemClock.now().0 + 3_600_000))),
+                hold_seconds: 2,
+            },
+            &shop.admin,
+        ))
+        .await
+        .expect("create sale")
+        .into_inner();
+    let node = |i: usize| nodes[i % 2].channel.clone();
+    let mut holds = Vec::new();
+    for i in 0..UNITS {
+        let token = shop.buyer(&format!("holder-{i}"));
+        let order = buy(&node(i), &token, &sale.id, 1, "k").await.expect("a hold").order.unwrap();
+        assert_eq!(order.status(), pb::OrderStatus::Held);
+        holds.push((token, order));
+    }
+    let mut waiters = Vec::new();
+    for i in 0..WAITERS {
+        let token = shop.buyer(&format!("waiter-{i}"));
+        let place = PurchaseServiceClient::new(node(i))
+            .join_waitlist(authed(pb::JoinWaitlistRequest { sale_id: sale.id.clone(), quantity: 1 }, &token))
+            .await
+            .expect("join the line")
+            .into_inner()
+            .place
+            .unwrap();
+        assert_eq!(place.position, i as u64 + 1);
+        waiters.push(token);
+    }
+
+    // The first holds expire: every waiter gets exactly one hold, the rest go on sale.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let served = futures::future::join_all(waiters.iter().enumerate().map(|(i, token)| {
+            let channel = node(i + 1);
+            let sale_id = sale.id.clone();
+            async move { my_orders(&channel, token, &sale_id).await }
+        }))
+        .await;
+        if served.iter().all(|orders| !orders.is_empty()) {
+            for orders in &served {
+                assert_eq!(orders.len(), 1, "one hold per waiter: {orders:?}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "the line was not served: {served:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (token, order) in &holds {
+        let mine = my_orders(&node(1), token, &sale.id).await;
+        assert_eq!(mine.len(), 1);
+        assert_eq!((mine[0].id.as_str(), mine[0].status()), (order.id.as_str(), pb::OrderStatus::Expired));
+    }
+
+    // Then the waiters' holds expire too: every unit is back on sale, on both nodes, once.
+    for channel in [&nodes[0].channel, &nodes[1].channel] {
+        let settled = poll_until("every unit back on sale", Duration::from_secs(20), || async {
+            let s = shop.get_sale(channel, &sale.id).await.ok()?;
+            (s.held == 0 && s.remaining == UNITS as i64).then_some(s)
+        })
+        .await;
+        assert_eq!((settled.sold, settled.confirmed, settled.waitlist_length), (0, 0, 0));
+    }
+    let ended = admin
+        .end_sale(authed(pb::EndSaleRequest { sale_id: sale.id.clone() }, &shop.admin))
+        .await
+        .expect("end the sale")
+        .into_inner();
+    assert_eq!(ended.remaining, UNITS as i64);
+    assert_eq!(shop.product(&nodes[1].channel, &product.id).await.inventory, UNITS as i64, "each unit returned once");
+}
