@@ -21,6 +21,14 @@ Command line (`--server`/FLASHSALE_SERVER, `--token`/FLASHSALE_TOKEN):
     python flashsale_client.py buy SALE 2                       # prints the order
     python flashsale_client.py orders [SALE]
 
+Sales with holds (a purchase is HELD until paid) and their waitlist:
+
+    python flashsale_client.py pay ORDER [--reference REF]      # HELD -> CONFIRMED
+    python flashsale_client.py cancel ORDER                     # HELD -> CANCELLED
+    python flashsale_client.py join SALE 1                      # wait for units given back
+    python flashsale_client.py leave SALE
+    python flashsale_client.py follow SALE                      # my orders and place, live
+
 Errors are printed with their machine-readable reason (google.rpc.ErrorInfo, decoded from the
 `grpc-status-details-bin` trailer) and exit with status 1.
 """
@@ -33,6 +41,7 @@ import os
 import sys
 import time
 import uuid
+from datetime import datetime, timezone
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -219,6 +228,39 @@ class Client:
                     raise
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    def pay(self, order_id: str, payment_reference: str) -> purchase_pb2.ConfirmOrderResponse:
+        """Confirms a HELD order before its `expires_at` (as its buyer, or with a payments
+        token). The same reference again answers the order with `replayed`; after the deadline
+        it fails with HOLD_EXPIRED."""
+        request = purchase_pb2.ConfirmOrderRequest(order_id=order_id, payment_reference=payment_reference)
+        return self._call(self.purchases.ConfirmOrder, request)
+
+    def cancel(self, order_id: str) -> purchase_pb2.CancelOrderResponse:
+        """Cancels a HELD order; its units go back (to the waitlist first)."""
+        return self._call(self.purchases.CancelOrder, purchase_pb2.CancelOrderRequest(order_id=order_id))
+
+    def join_waitlist(self, sale_id: str, quantity: int) -> common_pb2.WaitlistPlace:
+        """Waits in the sale's line for units given back; joining again keeps the place."""
+        request = purchase_pb2.JoinWaitlistRequest(sale_id=sale_id, quantity=quantity)
+        return self._call(self.purchases.JoinWaitlist, request).place
+
+    def leave_waitlist(self, sale_id: str) -> bool:
+        """Leaves the sale's line; False when not in it."""
+        return self._call(self.purchases.LeaveWaitlist, purchase_pb2.LeaveWaitlistRequest(sale_id=sale_id)).left
+
+    def watch_my_orders(self, sale_id: str) -> Iterator[purchase_pb2.MyOrdersUpdate]:
+        """The caller's orders in the sale and place in its line: at once, then on each change.
+        Ends after the update with `last` set (the sale ended, nothing of the caller's held)."""
+        stream = self.purchases.WatchMyOrders(
+            purchase_pb2.WatchMyOrdersRequest(sale_id=sale_id), metadata=self.metadata()
+        )
+        try:
+            yield from stream
+        except grpc.RpcError as error:
+            raise FlashsaleError.from_rpc_error(error) from error
+        finally:
+            stream.cancel()
+
     def orders(self, sale_id: str = "") -> list[common_pb2.Order]:
         """The caller's orders, oldest first; only those of `sale_id` when given."""
         request = purchase_pb2.ListMyOrdersRequest(sale_id=sale_id)
@@ -260,12 +302,24 @@ def format_snapshot(snapshot: feeds_pb2.SaleSnapshot) -> str:
     )
 
 
-def format_order(order: common_pb2.Order) -> str:
-    """One line: id, quantity, unit price, total, key."""
+def format_order(order: common_pb2.Order, now: datetime | None = None) -> str:
+    """One line: id, status, quantity, unit price, total, key; a held order's time left."""
+    status = common_pb2.OrderStatus.Name(order.status).removeprefix("ORDER_STATUS_")
+    if order.status == common_pb2.ORDER_STATUS_HELD and order.HasField("expires_at"):
+        left = order.expires_at.ToDatetime(tzinfo=timezone.utc) - (now or datetime.now(timezone.utc))
+        status += f", pay within {max(0, int(left.total_seconds()))} s"
+    elif order.payment_reference:
+        status += f", paid {order.payment_reference}"
     return (
-        f"order {order.id}: {order.quantity} x {format_money(order.unit_price)} = "
+        f"order {order.id} [{status}]: {order.quantity} x {format_money(order.unit_price)} = "
         f"{format_money(order.total)} (sale {order.sale_id}, key {order.idempotency_key})"
     )
+
+
+def format_place(place: common_pb2.WaitlistPlace) -> str:
+    """E.g. "in line: 3 of 7, for 1 unit"."""
+    units = "unit" if place.quantity == 1 else "units"
+    return f"in line: {place.position} of {place.length}, for {place.quantity} {units}"
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -313,6 +367,24 @@ def main(argv: list[str] | None = None) -> int:
     orders = commands.add_parser("orders", help="list my orders")
     orders.add_argument("sale_id", nargs="?", default="")
 
+    pay = commands.add_parser("pay", help="confirm a held order (payment); prints the order")
+    pay.add_argument("order_id")
+    pay.add_argument("--reference", default="test-payment",
+                     help="the payment's reference (default %(default)s); the same one retries safely")
+
+    cancel = commands.add_parser("cancel", help="cancel a held order; prints the order")
+    cancel.add_argument("order_id")
+
+    join = commands.add_parser("join", help="wait in the sale's line for units given back")
+    join.add_argument("sale_id")
+    join.add_argument("quantity", type=int)
+
+    leave = commands.add_parser("leave", help="leave the sale's line")
+    leave.add_argument("sale_id")
+
+    follow = commands.add_parser("follow", help="print my orders and place in a sale as they change")
+    follow.add_argument("sale_id")
+
     args = parser.parse_args(argv)
     with Client(args.server, args.token) as client:
         try:
@@ -330,6 +402,25 @@ def main(argv: list[str] | None = None) -> int:
             elif args.command == "orders":
                 for order in client.orders(args.sale_id):
                     print(format_order(order))
+            elif args.command == "pay":
+                response = client.pay(args.order_id, args.reference)
+                print(format_order(response.order) + (" (replayed)" if response.replayed else ""))
+            elif args.command == "cancel":
+                response = client.cancel(args.order_id)
+                print(format_order(response.order) + (" (replayed)" if response.replayed else ""))
+            elif args.command == "join":
+                print(format_place(client.join_waitlist(args.sale_id, args.quantity)))
+            elif args.command == "leave":
+                print("left the line" if client.leave_waitlist(args.sale_id) else "was not in line")
+            elif args.command == "follow":
+                for update in client.watch_my_orders(args.sale_id):
+                    now = update.server_time.ToDatetime(tzinfo=timezone.utc)
+                    lines = [format_order(o, now) for o in update.orders]
+                    if update.HasField("waitlist"):
+                        lines.append(format_place(update.waitlist))
+                    if update.last:
+                        lines.append("the sale ended; nothing is held any more")
+                    print("\n".join(lines or ["no orders, not in line"]), end="\n\n", flush=True)
         except FlashsaleError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1

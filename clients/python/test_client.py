@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 import generate
-from flashsale_client import Client, FlashsaleError, format_snapshot
+from flashsale_client import Client, FlashsaleError, format_order, format_place, format_snapshot
 from flashsale_server import running_server
 from flashsale.v1 import admin_pb2, common_pb2
 
@@ -24,7 +24,7 @@ PASSWORD = "correct horse battery"
 WAIT_SECS = 15
 
 
-def new_sale(server, *, allocated=10, per_user_limit=3, max_per_purchase=2, price=1999):
+def new_sale(server, *, allocated=10, per_user_limit=3, max_per_purchase=2, price=1999, hold_seconds=0):
     """An ACTIVE sale of a new product, made with an admin token; returns its id."""
     with Client(server.addr, server.token("admin")) as admin:
         product = admin.admin.CreateProduct(
@@ -37,6 +37,7 @@ def new_sale(server, *, allocated=10, per_user_limit=3, max_per_purchase=2, pric
             unit_price=common_pb2.Money(amount_minor=price, currency="USD"),
             per_user_limit=per_user_limit,
             max_per_purchase=max_per_purchase,
+            hold_seconds=hold_seconds,
         )
         request.end_time.FromDatetime(datetime.now(timezone.utc) + timedelta(hours=1))
         sale = admin.admin.CreateSale(request, metadata=admin.metadata(), timeout=10)
@@ -294,6 +295,62 @@ def test_the_command_line(server):
         guard.cancel()
         watch.kill()
         watch.wait()
+
+
+def test_a_hold_is_paid_or_cancelled_and_the_line_is_served(server):
+    sale_id = new_sale(server, allocated=1, per_user_limit=1, max_per_purchase=1, hold_seconds=600)
+    with Client(server.addr, server.token("buyer", "py-ann", "Ann")) as ann, \
+            Client(server.addr, server.token("buyer", "py-cy", "Cy")) as cy:
+        held = ann.buy(sale_id, 1).order
+        assert held.status == common_pb2.ORDER_STATUS_HELD and held.HasField("expires_at")
+        assert "pay within" in format_order(held)
+
+        # Nothing left, one unit held: Cy waits in line.
+        place = cy.join_waitlist(sale_id, 1)
+        assert (place.position, place.quantity, place.length) == (1, 1, 1)
+        assert format_place(place) == "in line: 1 of 1, for 1 unit"
+        updates = cy.watch_my_orders(sale_id)
+        first = next(updates)
+        assert list(first.orders) == [] and first.waitlist.position == 1
+
+        # Ann cancels: the unit goes to Cy as a hold, which Cy pays.
+        cancelled = ann.cancel(held.id)
+        assert cancelled.order.status == common_pb2.ORDER_STATUS_CANCELLED
+        served = next(u for u in updates if u.orders)
+        assert served.orders[0].status == common_pb2.ORDER_STATUS_HELD
+        assert not served.HasField("waitlist")
+        paid = cy.pay(served.orders[0].id, "psp-42")
+        assert paid.order.status == common_pb2.ORDER_STATUS_CONFIRMED
+        assert paid.order.payment_reference == "psp-42"
+        assert cy.pay(served.orders[0].id, "psp-42").replayed
+
+        # Every unit paid: the sale sold out, and the stream's last update says so.
+        last = next(u for u in updates if u.last)
+        assert last.sale_status == common_pb2.SALE_STATUS_ENDED
+        with pytest.raises(FlashsaleError) as refused:
+            ann.pay(held.id, "late")
+        assert refused.value.reason == "ORDER_NOT_HELD"
+        assert refused.value.metadata == {"status": "CANCELLED"}
+
+
+def test_the_hold_commands(server):
+    sale_id = new_sale(server, allocated=2, per_user_limit=0, max_per_purchase=1, hold_seconds=600)
+    env = {**os.environ, "FLASHSALE_SERVER": server.addr, "FLASHSALE_TOKEN": server.token("buyer", "py-dee", "Dee")}
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, str(HERE / "flashsale_client.py"), *args], env=env, capture_output=True, text=True,
+        timeout=WAIT_SECS,
+    )
+    bought = run("buy", sale_id, "1")
+    assert bought.returncode == 0, bought.stderr
+    assert "[HELD, pay within" in bought.stdout
+    order_id = bought.stdout.split()[1]
+    paid = run("pay", order_id, "--reference", "cli-ref")
+    assert paid.returncode == 0 and "[CONFIRMED, paid cli-ref]" in paid.stdout, paid
+    refused = run("cancel", order_id)
+    assert refused.returncode == 1 and "ORDER_NOT_HELD" in refused.stderr, refused
+    joined = run("join", sale_id, "1")
+    assert joined.returncode == 1 and "WAITLIST_UNAVAILABLE" in joined.stderr, joined
+    assert run("leave", sale_id).stdout.strip() == "was not in line"
 
 
 def test_generated_code_matches_the_protos():
