@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a whole sale with grpcurl against a running server, as the README's "Run a sale with
 # grpcurl" shows it, step by step: an admin token, a product, stock, a scheduled sale started by
-# hand, a watcher, a buyer who registers, logs in and buys, the sale's end.
+# hand, a watcher, a buyer who registers, logs in and buys, the sale's end; then a sale with
+# holds: a held order, a buyer waiting in line, a cancel that serves the line, a payment.
 # tests/walkthrough/ runs this script against a fresh server and checks what it prints.
 #
 # Usage: scripts/grpcurl-walkthrough.sh [ADDR]                     (default localhost:50051)
@@ -23,7 +24,7 @@ g() { "$GRPCURL" -plaintext "$@"; }
 field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
 WATCHED="$(mktemp)"
-trap 'rm -f "$WATCHED"' EXIT
+trap 'rm -f "$WATCHED" "$WATCHED.held" "$WATCHED.line"' EXIT
 
 step "the services (server reflection)"
 g "$ADDR" list
@@ -89,6 +90,47 @@ g -H "$A" -d "{\"product_id\": \"$PRODUCT\"}" "$ADDR" flashsale.v1.AdminService/
 step "the leaderboard: buyers by units (display names only); it ends too, as the sale has ended"
 g -max-time 60 -d "{\"sale_id\": \"$SALE\", \"top_n\": 10}" \
   "$ADDR" flashsale.v1.FeedsService/Leaderboard
+
+step "a sale with holds: 1 unit, HELD for 10 minutes until paid, then given back"
+HOLD_SALE=$(g -H "$A" -d @ "$ADDR" flashsale.v1.AdminService/CreateSale <<EOF | field id
+{"product_id": "$PRODUCT", "allocated": 1,
+ "unit_price": {"amount_minor": 4999, "currency": "USD"},
+ "max_per_purchase": 1, "hold_seconds": 600, "end_time": "$END"}
+EOF
+)
+echo "HOLD_SALE=$HOLD_SALE"
+
+step "the buyer takes the unit: the order is HELD until its expiresAt"
+g -H "$B" -d "{\"sale_id\": \"$HOLD_SALE\", \"quantity\": 1, \"idempotency_key\": \"ann-hold\"}" \
+  "$ADDR" flashsale.v1.PurchaseService/Purchase | tee "$WATCHED.held"
+HELD=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["order"]["id"])' <"$WATCHED.held")
+
+step "a second buyer finds nothing left and waits in line"
+BOB=$("$FLASHSALE" token --role buyer --sub bob --name Bob)
+W="authorization: Bearer $BOB"
+g -H "$W" -d "{\"sale_id\": \"$HOLD_SALE\", \"quantity\": 1}" \
+  "$ADDR" flashsale.v1.PurchaseService/JoinWaitlist
+
+step "the first buyer cancels: the unit goes to the head of the line, as a new hold"
+g -H "$B" -d "{\"order_id\": \"$HELD\"}" "$ADDR" flashsale.v1.PurchaseService/CancelOrder
+for _ in $(seq 50); do  # the new hold is made durable a moment after the cancel
+    g -H "$W" -d "{\"sale_id\": \"$HOLD_SALE\"}" "$ADDR" flashsale.v1.PurchaseService/ListMyOrders \
+        >"$WATCHED.line"
+    grep -q ORDER_STATUS_HELD "$WATCHED.line" && break
+    sleep 0.1
+done
+cat "$WATCHED.line"
+BOBS=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["orders"][0]["id"])' <"$WATCHED.line")
+
+step "a payment service confirms it, with a token that may confirm orders and nothing else"
+PAYMENTS=$(g -H "$A" -d '{"role": "ROLE_PAYMENTS", "name": "payments-webhook"}' \
+             "$ADDR" flashsale.v1.AdminService/IssueServiceToken | field accessToken)
+P="authorization: Bearer $PAYMENTS"
+g -H "$P" -d "{\"order_id\": \"$BOBS\", \"payment_reference\": \"psp-0001\"}" \
+  "$ADDR" flashsale.v1.PurchaseService/ConfirmOrder
+
+step "every unit confirmed: the sale with holds ended SOLD_OUT"
+g -H "$A" -d "{\"sale_id\": \"$HOLD_SALE\"}" "$ADDR" flashsale.v1.AdminService/GetSale
 
 step "what the watcher saw; its stream ended after the ENDED snapshot"
 WATCH_STATUS=0

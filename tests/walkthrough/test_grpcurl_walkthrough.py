@@ -24,6 +24,7 @@ from flashsale_server import binary, running_server  # noqa: E402
 SCRIPT = ROOT / "scripts" / "grpcurl-walkthrough.sh"
 README = ROOT / "README.md"
 SECTION = "## Run a sale with grpcurl"
+HOLDS_SECTION = "## Holds, payment and the waitlist"
 
 
 def grpcurl() -> Path:
@@ -124,6 +125,29 @@ def test_the_end_returns_unsold_units_and_the_watcher_saw_the_sale(walkthrough):
     assert (last["status"], last["sold"], last["remaining"]) == ("SALE_STATUS_ENDED", "2", "118")
 
 
+def test_a_hold_is_cancelled_served_to_the_line_and_paid(walkthrough):
+    [held] = json_values(walkthrough.step("the order is HELD"))
+    order = held["order"]
+    assert order["status"] == "ORDER_STATUS_HELD" and order["expiresAt"], order
+
+    [place] = json_values(walkthrough.step("waits in line"))
+    assert place["place"] == {"position": "1", "quantity": 1, "length": "1"}, place
+
+    cancelled, listed = json_values(walkthrough.step("cancels"))
+    assert cancelled["order"]["status"] == "ORDER_STATUS_CANCELLED"
+    [served] = listed["orders"]
+    assert served["status"] == "ORDER_STATUS_HELD" and served["buyerId"] == "bob", served
+    assert served["idempotencyKey"] == f"waitlist-{served['id']}"
+
+    [paid] = json_values(walkthrough.step("a payment service confirms it"))
+    assert paid["order"]["status"] == "ORDER_STATUS_CONFIRMED"
+    assert paid["order"]["paymentReference"] == "psp-0001"
+
+    [sale] = json_values(walkthrough.step("ended SOLD_OUT"))
+    assert (sale["status"], sale["endReason"]) == ("SALE_STATUS_ENDED", "END_REASON_SOLD_OUT")
+    assert (sale["confirmed"], sale.get("held", "0"), sale["holdSeconds"]) == ("1", "0", 600), sale
+
+
 def command_lines(text: str) -> list[str]:
     """Lines of shell without a trailing comment (two spaces, `# `), blank or comment lines."""
     lines = (re.sub(r"\s{2,}# .*$", "", line).strip() for line in text.splitlines())
@@ -132,11 +156,12 @@ def command_lines(text: str) -> list[str]:
 
 def test_the_readme_shows_only_commands_the_script_runs():
     readme = README.read_text()
-    assert SECTION in readme, f"README.md has no {SECTION!r} section"
-    section = readme.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
-    shown = [line for block in blocks if "flashsale.v1." in block for line in command_lines(block)]
-    assert len(shown) >= 15, f"the README's walkthrough block is missing:\n{section}"
     script = command_lines(SCRIPT.read_text())
-    untested = [line for line in shown if not any(line in ran for ran in script)]
-    assert not untested, f"README commands that scripts/grpcurl-walkthrough.sh does not run: {untested}"
+    for section_title, at_least in [(SECTION, 15), (HOLDS_SECTION, 10)]:
+        assert section_title in readme, f"README.md has no {section_title!r} section"
+        section = readme.split(section_title, 1)[1].split("\n## ", 1)[0]
+        blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+        shown = [line for block in blocks if "flashsale.v1." in block for line in command_lines(block)]
+        assert len(shown) >= at_least, f"the README's walkthrough block is missing:\n{section}"
+        untested = [line for line in shown if not any(line in ran for ran in script)]
+        assert not untested, f"README commands that scripts/grpcurl-walkthrough.sh does not run: {untested}"
