@@ -124,6 +124,18 @@ export function describe(f: Failure, now: () => number = Date.now): string {
       return "The service is unavailable right now.";
     case "INTERNAL_ERROR":
       return "Something went wrong on the server. Try again.";
+    case "HOLD_EXPIRED":
+      return "Too late: the hold expired before payment, and its units went back on sale.";
+    case "ORDER_NOT_HELD": {
+      const status = (m.status ?? "").toLowerCase();
+      return status ? `This order is ${status}, not held: nothing to pay or cancel.` : "This order is not held any more.";
+    }
+    case "WAITLIST_UNAVAILABLE":
+      return m.why === "UNITS_ON_SALE"
+        ? `Units are on sale right now (${m.remaining ?? "some"} left): buy them instead of waiting.`
+        : "This sale has no waitlist.";
+    case "ROLE_NOT_ALLOWED":
+      return "This account may not do that.";
   }
   if (f.code === Code.Unavailable || f.code === Code.Unknown) return `Cannot reach the service (${f.message || "network error"}).`;
   return f.message || `Request failed (${Code[f.code]}).`;

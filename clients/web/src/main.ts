@@ -8,8 +8,10 @@ import { describe, failureOf, isSessionExpired, isTransient, type Failure } from
 import { runFeed, type FeedState } from "./feed.js";
 import { ServerClock, countdown, idempotencyKey, millis, money } from "./format.js";
 import { EndReason, SaleStatus } from "./gen/flashsale/v1/common_pb.js";
-import type { Order } from "./gen/flashsale/v1/common_pb.js";
+import { OrderStatus } from "./gen/flashsale/v1/common_pb.js";
+import type { Order, WaitlistPlace } from "./gen/flashsale/v1/common_pb.js";
 import type { LeaderboardSnapshot, SaleSnapshot } from "./gen/flashsale/v1/feeds_pb.js";
+import type { MyOrdersUpdate } from "./gen/flashsale/v1/purchase_pb.js";
 
 // ---- DOM -------------------------------------------------------------------------------------
 
@@ -30,6 +32,13 @@ const ui = {
   remaining: $("remaining"),
   allocated: $("allocated"),
   sold: $("sold"),
+  heldText: $("held-text"),
+  held: $("held"),
+  waiting: $("waiting"),
+  waitlistBox: $("waitlist-box"),
+  waitlistText: $("waitlist-text"),
+  join: $<HTMLButtonElement>("join"),
+  leave: $<HTMLButtonElement>("leave"),
   price: $("price"),
   perUser: $("per-user"),
   perOrder: $("per-order"),
@@ -98,7 +107,9 @@ function setSession(s: Session | null): void {
   } catch {
     // storage may be disabled: the session then lasts as long as the page
   }
+  if (!s) place = undefined;
   renderSession();
+  followMyOrders();
 }
 
 // ---- state -----------------------------------------------------------------------------------
@@ -115,6 +126,11 @@ const feedStates: { sale: FeedState; board: FeedState } = { sale: { kind: "done"
 /** The purchase awaiting a retry after UNAVAILABLE: the same key makes the retry safe. */
 let pending: { key: string; saleId: string; quantity: number } | null = null;
 let buying = false;
+
+/** The signed-in buyer's orders in the watched sale and place in its line (WatchMyOrders). */
+let myOrders: Order[] = [];
+let place: WaitlistPlace | undefined;
+let following: AbortController | null = null;
 
 // ---- rendering -------------------------------------------------------------------------------
 
@@ -158,8 +174,26 @@ function renderSale(): void {
   ui.perUser.textContent = s.perUserLimit === 0 ? "no limit" : `up to ${s.perUserLimit} units`;
   ui.perOrder.textContent = `up to ${s.maxPerPurchase} units`;
   ui.quantity.max = String(Math.max(1, s.maxPerPurchase));
+  ui.heldText.hidden = s.holdSeconds === 0;
+  ui.held.textContent = String(Number(s.held));
+  ui.waiting.textContent = String(Number(s.waitlistLength));
   renderCountdown();
   renderBuyable();
+  renderWaitlist();
+}
+
+/** The line: shown in a sale with holds once nothing is left but units may come back. */
+function renderWaitlist(): void {
+  const s = snapshot;
+  // Not offered to a buyer who holds units of the sale themselves (they pay or cancel first).
+  const holding = myOrders.some((o) => o.status === OrderStatus.HELD);
+  const open = !!s && s.holdSeconds > 0 && s.status === SaleStatus.ACTIVE && Number(s.remaining) === 0 && Number(s.held) > 0 && !holding;
+  ui.waitlistBox.hidden = !session || !s || (!place && !open);
+  ui.join.hidden = !!place;
+  ui.leave.hidden = !place;
+  ui.waitlistText.textContent = place
+    ? `You are ${place.position} of ${place.length} in line for ${place.quantity} unit${place.quantity === 1 ? "" : "s"}: units given back by buyers who do not pay come to you first.`
+    : "Sold out for now. Units held by other buyers come back if they do not pay: join the waitlist to get them first.";
 }
 
 /** A time of today, or a date and time. */
@@ -253,27 +287,68 @@ function renderSession(): void {
   ui.ordersBox.hidden = !session || !saleId;
   renderBuyable();
   renderBoard();
+  renderWaitlist();
 }
 
-function renderOrders(orders: Order[]): void {
+const orderStatusNames: Record<number, string> = {
+  [OrderStatus.HELD]: "Held",
+  [OrderStatus.CONFIRMED]: "Confirmed",
+  [OrderStatus.CANCELLED]: "Cancelled",
+  [OrderStatus.EXPIRED]: "Expired",
+};
+
+/** A held order's status with the time left to pay, on the server's clock. */
+function orderStatusText(o: Order): string {
+  const name = orderStatusNames[o.status] ?? "";
+  const deadline = millis(o.expiresAt);
+  if (o.status !== OrderStatus.HELD || deadline === undefined) return name;
+  const left = deadline - clock.now();
+  return left > 0 ? `Held · pay within ${countdown(left)}` : "Held · expiring…";
+}
+
+function renderOrders(orders: Order[] = myOrders): void {
+  myOrders = orders;
   const rows = orders
     .slice()
     .reverse()
     .map((o) => {
       const tr = document.createElement("tr");
-      const cells = [
-        o.createdAt ? timestampDate(o.createdAt).toLocaleTimeString() : "",
-        String(o.quantity),
-        money(o.total),
-        o.id.slice(-8),
+      const cells: [string, string][] = [
+        ["time", o.createdAt ? timestampDate(o.createdAt).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : ""],
+        ["units", String(o.quantity)],
+        ["total", money(o.total)],
       ];
-      for (const text of cells) {
+      for (const [cls, text] of cells) {
         const td = document.createElement("td");
+        td.className = cls;
         td.textContent = text;
         tr.append(td);
       }
+      // The status, and for a held order what the buyer can do about it.
+      const status = document.createElement("td");
+      status.className = "status";
+      const state = document.createElement("span");
+      state.className = "state";
+      state.textContent = orderStatusText(o);
+      status.append(state);
+      if (o.status === OrderStatus.HELD) {
+        const actions = document.createElement("span");
+        actions.className = "actions";
+        for (const [cls, label] of [["pay", "Pay"], ["cancel", "Cancel"]]) {
+          const button = document.createElement("button");
+          button.type = "button";
+          button.className = cls === "pay" ? "pay" : "cancel secondary";
+          button.textContent = label;
+          button.dataset.orderId = o.id;
+          button.addEventListener("click", () => void (cls === "pay" ? pay(o.id) : cancel(o.id)));
+          actions.append(button);
+        }
+        status.append(actions);
+      }
+      tr.append(status);
       tr.title = `order ${o.id}`;
       tr.dataset.orderId = o.id;
+      tr.dataset.status = OrderStatus[o.status] ?? "";
       return tr;
     });
   ui.orders.tBodies[0].replaceChildren(...rows);
@@ -292,6 +367,8 @@ function watch(id: string): void {
   ui.saleId.value = saleId;
   ui.saleError.hidden = true;
   ui.orders.tBodies[0].replaceChildren();
+  myOrders = [];
+  place = undefined;
   say("");
   const url = new URL(location.href);
   if (saleId) url.searchParams.set("sale", saleId);
@@ -344,6 +421,93 @@ function watch(id: string): void {
     },
   });
   void refreshOrders();
+  followMyOrders();
+}
+
+/** Follows the buyer's orders and place in the watched sale (WatchMyOrders), while signed in. */
+function followMyOrders(): void {
+  following?.abort();
+  following = null;
+  if (!session || !saleId) return;
+  const ctl = new AbortController();
+  following = ctl;
+  const id0 = saleId;
+  void runFeed<MyOrdersUpdate>({
+    signal: ctl.signal,
+    open: (signal) => api.purchase.watchMyOrders({ saleId: id0 }, { signal }),
+    isFinal: (m) => m.last,
+    onMessage: (m) => {
+      if (ctl !== following) return;
+      clock.observe(m.serverTime);
+      place = m.waitlist;
+      renderOrders(m.orders);
+      renderWaitlist();
+    },
+    onState: (state) => {
+      if (state.kind === "failed" && isSessionExpired(state.failure) && ctl === following) sessionExpired();
+    },
+  });
+}
+
+// ---- holds and the waitlist ------------------------------------------------------------------
+
+/** Pays a held order (a test payment: the page has no payment provider). */
+async function pay(orderId: string): Promise<void> {
+  say("Paying…");
+  try {
+    const res = await api.purchase.confirmOrder({ orderId, paymentReference: `test-${idempotencyKey()}` });
+    say(`Paid: order …${orderId.slice(-8)} is confirmed.`, "ok");
+    if (res.order) patchOrder(res.order);
+  } catch (err) {
+    onHoldFailure(err);
+  }
+}
+
+async function cancel(orderId: string): Promise<void> {
+  say("Cancelling…");
+  try {
+    const res = await api.purchase.cancelOrder({ orderId });
+    say(`Cancelled: order …${orderId.slice(-8)}; its units went back.`, "ok");
+    if (res.order) patchOrder(res.order);
+  } catch (err) {
+    onHoldFailure(err);
+  }
+}
+
+function onHoldFailure(err: unknown): void {
+  const f = failureOf(err);
+  if (isSessionExpired(f)) sessionExpired();
+  else say(describe(f, () => clock.now()), "error");
+  void refreshOrders();
+}
+
+/** Shows an order's new state at once (the stream confirms it a moment later). */
+function patchOrder(order: Order): void {
+  renderOrders(myOrders.map((o) => (o.id === order.id ? order : o)));
+}
+
+async function joinWaitlist(): Promise<void> {
+  const quantity = Math.max(1, Math.floor(Number(ui.quantity.value)) || 1);
+  try {
+    place = (await api.purchase.joinWaitlist({ saleId, quantity })).place;
+    say(place ? `You are in line: ${place.position} of ${place.length}.` : "You are in line.", "ok");
+  } catch (err) {
+    const f = failureOf(err);
+    if (isSessionExpired(f)) sessionExpired();
+    else say(describe(f, () => clock.now()), "error");
+  }
+  renderWaitlist();
+}
+
+async function leaveWaitlist(): Promise<void> {
+  try {
+    await api.purchase.leaveWaitlist({ saleId });
+    place = undefined;
+    say("You left the line.");
+  } catch (err) {
+    say(describe(failureOf(err), () => clock.now()), "error");
+  }
+  renderWaitlist();
 }
 
 // ---- account ---------------------------------------------------------------------------------
@@ -432,7 +596,13 @@ async function purchase(attempt: { key: string; saleId: string; quantity: number
         });
         const o = res.order;
         const what = `${o?.quantity ?? attempt.quantity} unit${(o?.quantity ?? attempt.quantity) === 1 ? "" : "s"} for ${money(o?.total)}`;
-        say(`Order confirmed: ${what} (order …${o?.id.slice(-8) ?? ""}).${res.replayed ? " It had already gone through; nothing was charged twice." : ""}`, "ok");
+        const again = res.replayed ? " It had already gone through; nothing was charged twice." : "";
+        const deadline = millis(o?.expiresAt);
+        if (o?.status === OrderStatus.HELD && deadline !== undefined) {
+          say(`Held for you: ${what} (order …${o.id.slice(-8)}). Pay within ${countdown(deadline - clock.now())}, or the units go to the next buyer.${again}`, "ok");
+        } else {
+          say(`Order confirmed: ${what} (order …${o?.id.slice(-8) ?? ""}).${again}`, "ok");
+        }
         ui.message.dataset.orderId = o?.id ?? "";
         await refreshOrders();
         return;
@@ -498,8 +668,16 @@ ui.buyForm.addEventListener("submit", (e) => {
 ui.retry.addEventListener("click", () => {
   if (pending && !buying) void purchase(pending);
 });
+ui.join.addEventListener("click", () => void joinWaitlist());
+ui.leave.addEventListener("click", () => void leaveWaitlist());
 
-setInterval(renderCountdown, 250);
+setInterval(() => {
+  renderCountdown();
+  for (const cell of ui.orders.querySelectorAll<HTMLElement>("tbody tr[data-status=HELD] td.status .state")) {
+    const order = myOrders.find((o) => o.id === cell.closest("tr")?.dataset.orderId);
+    if (order) cell.textContent = orderStatusText(order);
+  }
+}, 250);
 ui.foot.textContent = `grpc-web · ${apiBaseUrl(location)}`;
 setMode(false);
 renderSession();

@@ -325,6 +325,58 @@ describe("flashsale web page in headless Chromium", { timeout: 180_000 }, () => 
     await shot(page, "scheduled.png");
   });
 
+  it("pays or cancels a held order, and waits in line for units given back", async () => {
+    const held = await adminApi.admin.createSale({
+      productId: sale.productId,
+      allocated: 1n,
+      unitPrice: { amountMinor: 4200n, currency: "USD" },
+      perUserLimit: 1,
+      maxPerPurchase: 1,
+      holdSeconds: 600,
+      endTime: timestampFromMs(Date.now() + 15 * 60_000),
+    });
+    await page.fill("#sale-id", held.id);
+    await page.click("#sale-form button");
+    await waitText(page, "#allocated", /^1$/);
+    await page.fill("#quantity", "1");
+    await page.click("#buy");
+    await waitText(page, "#message", /^Held for you: 1 unit for \$42\.00 .*Pay within (09:[0-5]\d|10:00)/);
+    await waitText(page, "#orders tbody tr td.status .state", /^Held · pay within (09:[0-5]\d|10:00)$/);
+    await waitText(page, "#held", /^1$/);
+    // Otto finds nothing left and waits in line; Bea cancels: the unit becomes Otto's hold.
+    await assert.rejects(ottoApi.purchase.purchase({ saleId: held.id, quantity: 1, idempotencyKey: "otto-h1" }), /sold out/i);
+    const ottoPlace = await ottoApi.purchase.joinWaitlist({ saleId: held.id, quantity: 1 });
+    assert.equal(ottoPlace.place.position, 1n);
+    await waitText(page, "#waiting", /^1$/);
+    await page.click("#orders tbody tr button.cancel");
+    await waitText(page, "#message", /^Cancelled: order/);
+    await waitText(page, "#orders tbody tr td.status .state", /^Cancelled$/);
+    let ottos;
+    for (let i = 0; i < 100 && !ottos; i++) {
+      ottos = (await ottoApi.purchase.listMyOrders({ saleId: held.id })).orders.find((o) => o.status === 1);
+      if (!ottos) await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.ok(ottos, "Otto was served a hold from the line");
+
+    // Now Bea waits in line from the page (her cancelled order no longer counts), and gets the
+    // unit when Otto cancels; she pays it and the sale sells out.
+    await waitText(page, "#waitlist-text", /^Sold out for now/);
+    await page.click("#join");
+    await waitText(page, "#waitlist-text", /^You are 1 of 1 in line for 1 unit/);
+    await ottoApi.purchase.cancelOrder({ orderId: ottos.id });
+    await waitText(page, "#orders tbody tr:first-child td.status .state", /^Held · pay within/);
+    await page.waitForSelector("#waitlist-box", { state: "hidden", timeout: WAIT_MS }); // out of the line once served
+    await shot(page, "held.png");
+    await page.click("#orders tbody tr:first-child button.pay");
+    await waitText(page, "#message", /^Paid: order/);
+    await waitText(page, "#orders tbody tr:first-child td.status .state", /^Confirmed$/);
+    await waitText(page, "#status", /^Ended · sold out$/);
+    const mine = await clients(addr, (await clients(addr).auth.login({ email: bea.email, password: bea.password })).accessToken)
+      .purchase.listMyOrders({ saleId: held.id });
+    assert.deepEqual(mine.orders.map((o) => o.status), [3, 2], "cancelled, then confirmed");
+    assert.match(mine.orders[1].paymentReference, /^test-/);
+  });
+
   it("raised no error in the page", () => {
     assert.deepEqual(pageErrors, []);
   });
