@@ -129,6 +129,19 @@ pub struct RehearseArgs {
     /// the same rush runs first without them, and the throughput of both is reported.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub sign_in_storm: usize,
+    /// Sell with checkout holds of this many seconds (0: none): the rush's orders are HELD, then
+    /// `--pay-ratio` of them are paid, the rest cancelled or left to expire.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub hold_seconds: u32,
+    /// With holds: the share of held orders paid (half the rest are cancelled, half expire).
+    #[arg(long, default_value_t = 0.5, value_name = "RATIO")]
+    pub pay_ratio: f64,
+    /// With holds: late buyers wait in line for the units given back (and pay what they get).
+    #[arg(long)]
+    pub waitlist: bool,
+    /// With `--waitlist`: how many late buyers line up.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub late_buyers: usize,
 }
 
 /// `loadgen flood`: far more attempts than units, quantity 1.

@@ -25,6 +25,7 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<Report> {
         options: args.rush.clone(),
         abandon: None,
         retry_bound: Duration::ZERO,
+        hold_seconds: 0,
     };
     println!(
         "flood: {} attempts for {} units ({} per unit)",

@@ -43,7 +43,13 @@ async fn sold_out(args: PrepareH2loadArgs) -> anyhow::Result<()> {
     let session = Session::open(&args.target).await?;
     let keys = session.keys_for("prepare-h2load --kind sold-out")?;
     let tag = setup::run_tag();
-    let spec = SaleSpec { units: 1, per_user_limit: 0, max_per_purchase: 1, window: Duration::from_secs(24 * 3600) };
+    let spec = SaleSpec {
+        units: 1,
+        per_user_limit: 0,
+        max_per_purchase: 1,
+        window: Duration::from_secs(24 * 3600),
+        hold_seconds: 0,
+    };
     let sale = setup::create_sale(&session, &spec, &tag).await?;
     let first = bearer(&mint(keys, &format!("h2load-{tag}-first"), "First", Role::Buyer)?)?;
     session

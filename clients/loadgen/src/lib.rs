@@ -21,6 +21,7 @@ pub mod chart;
 pub mod cli;
 pub mod flood;
 pub mod h2load;
+pub mod holds;
 pub mod rehearse;
 pub mod rush;
 pub mod setup;

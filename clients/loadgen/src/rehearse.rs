@@ -39,6 +39,8 @@ pub struct Scenario {
     pub abandon: Option<rush::Abandon>,
     /// Longest one retry call of a come-back caller may take.
     pub retry_bound: Duration,
+    /// Checkout holds of the sale (0: none).
+    pub hold_seconds: u32,
 }
 
 impl From<&RehearseArgs> for Scenario {
@@ -58,6 +60,7 @@ impl From<&RehearseArgs> for Scenario {
                 retry_ratio: a.abandon_retry,
             }),
             retry_bound: Duration::from_millis(a.retry_bound_ms),
+            hold_seconds: a.hold_seconds,
         }
     }
 }
@@ -85,6 +88,7 @@ pub async fn prepare(session: &Session, scenario: &Scenario) -> anyhow::Result<P
         per_user_limit: scenario.per_user_limit,
         max_per_purchase: scenario.max_qty,
         window: Duration::from_secs(scenario.options.sale_secs),
+        hold_seconds: scenario.hold_seconds,
     };
     let sale = setup::create_sale(session, &spec, &tag).await?;
     println!(
@@ -348,7 +352,9 @@ pub async fn run(args: RehearseArgs) -> anyhow::Result<Report> {
     println!("server: {}", session.addr);
     let scenario = Scenario::from(&args);
     let mut figures = Figures::default();
-    let (verdict, sale) = if args.sign_in_storm == 0 {
+    let (verdict, sale) = if args.hold_seconds > 0 {
+        rehearse_holds(&session, &scenario, &args, &mut figures).await?
+    } else if args.sign_in_storm == 0 {
         let (finished, _) = rehearse_once(&session, &scenario, &args, &mut figures).await?;
         (finished.verdict, finished.sale)
     } else {
@@ -410,6 +416,47 @@ async fn rehearse_once(
     }
     let acks = rush.records.iter().filter(|r| matches!(r.outcome, Outcome::Acked { .. })).count();
     Ok((finished, per_sec(acks as u64, rush.elapsed)))
+}
+
+/// A rehearsal with checkout holds: the rush, then payments, cancels, expiries and the line
+/// (see [`crate::holds`]).
+async fn rehearse_holds(
+    session: &Session,
+    scenario: &Scenario,
+    args: &RehearseArgs,
+    figures: &mut Figures,
+) -> anyhow::Result<(Verdict, pb::Sale)> {
+    anyhow::ensure!((0.0..=1.0).contains(&args.pay_ratio), "--pay-ratio must be within 0..=1");
+    let prepared = prepare(session, scenario).await?;
+    let late_count = if args.waitlist { args.late_buyers } else { 0 };
+    let late = crate::holds::late_buyers(session, late_count, scenario.options.mint_tokens, &prepared.tag).await?;
+    let feed = crate::holds::follow(session, &prepared.sale.id).await?;
+    let epoch = Instant::now();
+    let rush = run_rush(session, scenario, &prepared, epoch).await;
+    figures.add("buyers_source", if prepared.source == BuyerSource::Minted { "minted" } else { "registered" });
+    rush_figures(&rush, figures);
+    let acked: i64 = rush.records.iter().map(|r| i64::from(r.acked_units())).sum();
+    let held = setup::get_sale(session, &prepared.sale.id).await?;
+    let plan = crate::holds::HoldPlan {
+        hold_seconds: args.hold_seconds,
+        pay_ratio: args.pay_ratio,
+        late_buyers: late_count,
+        seed: scenario.options.seed.unwrap_or(7),
+    };
+    let outcome =
+        crate::holds::settle(session, plan, &prepared.sale, &prepared.buyers, &late, &rush.records, feed, figures)
+            .await?;
+    let mut checks = vec![crate::verdict::Check {
+        name: "every acknowledged purchase is a hold the sale counts",
+        passed: held.sold == acked && held.sold <= held.allocated,
+        detail: format!("{acked} units acknowledged, {} sold (held or confirmed) of {}", held.sold, held.allocated),
+    }];
+    checks.extend(outcome.checks);
+    let verdict = Verdict { checks };
+    print!("{}", verdict.render());
+    figures.add("sold", outcome.sale.sold);
+    figures.add("verdict", if verdict.passed() { "pass" } else { "fail" });
+    Ok((verdict, outcome.sale))
 }
 
 /// What the callers that gave up did, and how long the sale took to sell its last unit.

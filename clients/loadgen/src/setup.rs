@@ -52,6 +52,8 @@ pub struct SaleSpec {
     pub max_per_purchase: u32,
     /// Length of the window; the sale ends earlier when sold out.
     pub window: Duration,
+    /// Checkout holds (0: none).
+    pub hold_seconds: u32,
 }
 
 /// A short random tag that keeps this run's names (emails, ids, keys) apart from earlier runs.
@@ -92,6 +94,7 @@ pub async fn create_sale(session: &Session, spec: &SaleSpec, tag: &str) -> anyho
                     seconds: end.as_secs() as i64,
                     nanos: end.subsec_nanos() as i32,
                 }),
+                hold_seconds: spec.hold_seconds,
                 ..Default::default()
             },
             &session.admin,

@@ -50,6 +50,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<Report> {
         options: args.rush.clone(),
         abandon: None,
         retry_bound: Duration::ZERO,
+        hold_seconds: 0,
     };
     let prepared = rehearse::prepare(&session, &scenario).await?;
     let sale_id = prepared.sale.id.clone();
