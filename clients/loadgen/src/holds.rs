@@ -82,13 +82,13 @@ pub struct HoldOutcome {
 pub async fn settle(
     session: &Session,
     plan: HoldPlan,
-    sale: &pb::Sale,
-    buyers: &[Buyer],
+    prepared: &crate::rehearse::Prepared,
     late: &[Buyer],
     records: &[crate::rush::AttemptRecord],
     feed: tokio::task::JoinHandle<HoldFeed>,
     figures: &mut Figures,
 ) -> anyhow::Result<HoldOutcome> {
+    let (sale, buyers) = (&prepared.sale, prepared.buyers.as_slice());
     let after_rush = setup::get_sale(session, &sale.id).await?;
     let unsold_after_rush = after_rush.allocated - after_rush.sold;
     println!(

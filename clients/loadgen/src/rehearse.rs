@@ -443,9 +443,7 @@ async fn rehearse_holds(
         late_buyers: late_count,
         seed: scenario.options.seed.unwrap_or(7),
     };
-    let outcome =
-        crate::holds::settle(session, plan, &prepared.sale, &prepared.buyers, &late, &rush.records, feed, figures)
-            .await?;
+    let outcome = crate::holds::settle(session, plan, &prepared, &late, &rush.records, feed, figures).await?;
     let mut checks = vec![crate::verdict::Check {
         name: "every acknowledged purchase is a hold the sale counts",
         passed: held.sold == acked && held.sold <= held.allocated,

@@ -95,7 +95,6 @@ pub async fn create_sale(session: &Session, spec: &SaleSpec, tag: &str) -> anyho
                     nanos: end.subsec_nanos() as i32,
                 }),
                 hold_seconds: spec.hold_seconds,
-                ..Default::default()
             },
             &session.admin,
         ))
