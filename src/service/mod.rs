@@ -266,9 +266,11 @@ impl App {
         Ok(app)
     }
 
-    /// Sets `flashsale_units_in_flight{sale}` of every open sale from its live state (units
-    /// reserved and not settled yet, on every node sharing it), and 0 for sales reported before
-    /// that are no longer open. Called when metrics are scraped: nothing on the purchase path.
+    /// Sets the live gauges of every open sale from its live state, shared by every node:
+    /// `flashsale_units_in_flight{sale}` (reserved, not settled yet), `flashsale_units_held`,
+    /// `flashsale_units_confirmed`, `flashsale_units_remaining` and `flashsale_waitlist_length`;
+    /// 0 for sales reported before that are no longer open. Called when metrics are scraped:
+    /// nothing on the purchase path.
     pub async fn report_live_metrics(&self) {
         let open = match self.hot.open_sales().await {
             Ok(open) => open,
@@ -278,13 +280,24 @@ impl App {
         for (sale, _, _) in open {
             if let Ok(Some(view)) = self.hot.view(&sale).await {
                 let in_flight = view.rules.allocated - view.sold - view.remaining;
-                metrics::gauge!("flashsale_units_in_flight", "sale" => sale.to_string()).set(in_flight as f64);
+                let gauges = [
+                    in_flight as f64,
+                    view.held as f64,
+                    (view.sold - view.held) as f64,
+                    view.remaining as f64,
+                    view.waitlist as f64,
+                ];
+                for (name, value) in LIVE_GAUGES.iter().zip(gauges) {
+                    metrics::gauge!(*name, "sale" => sale.to_string()).set(value);
+                }
                 now_open.insert(sale);
             }
         }
         let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
         for gone in reported.difference(&now_open) {
-            metrics::gauge!("flashsale_units_in_flight", "sale" => gone.to_string()).set(0.0);
+            for name in LIVE_GAUGES {
+                metrics::gauge!(name, "sale" => gone.to_string()).set(0.0);
+            }
         }
         *reported = now_open;
     }
@@ -436,6 +449,15 @@ impl App {
         });
     }
 }
+
+/// The per-sale gauges [`App::report_live_metrics`] sets, in its order.
+const LIVE_GAUGES: [&str; 5] = [
+    "flashsale_units_in_flight",
+    "flashsale_units_held",
+    "flashsale_units_confirmed",
+    "flashsale_units_remaining",
+    "flashsale_waitlist_length",
+];
 
 /// Pauses between background retries, doubling from the first up to the last.
 const RETRY_FIRST: Duration = Duration::from_millis(50);

@@ -125,6 +125,10 @@ async fn a_hold_is_paid_before_its_deadline_and_then_ranks() {
     let order = app.held(&ann, &sale.id, 2, "k-1").await;
     assert_eq!(order.expires_at, Some(timestamp(UnixMillis(T0.0 + 60_000))));
     assert_eq!(app.counters(&sale.id).await, (2, 2, 0, 0, 0));
+    let gauge = |name: &str| format!("{name}{{sale=\"{}\"}}", sale.id);
+    assert_eq!(app.metric(&gauge("flashsale_units_held")).await, Some(2.0));
+    assert_eq!(app.metric(&gauge("flashsale_units_confirmed")).await, Some(0.0));
+    assert_eq!(app.metric(&gauge("flashsale_units_remaining")).await, Some(0.0));
     // The leaderboard ranks confirmed units only.
     let mut board = app.leaderboard(&sale.id, 10).await;
     assert!(next_message(&mut board, "the first board").await.unwrap().entries.is_empty());
