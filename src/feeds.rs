@@ -302,6 +302,7 @@ mod tests {
             sold: 0,
             held: 0,
             waitlist: 0,
+            in_flight: 0,
             remaining: 10,
             leaderboard: Vec::new(),
             total_buyers: 0,

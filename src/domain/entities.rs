@@ -158,6 +158,8 @@ pub struct SaleView {
     pub remaining: i64,
     /// Buyers waiting in the sale's line.
     pub waitlist: u64,
+    /// Units reserved by purchases (or given to the line) not yet durable or released.
+    pub in_flight: i64,
     /// The top of the leaderboard (at most [`LEADERBOARD_MAX`] entries).
     pub leaderboard: Vec<LeaderboardEntry>,
     /// Distinct buyers.

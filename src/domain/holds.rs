@@ -232,8 +232,8 @@ pub fn check_join(
 
 /// Units given back while buyers wait: the line is served from its head, each entry all or
 /// nothing. Returns the entries served, in order, and the units left over; an entry that can
-/// never be served (it wants more than can come back: nothing is `outstanding` but the spare
-/// units) is dropped and returned in `dropped`. Left-over units return to open sale only when
+/// never be served (it wants more than the spare units and all that may still come back) is
+/// dropped and returned in `dropped`. Left-over units return to open sale only when
 /// the line is empty. Every store runs this same walk (Redis in Lua, mirroring it).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Handover {
@@ -267,7 +267,7 @@ pub fn hand_over(
             result.spare -= wanted;
             outstanding += wanted;
             result.served.push(line.pop_front().expect("the head was just seen"));
-        } else if outstanding <= 0 {
+        } else if result.spare + outstanding < wanted {
             result.dropped.push(line.pop_front().expect("the head was just seen"));
         } else {
             break;
@@ -398,6 +398,15 @@ mod tests {
         assert_eq!(result.dropped.iter().map(|e| e.buyer_id.as_str()).collect::<Vec<_>>(), ["a"]);
         assert_eq!(result.served.iter().map(|e| e.buyer_id.as_str()).collect::<Vec<_>>(), ["b"]);
         assert_eq!((result.spare, result.to_sale), (0, 0));
+    }
+
+    #[test]
+    fn a_head_that_wants_more_than_could_ever_come_back_is_dropped() {
+        let mut line: std::collections::VecDeque<_> = [entry("a", 3), entry("b", 2)].into();
+        // One spare, one more may come back: a (3) can never be served, b (2) waits.
+        let result = hand_over(&mut line, 1, 1, SaleStatus::Active);
+        assert_eq!(result.dropped.iter().map(|e| e.buyer_id.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!((result.served.len(), result.spare, line.len()), (0, 1, 1));
     }
 
     #[test]

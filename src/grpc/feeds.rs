@@ -177,6 +177,7 @@ mod tests {
             sold: 500,
             held: 0,
             waitlist: 0,
+            in_flight: 0,
             remaining: 0,
             leaderboard: vec![LeaderboardEntry {
                 rank: 1,

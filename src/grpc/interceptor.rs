@@ -37,7 +37,8 @@ pub fn require_admin<T>(request: &Request<T>) -> Result<Caller, Status> {
     let caller = caller(request)?;
     match caller.role {
         Role::Admin => Ok(caller),
-        Role::Buyer | Role::Payments => Err(ServiceError::AdminRequired.into()),
+        Role::Buyer => Err(ServiceError::AdminRequired.into()),
+        role @ Role::Payments => Err(ServiceError::RoleNotAllowed(role).into()),
     }
 }
 

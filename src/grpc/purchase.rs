@@ -179,8 +179,9 @@ impl MyOrders {
             let update = match self.read().await {
                 Ok(update) => update,
                 Err(error) => {
-                    // Not the caller's fault, and the stream can go on: try again next round.
+                    // Not the caller's fault, and the stream can go on: try again after a pace.
                     tracing::debug!(error = ?error, "could not read a buyer's orders; trying again");
+                    tokio::time::sleep(MY_ORDERS_PACE).await;
                     continue;
                 }
             };

@@ -212,6 +212,7 @@ fn view_of_record(sale: &SaleRecord) -> SaleView {
         sold: sale.sold,
         held: sale.held,
         waitlist: 0,
+        in_flight: 0,
         // A sale not loaded in the hot state has nothing in flight: open or ended, allocated - sold.
         remaining: sale.rules.allocated - sale.sold,
         leaderboard: Vec::new(),

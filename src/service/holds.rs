@@ -115,6 +115,15 @@ impl App {
         let outcome = self.committer.end_hold(change).await?.ok_or(ServiceError::OrderNotFound)?;
         if let Ok(ended) = &outcome {
             metrics::counter!("flashsale_holds_ended_total", "outcome" => ended.status.as_str()).increment(1);
+        }
+        // Also when the record says the hold had ended already: the call that ended it may have
+        // died (or lost its answer) before the hot state heard. Settling is idempotent.
+        let ended = match &outcome {
+            Ok(ended) => Some(ended),
+            Err((HoldRefusal::NotHeld(status), current)) if *status != OrderStatus::Held => Some(current),
+            Err(_) => None,
+        };
+        if let Some(ended) = ended {
             if let Err(error) = self.settle_hold(ended).await {
                 // The record's word stands; the hot state follows in the background.
                 tracing::warn!(order = %ended.id, error = ?error, "could not settle an ended hold in the hot state; retrying in the background");
@@ -172,21 +181,20 @@ impl App {
         loop {
             let holds = self.records.earliest_holds(EXPIRY_BATCH).await?;
             let full = holds.len() == EXPIRY_BATCH;
-            let mut expired_any = false;
-            for hold in &holds {
-                match hold.expires_at {
-                    Some(deadline) if deadline <= now => {
-                        // Another node may expire it at the same moment: the record lets one win.
-                        if self.end_hold(&hold.id, HoldEnd::Expire, now, None).await?.is_ok() {
-                            tracing::info!(sale = %hold.sale_id, order = %hold.id, "hold expired");
-                        }
-                        expired_any = true;
-                    }
-                    deadline => return Ok(deadline),
+            let due: Vec<&OrderRecord> = holds.iter().filter(|h| h.expires_at.is_some_and(|d| d <= now)).collect();
+            let next = holds.iter().filter_map(|h| h.expires_at).find(|d| *d > now);
+            // All at once, so that the group committer ends them in a few transactions. Another
+            // node may expire the same holds at the same moment: the record lets one win each.
+            let ended =
+                futures::future::join_all(due.iter().map(|hold| self.end_hold(&hold.id, HoldEnd::Expire, now, None)))
+                    .await;
+            for (hold, outcome) in due.iter().zip(ended) {
+                if outcome?.is_ok() {
+                    tracing::info!(sale = %hold.sale_id, order = %hold.id, "hold expired");
                 }
             }
-            if !(full && expired_any) {
-                return Ok(None);
+            if next.is_some() || !full || due.is_empty() {
+                return Ok(next);
             }
         }
     }

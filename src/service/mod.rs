@@ -195,6 +195,10 @@ pub struct App {
     metrics: Settlements,
     /// Sales whose units in flight were last reported (std Mutex: a scrape's bookkeeping).
     reported: std::sync::Mutex<std::collections::HashSet<SaleId>>,
+    /// Sales whose hot state differed from the record at the last reconciliation round, with
+    /// what differed (hot sold, hot held, record sold, record held): the same difference again
+    /// the next round is drift (std Mutex: reconciliation's bookkeeping).
+    drift_suspects: std::sync::Mutex<std::collections::HashMap<SaleId, (i64, i64, i64, i64)>>,
 }
 
 /// `flashsale_settlements_total{outcome,by}`: reservations confirmed or released by the purchase
@@ -249,6 +253,7 @@ impl App {
             me: me.clone(),
             metrics: Settlements::register(),
             reported: Default::default(),
+            drift_suspects: Default::default(),
         });
         // Start-up work is not a request: nothing cancels it but the process ending, and after a
         // crash the next start does it again from the record.
@@ -279,9 +284,8 @@ impl App {
         let mut now_open = std::collections::HashSet::new();
         for (sale, _, _) in open {
             if let Ok(Some(view)) = self.hot.view(&sale).await {
-                let in_flight = view.rules.allocated - view.sold - view.remaining;
                 let gauges = [
-                    in_flight as f64,
+                    view.in_flight as f64,
                     view.held as f64,
                     (view.sold - view.held) as f64,
                     view.remaining as f64,

@@ -60,6 +60,7 @@ impl App {
             let stored = self.records.order_by_key(&order.buyer_id, &order.sale_id, &order.idempotency_key).await?;
             // Each settlement is one idempotent script: a reconciliation stopped between two of
             // them (shutdown) leaves the rest for the next round.
+            let is_stored = stored.is_some();
             if let Some(stored) = stored.filter(|stored| stored.id == order.id && stored.status.takes_units()) {
                 tracing::warn!(sale = %sale.id, order = %order.id, "orphaned reservation is durable: confirming it");
                 // As the record has it (a hold may have ended since).
@@ -68,6 +69,16 @@ impl App {
                     self.end_sold_out(&sale.id).await;
                 }
                 self.metrics.swept_confirmed.increment(1);
+            } else if order.idempotency_key.as_str().starts_with("waitlist-") && !is_stored {
+                // A hold the line gave to its head, whose node died (or lost the script's answer)
+                // before making it durable: make it durable now rather than take the buyer's
+                // turn away (the record still refuses anything past the allocation).
+                tracing::warn!(sale = %sale.id, order = %order.id, "orphaned hold from the line: making it durable");
+                if let Some(app) = self.me.upgrade() {
+                    if let Err(error) = app.make_durable(order.clone()).await {
+                        tracing::warn!(sale = %sale.id, order = %order.id, error = ?error, "could not make an orphaned hold from the line durable");
+                    }
+                }
             } else {
                 tracing::warn!(sale = %sale.id, order = %order.id, "orphaned reservation was never durable (or its hold ended since): releasing it");
                 let handed = self.hot.release(order, now).await?;
@@ -89,8 +100,7 @@ impl App {
         let Some(before) = self.hot.view(&sale.id).await? else { return Ok(()) };
         let record = self.records.get_sale(&sale.id).await?.ok_or(ServiceError::SaleNotFound)?;
         let Some(after) = self.hot.view(&sale.id).await? else { return Ok(()) };
-        let in_flight_units = before.rules.allocated - before.sold - before.remaining;
-        if after.version != before.version || (before.status != SaleStatus::Ended && in_flight_units != 0) {
+        if after.version != before.version || (before.status != SaleStatus::Ended && before.in_flight != 0) {
             return Ok(());
         }
         if before.status == SaleStatus::Ended && record.status != SaleStatus::Ended {
@@ -98,7 +108,32 @@ impl App {
             tracing::warn!(sale = %sale.id, ?reason, "sale ended in the hot state only: ending it in the record");
             return self.end_sale_now(&sale.id, reason).await;
         }
-        if before.sold != record.sold || before.held != record.held || before.status != record.status {
+        let drifted = before.sold != record.sold || before.held != record.held || before.status != record.status;
+        // A hold ends in the record first, then in the hot state, with nothing in flight between:
+        // a round that reads the record between the two sees a difference that is about to go.
+        // Only the same difference seen by two rounds in a row is drift.
+        let seen = (before.sold, before.held, record.sold, record.held);
+        let confirmed_drift = {
+            let mut suspects = self.drift_suspects.lock().unwrap_or_else(|e| e.into_inner());
+            match drifted {
+                false => {
+                    suspects.remove(&sale.id);
+                    false
+                }
+                true if suspects.get(&sale.id) == Some(&seen) => {
+                    suspects.remove(&sale.id);
+                    true
+                }
+                true => {
+                    suspects.insert(sale.id.clone(), seen);
+                    false
+                }
+            }
+        };
+        if drifted && !confirmed_drift {
+            return Ok(());
+        }
+        if drifted {
             tracing::warn!(
                 sale = %sale.id, hot_sold = before.sold, record_sold = record.sold,
                 hot_status = ?before.status, record_status = ?record.status,

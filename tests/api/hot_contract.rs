@@ -112,7 +112,53 @@ contract_tests!(
     the_line_opens_only_when_nothing_is_left_and_something_may_come_back,
     given_back_units_serve_the_line_in_order_then_go_on_sale,
     a_served_hold_that_fails_to_commit_serves_the_next_in_line,
+    a_head_that_can_no_longer_be_served_leaves_the_line_when_the_last_hold_is_paid,
+    a_hold_ended_before_its_confirm_is_settled_once,
 );
+
+async fn a_head_that_can_no_longer_be_served_leaves_the_line_when_the_last_hold_is_paid(backend: Backend) {
+    let hot = backend.fresh().await;
+    let sale = active_sale(&*hot, hold_rules(3, 0, 2)).await;
+    let a = buy(&*hot, &sale, "ann", "k-a", 1, T0 + 1).await;
+    let b = buy(&*hot, &sale, "bob", "k-b", 1, T0 + 2).await;
+    let c = buy(&*hot, &sale, "cy", "k-c", 1, T0 + 3).await;
+    join(&*hot, &sale, "zed", 2).await.unwrap();
+    // One unit back: kept for zed, who wants two (two more may come back).
+    hot.end_hold(&ended(&a, OrderStatus::Expired, T0 + 100), UnixMillis(T0 + 100)).await.unwrap();
+    let paid = hot.end_hold(&ended(&b, OrderStatus::Confirmed, T0 + 101), UnixMillis(T0 + 101)).await.unwrap();
+    assert!(paid.handed.dropped.is_empty(), "one unit kept + one held can still serve zed");
+    assert_eq!(view(&*hot, &sale).await.remaining, 0);
+    // The last hold paid: nothing more can come back, so zed leaves the line and the kept unit
+    // goes back on sale instead of staying stuck.
+    let last = hot.end_hold(&ended(&c, OrderStatus::Confirmed, T0 + 102), UnixMillis(T0 + 102)).await.unwrap();
+    assert_eq!(last.handed.dropped, [user("zed")]);
+    let v = view(&*hot, &sale).await;
+    assert_eq!((v.remaining, v.waitlist, v.sold, v.held, v.in_flight), (1, 0, 2, 0, 0));
+    reserve_new(&*hot, &request(&sale, "xia", "k-x", 1, T0 + 103)).await;
+}
+
+async fn a_hold_ended_before_its_confirm_is_settled_once(backend: Backend) {
+    let hot = backend.fresh().await;
+    let sale = active_sale(&*hot, hold_rules(2, 0, 2)).await;
+    // Durable in the record, cancelled there at once, before this state heard it was durable.
+    let order = reserve_new(&*hot, &request(&sale, "ann", "k-a", 2, T0 + 1)).await;
+    assert_eq!(view(&*hot, &sale).await.in_flight, 2);
+    hot.end_hold(&ended(&order, OrderStatus::Cancelled, T0 + 5), UnixMillis(T0 + 5)).await.unwrap();
+    let v = view(&*hot, &sale).await;
+    assert_eq!((v.remaining, v.sold, v.held, v.in_flight), (2, 0, 0, 0), "the units are back");
+    // The late confirm finds it settled: nothing is counted twice.
+    hot.confirm(&order).await.unwrap();
+    let v = view(&*hot, &sale).await;
+    assert_eq!((v.remaining, v.sold, v.held, v.in_flight), (2, 0, 0, 0));
+    assert_eq!(hot.wait_settled(&order).await.unwrap(), Settled::Confirmed);
+    // The same for a payment: it counts as confirmed once.
+    let paid = reserve_new(&*hot, &request(&sale, "bob", "k-b", 1, T0 + 10)).await;
+    hot.end_hold(&ended(&paid, OrderStatus::Confirmed, T0 + 11), UnixMillis(T0 + 11)).await.unwrap();
+    hot.confirm(&paid).await.unwrap();
+    let v = view(&*hot, &sale).await;
+    assert_eq!((v.remaining, v.sold, v.held, v.in_flight), (1, 1, 0, 0));
+    assert_eq!(v.leaderboard.iter().map(|e| e.units).sum::<i64>(), 1);
+}
 
 /// A sale whose orders are held for ten seconds.
 fn hold_rules(allocated: i64, per_user_limit: u32, max_per_purchase: u32) -> SaleRules {

@@ -317,6 +317,7 @@ impl HotStore for MemoryHot {
             held: state.held,
             remaining: shown_remaining(state.status, state.rules.allocated, state.sold, state.remaining),
             waitlist: state.line.len() as u64,
+            in_flight: state.in_flight,
             leaderboard: state.board.top(LEADERBOARD_MAX),
             total_buyers: state.board.len() as u64,
             created_at: state.created_at,
@@ -355,27 +356,43 @@ impl HotStore for MemoryHot {
 
     async fn end_hold(&self, order: &OrderRecord, now: UnixMillis) -> Result<HoldSettled, HotError> {
         let sale = self.sale_or_refuse(&order.sale_id)?;
-        let mut state = sale.lock();
-        if order.status == OrderStatus::Held || state.holds.remove(&order.id).is_none() {
-            // Settled before (or not a hold this state holds): nothing more to do.
-            return Ok(HoldSettled { handed: Handed::default(), sold_out: state.sold_out() });
-        }
-        let units = i64::from(order.quantity);
-        state.held -= units;
-        let key = (order.buyer_id.clone(), order.idempotency_key.clone());
-        if let Some(entry) = state.keys.get_mut(&key) {
-            entry.order = order.clone();
-        }
-        let handed = if order.status == OrderStatus::Confirmed {
-            state.board.record(&order.buyer_id, &order.buyer_name, units, order.created_at);
-            state.version += 1;
-            Handed::default()
-        } else {
-            state.sold -= units;
-            state.take_from_buyer(&order.buyer_id, order.quantity);
-            state.give_back(units, now)
+        let settled = {
+            let mut state = sale.lock();
+            let units = i64::from(order.quantity);
+            let key = (order.buyer_id.clone(), order.idempotency_key.clone());
+            let in_flight = state.keys.get(&key).is_some_and(|e| e.order.id == order.id && !e.durable);
+            if order.status == OrderStatus::Held {
+                return Ok(HoldSettled { handed: Handed::default(), sold_out: state.sold_out() });
+            }
+            if state.holds.remove(&order.id).is_some() {
+                state.held -= units;
+            } else if in_flight {
+                // The record ended the hold before this state heard it was durable (its confirm
+                // is still to come, or was lost): settle it from in flight; the late confirm
+                // then finds it confirmed already.
+                state.in_flight -= units;
+                state.sold += units;
+            } else {
+                // Settled before (or not a hold this state holds): nothing more to do.
+                return Ok(HoldSettled { handed: Handed::default(), sold_out: state.sold_out() });
+            }
+            if let Some(entry) = state.keys.get_mut(&key) {
+                entry.order = order.clone();
+                entry.durable = true;
+            }
+            let handed = if order.status == OrderStatus::Confirmed {
+                state.board.record(&order.buyer_id, &order.buyer_name, units, order.created_at);
+                // Fewer units may come back now: units kept for the head may never suffice.
+                state.give_back(0, now)
+            } else {
+                state.sold -= units;
+                state.take_from_buyer(&order.buyer_id, order.quantity);
+                state.give_back(units, now)
+            };
+            HoldSettled { handed, sold_out: state.sold_out() }
         };
-        Ok(HoldSettled { handed, sold_out: state.sold_out() })
+        sale.settled.notify_waiters();
+        Ok(settled)
     }
 
     async fn join_waitlist(&self, request: &JoinRequest) -> Result<WaitlistPlace, HotError> {

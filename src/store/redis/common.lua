@@ -26,8 +26,8 @@ end
 
 -- Units given back go to the sale's line first, step for step as the domain's `hand_over`: the
 -- head is served while the spare units cover its quantity (a new hold for it, reserved in flight
--- like a purchase, for the caller to make durable); a head that can never be served (nothing
--- more can come back) is dropped; spare units too few for the head wait for it; when the line is
+-- like a purchase, for the caller to make durable); a head that can never be served (it wants
+-- more than the spare units and all that may still come back) is dropped; spare units too few for the head wait for it; when the line is
 -- empty they go back on sale. Returns {served orders (encoded), dropped buyer ids}.
 local function give_back(units, now)
     local meta = redis.call('HMGET', KEYS[1], 'spare', 'status', 'held', 'in_flight', 'hold_seconds')
@@ -59,7 +59,7 @@ local function give_back(units, now)
                 redis.call('HSET', KEYS[3], entry.buyer_id .. ':' .. key, order)
                 redis.call('HSET', KEYS[4], entry.order_id, order)
                 served[#served + 1] = order
-            elseif outstanding <= 0 then
+            elseif spare + outstanding < wanted then
                 redis.call('ZREM', KEYS[9], head)
                 redis.call('HDEL', KEYS[10], head)
                 dropped[#dropped + 1] = head

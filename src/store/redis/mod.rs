@@ -494,6 +494,7 @@ impl HotStore for RedisHot {
             held: meta.optional_int("held")?.unwrap_or(0),
             remaining: shown_remaining(status, rules.allocated, sold, meta.int("remaining")?),
             waitlist: u64::try_from(int(&line)?).map_err(|_| malformed("line length"))?,
+            in_flight: meta.int("in_flight")?,
             leaderboard,
             total_buyers: u64::try_from(int(&buyers)?).map_err(|_| malformed("buyers"))?,
             created_at: UnixMillis(meta.int("created_at")?),
