@@ -103,6 +103,14 @@ pub struct OrderRecord {
     pub settled_at: Option<UnixMillis>,
 }
 
+impl OrderRecord {
+    /// When its units were bought for good: when a hold was paid, else when it was accepted
+    /// (what the leaderboard's "first purchase" means).
+    pub fn bought_at(&self) -> UnixMillis {
+        self.settled_at.filter(|_| self.status == OrderStatus::Confirmed).unwrap_or(self.created_at)
+    }
+}
+
 /// Why the record refuses one order of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitRefusal {
@@ -207,7 +215,7 @@ pub fn tally(orders: &[OrderRecord]) -> Tally {
         if order.status == OrderStatus::Held {
             tally.held += units;
         } else {
-            tally.board.record(&order.buyer_id, &order.buyer_name, units, order.created_at);
+            tally.board.record(&order.buyer_id, &order.buyer_name, units, order.bought_at());
         }
     }
     tally

@@ -56,6 +56,9 @@ impl Leaderboard {
             Some(standing) => {
                 self.ranked.remove(&(Reverse(standing.units), standing.first_purchase_at, buyer.clone()));
                 standing.units += units;
+                // The earliest, whatever order purchases are credited in (a later commit batch, a
+                // hold paid before an older one, a rebuild from the record).
+                standing.first_purchase_at = standing.first_purchase_at.min(at);
                 self.ranked.insert((Reverse(standing.units), standing.first_purchase_at, buyer.clone()));
             }
             None => {
@@ -107,6 +110,19 @@ impl Leaderboard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_purchase_is_the_earliest_credited_in_any_order() {
+        let (a, b) = (UserId::parse("a").unwrap(), UserId::parse("b").unwrap());
+        let mut board = Leaderboard::default();
+        board.record(&a, &Arc::from("Al"), 1, UnixMillis(30));
+        board.record(&b, &Arc::from("Bea"), 2, UnixMillis(20));
+        // Al's older purchase credited later (a hold paid after a newer one): it counts as first.
+        board.record(&a, &Arc::from("Al"), 1, UnixMillis(10));
+        let top = board.top(2);
+        assert_eq!((top[0].display_name.as_ref(), top[0].first_purchase_at), ("Al", UnixMillis(10)));
+        assert_eq!(top[1].display_name.as_ref(), "Bea");
+    }
 
     #[test]
     fn ranks_by_units_then_earlier_first_purchase() {

@@ -114,7 +114,36 @@ contract_tests!(
     a_served_hold_that_fails_to_commit_serves_the_next_in_line,
     a_head_that_can_no_longer_be_served_leaves_the_line_when_the_last_hold_is_paid,
     a_hold_ended_before_its_confirm_is_settled_once,
+    a_rebuild_ranks_paid_holds_as_the_live_board_did,
 );
+
+async fn a_rebuild_ranks_paid_holds_as_the_live_board_did(backend: Backend) {
+    let hot = backend.fresh().await;
+    let sale = active_sale(&*hot, hold_rules(4, 0, 2)).await;
+    let a1 = buy(&*hot, &sale, "ann", "k-1", 1, T0 + 1).await;
+    let a2 = buy(&*hot, &sale, "ann", "k-2", 1, T0 + 2).await;
+    let b = buy(&*hot, &sale, "bob", "k-3", 2, T0 + 3).await;
+    // Paid in another order than made: Ann's newer hold first.
+    let paid = [
+        ended(&a2, OrderStatus::Confirmed, T0 + 50),
+        ended(&b, OrderStatus::Confirmed, T0 + 60),
+        ended(&a1, OrderStatus::Confirmed, T0 + 70),
+    ];
+    for order in &paid {
+        hot.end_hold(order, order.settled_at.unwrap()).await.unwrap();
+    }
+    let board = |v: SaleView| {
+        v.leaderboard.iter().map(|e| (e.display_name.to_string(), e.units, e.first_purchase_at)).collect::<Vec<_>>()
+    };
+    let live = board(view(&*hot, &sale).await);
+    assert_eq!(
+        live,
+        [("Name of ann".to_owned(), 2, UnixMillis(T0 + 50)), ("Name of bob".to_owned(), 2, UnixMillis(T0 + 60))]
+    );
+    hot.forget_sale(&sale.id).await.unwrap();
+    hot.load_sale(&sale, &[paid[2].clone(), paid[0].clone(), paid[1].clone()]).await.unwrap();
+    assert_eq!(board(view(&*hot, &sale).await), live, "the same board after a rebuild from the record");
+}
 
 async fn a_head_that_can_no_longer_be_served_leaves_the_line_when_the_last_hold_is_paid(backend: Backend) {
     let hot = backend.fresh().await;

@@ -381,7 +381,7 @@ impl HotStore for MemoryHot {
                 entry.durable = true;
             }
             let handed = if order.status == OrderStatus::Confirmed {
-                state.board.record(&order.buyer_id, &order.buyer_name, units, order.created_at);
+                state.board.record(&order.buyer_id, &order.buyer_name, units, order.bought_at());
                 // Fewer units may come back now: units kept for the head may never suffice.
                 state.give_back(0, now)
             } else {

@@ -12,16 +12,23 @@ local function sold_out()
     return 0
 end
 
--- Credits confirmed units to a buyer on the leaderboard: the member keeps the buyer's first
--- purchase time (`member` is used only for their first), the score is -units.
+-- Credits confirmed units to a buyer on the leaderboard: the member keeps the buyer's earliest
+-- purchase time (members sort as their times do: an earlier `member` replaces the known one),
+-- the score is -units.
 local function credit(buyer, units, member, name)
     local known = redis.call('HGET', KEYS[6], buyer)
     if not known then
-        known = member
-        redis.call('HSET', KEYS[6], buyer, known)
+        redis.call('HSET', KEYS[6], buyer, member)
         redis.call('HSET', KEYS[7], buyer, name)
+        redis.call('ZINCRBY', KEYS[5], -units, member)
+    elseif member < known then
+        local score = tonumber(redis.call('ZSCORE', KEYS[5], known) or '0')
+        redis.call('ZREM', KEYS[5], known)
+        redis.call('ZADD', KEYS[5], score - units, member)
+        redis.call('HSET', KEYS[6], buyer, member)
+    else
+        redis.call('ZINCRBY', KEYS[5], -units, known)
     end
-    redis.call('ZINCRBY', KEYS[5], -units, known)
 end
 
 -- Units given back go to the sale's line first, step for step as the domain's `hand_over`: the

@@ -549,7 +549,7 @@ impl HotStore for RedisHot {
             .arg(order.id.as_str())
             .arg(order.status.as_str())
             .arg(now.0)
-            .arg(board_member(order.created_at, &order.buyer_id))
+            .arg(board_member(order.bought_at(), &order.buyer_id))
             .arg(&*order.buyer_name)
             .arg(&keys.channel);
         let reply = self.run(&invocation).await?;
