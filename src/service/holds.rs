@@ -146,7 +146,7 @@ impl App {
             other => other?,
         };
         self.feeds.touch(&ended.sale_id);
-        self.hand_on(settled.handed);
+        self.hand_on(&ended.sale_id, settled.handed);
         if settled.sold_out {
             self.end_sold_out(&ended.sale_id).await;
         }
@@ -155,10 +155,14 @@ impl App {
 
     /// Makes the holds the line was given durable, each in a task of its own (a purchase's path:
     /// commit, then confirm or release), and wakes the expiry timer for their deadlines.
-    pub(super) fn hand_on(&self, handed: Handed) {
+    pub(super) fn hand_on(&self, sale: &SaleId, handed: Handed) {
         for buyer in &handed.dropped {
-            tracing::info!(%buyer, "a waiting buyer's quantity can no longer be served: taken out of the line");
+            tracing::info!(%sale, %buyer, "a waiting buyer's quantity can no longer be served: taken out of the line");
         }
+        // Out of the line: no longer a place to keep.
+        let left: Vec<_> =
+            handed.served.iter().map(|o| o.buyer_id.clone()).chain(handed.dropped.iter().cloned()).collect();
+        self.forget_places(sale, left);
         let Some(app) = self.me.upgrade() else { return };
         for order in handed.served {
             tracing::info!(sale = %order.sale_id, order = %order.id, buyer = %order.buyer_id, "units given back go to the head of the line");
@@ -201,7 +205,7 @@ impl App {
 
     /// Puts the caller in a sale's line, or answers the place they have.
     pub async fn join_waitlist(
-        &self,
+        self: &Arc<Self>,
         caller: &Caller,
         sale_id: SaleId,
         quantity: u32,
@@ -218,16 +222,45 @@ impl App {
             },
             now,
         };
-        // One atomic step of the hot store: safe to cancel.
-        let place = match self.hot.join_waitlist(&request).await {
-            Err(HotError::Refused(crate::domain::PurchaseRefusal::SaleNotFound)) => {
-                self.load_sale(&request.sale_id).await?;
-                self.hot.join_waitlist(&request).await?
+        // Detached: the place is taken in the hot store (one atomic step), then kept in the
+        // record so that the line outlives the hot state; a caller that goes between the two
+        // must not leave a place the record does not know.
+        let app = self.clone();
+        self.detached(async move {
+            let place = match app.hot.join_waitlist(&request).await {
+                Err(HotError::Refused(crate::domain::PurchaseRefusal::SaleNotFound)) => {
+                    app.load_sale(&request.sale_id).await?;
+                    app.hot.join_waitlist(&request).await?
+                }
+                other => other?,
+            };
+            app.feeds.touch(&request.sale_id);
+            // A buyer who had a place keeps the one stored first (this entry is then ignored).
+            if let Err(error) = app.records.save_waitlist_entry(&request.sale_id, &request.entry).await {
+                tracing::warn!(sale = %request.sale_id, error = ?error, "could not keep a place in line in the record; retrying in the background");
+                let (sale, entry) = (request.sale_id.clone(), request.entry.clone());
+                app.retry_in_background(move |app| {
+                    let (sale, entry) = (sale.clone(), entry.clone());
+                    Box::pin(async move { Ok(app.records.save_waitlist_entry(&sale, &entry).await?) })
+                });
             }
-            other => other?,
-        };
-        self.feeds.touch(&request.sale_id);
-        Ok(place)
+            Ok(place)
+        })
+        .await
+    }
+
+    /// Forgets places in a sale's line in the record (left, served or dropped), retrying in the
+    /// background when the record cannot be reached (a place kept too long only comes back,
+    /// after a restart, as a buyer already served or gone: `App::restore_line` skips those).
+    pub(super) fn forget_places(&self, sale: &SaleId, buyers: Vec<crate::domain::UserId>) {
+        if buyers.is_empty() {
+            return;
+        }
+        let sale = sale.clone();
+        self.retry_in_background_now(move |app| {
+            let (sale, buyers) = (sale.clone(), buyers.clone());
+            Box::pin(async move { Ok(app.records.remove_waitlist_entries(&sale, &buyers).await?) })
+        });
     }
 
     /// Takes the caller out of a sale's line; false when they were not in it.
@@ -242,7 +275,8 @@ impl App {
             };
             let Some(handed) = left else { return Ok(false) };
             app.feeds.touch(&sale);
-            app.hand_on(handed);
+            app.forget_places(&sale, vec![buyer.clone()]);
+            app.hand_on(&sale, handed);
             Ok(true)
         })
         .await

@@ -377,10 +377,30 @@ impl App {
         let orders = self.records.orders_of_sale(sale_id).await?;
         // Reads, a generation bump that only raises future versions, then one atomic load that
         // never replaces a loaded sale: safe to stop anywhere.
-        self.hot.load_sale(&sale, &orders).await?;
+        let built = self.hot.load_sale(&sale, &orders).await?;
         if sale.status != SaleStatus::Ended && all_confirmed(sale.rules.allocated, sale.sold, sale.held) {
             self.end_sold_out(sale_id).await;
+        } else if built && sale.status != SaleStatus::Ended && sale.rules.hold_seconds > 0 {
+            // Only the call that built the hot state gives it its line (once).
+            self.restore_line(&sale.id, &orders).await?;
         }
+        Ok(())
+    }
+
+    /// Puts a sale's line, as the record keeps it, back into its freshly built hot state: every
+    /// place but those already served (their hold is among `orders`), first come first. The
+    /// units on sale go to the line first, as they would have before the hot state was lost.
+    async fn restore_line(&self, sale: &SaleId, orders: &[OrderRecord]) -> Result<(), ServiceError> {
+        let served: std::collections::HashSet<&crate::domain::OrderId> = orders.iter().map(|o| &o.id).collect();
+        let (line, gone): (Vec<_>, Vec<_>) =
+            self.records.waitlist_of_sale(sale).await?.into_iter().partition(|e| !served.contains(&e.order_id));
+        self.forget_places(sale, gone.into_iter().map(|e| e.buyer_id).collect());
+        if line.is_empty() {
+            return Ok(());
+        }
+        let handed = self.hot.restore_line(sale, &line, self.clock.now()).await?;
+        tracing::info!(%sale, waiting = line.len(), served = handed.served.len(), "the sale's line restored from the record");
+        self.hand_on(sale, handed);
         Ok(())
     }
 
@@ -437,13 +457,32 @@ impl App {
     where
         F: Fn(Arc<Self>) -> BoxFuture<'static, Result<(), ServiceError>> + Send + 'static,
     {
+        self.in_background(work, false);
+    }
+
+    /// Runs `work` in a task of its own now, and again as [`App::retry_in_background`] does
+    /// until it succeeds: work that no caller waits for.
+    fn retry_in_background_now<F>(&self, work: F)
+    where
+        F: Fn(Arc<Self>) -> BoxFuture<'static, Result<(), ServiceError>> + Send + 'static,
+    {
+        self.in_background(work, true);
+    }
+
+    fn in_background<F>(&self, work: F, at_once: bool)
+    where
+        F: Fn(Arc<Self>) -> BoxFuture<'static, Result<(), ServiceError>> + Send + 'static,
+    {
         let Some(app) = self.me.upgrade() else { return };
         self.tasks.spawn(async move {
             let mut pauses = Backoff::new(RETRY_FIRST, RETRY_MAX);
+            let mut first = at_once;
             loop {
-                tokio::select! {
-                    _ = app.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(pauses.next_pause()) => {}
+                if !std::mem::take(&mut first) {
+                    tokio::select! {
+                        _ = app.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pauses.next_pause()) => {}
+                    }
                 }
                 match work(app.clone()).await {
                     Ok(()) => return,

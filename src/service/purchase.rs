@@ -228,7 +228,7 @@ impl App {
                     // the rebuilt state never held this reservation, so there is nothing to undo.
                     Err(HotError::Refused(PurchaseRefusal::SaleNotFound)) => {}
                     // The units went to the head of the line first.
-                    Ok(handed) => self.hand_on(handed),
+                    Ok(handed) => self.hand_on(&order.sale_id, handed),
                     Err(error) => return Err(error.into()),
                 }
                 false

@@ -82,7 +82,7 @@ impl App {
             } else {
                 tracing::warn!(sale = %sale.id, order = %order.id, "orphaned reservation was never durable (or its hold ended since): releasing it");
                 let handed = self.hot.release(order, now).await?;
-                self.hand_on(handed);
+                self.hand_on(&sale.id, handed);
                 self.metrics.swept_released.increment(1);
             }
             settled += 1;

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use crate::domain::{
     CommitOutcome, Email, EndReason, HoldEnd, HoldRefusal, IdempotencyKey, OrderId, OrderRecord, ProductId,
     ProductRecord, PurchaseRefusal, SaleId, SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId,
-    UserRecord, WaitlistPlace,
+    UserRecord, WaitlistEntry, WaitlistPlace,
 };
 
 /// What ending a hold did in the record: the order after the change, or why nothing changed
@@ -163,6 +163,14 @@ pub trait RecordStore: Send + Sync + 'static {
     }
     /// HELD orders of every sale, earliest deadline first, at most `limit` (the expiry timer).
     async fn earliest_holds(&self, limit: usize) -> Result<Vec<OrderRecord>, StoreError>;
+
+    /// Keeps a buyer's place in a sale's line, so that the line outlives the hot state (a
+    /// restart, a rebuild). A buyer with a place keeps the first one stored.
+    async fn save_waitlist_entry(&self, sale: &SaleId, entry: &WaitlistEntry) -> Result<(), StoreError>;
+    /// Forgets these buyers' places in a sale's line (they left, were served or dropped).
+    async fn remove_waitlist_entries(&self, sale: &SaleId, buyers: &[UserId]) -> Result<(), StoreError>;
+    /// A sale's line as stored, first come first.
+    async fn waitlist_of_sale(&self, sale: &SaleId) -> Result<Vec<WaitlistEntry>, StoreError>;
 }
 
 /// What a purchase asks the hot store to reserve.
@@ -261,7 +269,8 @@ pub struct JoinRequest {
 pub trait HotStore: Send + Sync + 'static {
     /// Builds a sale's hot state from its record and durable orders, unless it is loaded. Its
     /// version starts at [`crate::domain::first_version`] of the record's generation.
-    async fn load_sale(&self, sale: &SaleRecord, orders: &[OrderRecord]) -> Result<(), HotError>;
+    /// True when this call built it (false: it was loaded already, and is left as it is).
+    async fn load_sale(&self, sale: &SaleRecord, orders: &[OrderRecord]) -> Result<bool, HotError>;
     /// Whether the sale's hot state is present.
     async fn has_sale(&self, sale: &SaleId) -> Result<bool, HotError>;
     /// Checks every purchase rule and the idempotency key, and reserves, atomically.
@@ -300,6 +309,10 @@ pub trait HotStore: Send + Sync + 'static {
     async fn leave_waitlist(&self, sale: &SaleId, buyer: &UserId, now: UnixMillis) -> Result<Option<Handed>, HotError>;
     /// A buyer's place in the line, if they are in it.
     async fn waitlist_place(&self, sale: &SaleId, buyer: &UserId) -> Result<Option<WaitlistPlace>, HotError>;
+    /// Puts a line kept by the record back into a sale just built from the record, unless the
+    /// sale's line has buyers already. The units on sale then go to the line first (as they did
+    /// before the hot state was lost: a line waits only when nothing is on sale).
+    async fn restore_line(&self, sale: &SaleId, line: &[WaitlistEntry], now: UnixMillis) -> Result<Handed, HotError>;
 }
 
 /// Told of the changes other nodes make to a shared hot state (Redis pub/sub).

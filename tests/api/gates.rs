@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use flashsale::backends::Backends;
 use flashsale::domain::{
     CommitOutcome, Email, EndReason, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord, SaleId,
-    SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, UserRecord, WaitlistPlace,
+    SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, UserRecord, WaitlistEntry, WaitlistPlace,
 };
 use flashsale::store::{
     Confirmed, Handed, HoldChange, HoldOutcome, HoldSettled, HotError, HotStore, JoinRequest, RecordStore, Reservation,
@@ -185,11 +185,20 @@ impl RecordStore for GatedRecords {
     async fn earliest_holds(&self, limit: usize) -> Result<Vec<OrderRecord>, StoreError> {
         self.inner.earliest_holds(limit).await
     }
+    async fn save_waitlist_entry(&self, sale: &SaleId, entry: &WaitlistEntry) -> Result<(), StoreError> {
+        self.inner.save_waitlist_entry(sale, entry).await
+    }
+    async fn remove_waitlist_entries(&self, sale: &SaleId, buyers: &[UserId]) -> Result<(), StoreError> {
+        self.inner.remove_waitlist_entries(sale, buyers).await
+    }
+    async fn waitlist_of_sale(&self, sale: &SaleId) -> Result<Vec<WaitlistEntry>, StoreError> {
+        self.inner.waitlist_of_sale(sale).await
+    }
 }
 
 #[async_trait]
 impl HotStore for GatedHot {
-    async fn load_sale(&self, sale: &SaleRecord, orders: &[OrderRecord]) -> Result<(), HotError> {
+    async fn load_sale(&self, sale: &SaleRecord, orders: &[OrderRecord]) -> Result<bool, HotError> {
         self.inner.load_sale(sale, orders).await
     }
     async fn has_sale(&self, sale: &SaleId) -> Result<bool, HotError> {
@@ -239,5 +248,8 @@ impl HotStore for GatedHot {
     }
     async fn waitlist_place(&self, sale: &SaleId, buyer: &UserId) -> Result<Option<WaitlistPlace>, HotError> {
         self.inner.waitlist_place(sale, buyer).await
+    }
+    async fn restore_line(&self, sale: &SaleId, line: &[WaitlistEntry], now: UnixMillis) -> Result<Handed, HotError> {
+        self.inner.restore_line(sale, line, now).await
     }
 }

@@ -532,3 +532,56 @@ async fn holds_outstanding_at_a_restart_expire_once() {
     let after = restarted.wait_for_sale(&sale.id, "two units back", |s| s.remaining == 2).await;
     assert_eq!((after.sold, after.held, after.confirmed), (1, 0, 1));
 }
+
+/// The line outlives the hot state: after a restart (embedded), or a Redis that lost the sale's
+/// keys (production), the buyers waiting keep their places, and a unit given back goes to the
+/// head as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_line_outlives_a_restart() {
+    let mut settings = AppOptions::default().settings;
+    if production_backends() {
+        crate::helpers::use_shared_production_backends(&mut settings);
+    }
+    let app =
+        spawn_app_with(AppOptions { settings: settings.clone(), manual_clock: Some(T0), ..AppOptions::default() })
+            .await;
+    let sale = app.hold_sale(1, 1, 1).await;
+    let (ann, cy, dee) = (app.buyer_token("ann", "Ann"), app.buyer_token("cy", "Cy"), app.buyer_token("dee", "Dee"));
+    let held = app.held(&ann, &sale.id, 1, "k").await;
+    assert_eq!(app.join(&cy, &sale.id, 1).await.unwrap().position, 1);
+    assert_eq!(app.join(&dee, &sale.id, 1).await.unwrap().position, 2);
+    let data_dir = app.data_dir.clone();
+    app.stop().await.unwrap();
+    if production_backends() {
+        // The hot state lost with Redis: the restarted node rebuilds it from the record.
+        let mut redis = ::redis::Client::open(settings.redis_uri.clone().unwrap())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys: Vec<String> =
+            ::redis::cmd("KEYS").arg(format!("{}*", settings.redis_key_prefix)).query_async(&mut redis).await.unwrap();
+        assert!(!keys.is_empty());
+        let _: i64 = ::redis::cmd("DEL").arg(&keys).query_async(&mut redis).await.unwrap();
+    }
+
+    let restarted = spawn_app_with(AppOptions {
+        settings,
+        manual_clock: Some(T0),
+        data_dir: Some(data_dir),
+        ..AppOptions::default()
+    })
+    .await;
+    // Joining again answers the place kept.
+    let place = restarted.join(&dee, &sale.id, 1).await.unwrap();
+    assert_eq!((place.position, place.length), (2, 2));
+    restarted.cancel(&ann, &held.id).await.unwrap();
+    let served = restarted
+        .eventually("Cy served from the restored line", || async {
+            restarted.my_orders(&cy, &sale.id).await.into_iter().find(|o| o.status() == OrderStatus::Held)
+        })
+        .await;
+    assert_eq!(served.idempotency_key, format!("waitlist-{}", served.id));
+    assert_eq!(restarted.join(&dee, &sale.id, 1).await.unwrap().position, 1, "Dee moved up");
+    assert_refused(&refusal(restarted.buy(&ann, &sale.id, 1, "k2").await), Code::ResourceExhausted, "SOLD_OUT");
+}

@@ -115,7 +115,24 @@ contract_tests!(
     a_head_that_can_no_longer_be_served_leaves_the_line_when_the_last_hold_is_paid,
     a_hold_ended_before_its_confirm_is_settled_once,
     a_rebuild_ranks_paid_holds_as_the_live_board_did,
+    a_restored_line_gets_the_units_on_sale_first,
 );
+
+async fn a_restored_line_gets_the_units_on_sale_first(backend: Backend) {
+    let hot = backend.fresh().await;
+    let sale = active_sale(&*hot, hold_rules(2, 0, 1)).await;
+    let line = [entry("zed", 1), entry("yan", 1), entry("xia", 1)];
+    let handed = hot.restore_line(&sale.id, &line, UnixMillis(T0 + 10)).await.unwrap();
+    let served: Vec<_> = handed.served.iter().map(|o| (o.buyer_id.to_string(), o.id.clone())).collect();
+    assert_eq!(served, [("zed".to_owned(), line[0].order_id.clone()), ("yan".to_owned(), line[1].order_id.clone())]);
+    let v = view(&*hot, &sale).await;
+    assert_eq!((v.remaining, v.in_flight, v.waitlist), (0, 2, 1));
+    assert_eq!(hot.waitlist_place(&sale.id, &user("xia")).await.unwrap().map(|p| p.position), Some(1));
+    // A line that has buyers is not restored over.
+    let again = hot.restore_line(&sale.id, &[entry("wes", 1)], UnixMillis(T0 + 11)).await.unwrap();
+    assert_eq!(again, flashsale::store::Handed::default());
+    assert_eq!(view(&*hot, &sale).await.waitlist, 1);
+}
 
 async fn a_rebuild_ranks_paid_holds_as_the_live_board_did(backend: Backend) {
     let hot = backend.fresh().await;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use flashsale::domain::{
     CommitRefusal, DisplayName, Email, EndReason, HoldEnd, HoldRefusal, IdempotencyKey, Money, OrderId, OrderRecord,
     OrderStatus, ProductId, ProductRecord, Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId,
-    UserRecord,
+    UserRecord, WaitlistEntry,
 };
 use flashsale::store::embedded::RedbRecords;
 use flashsale::store::mongo::{connect, MongoRecords};
@@ -478,6 +478,27 @@ async fn holds_are_listed_earliest_deadline_first<R: RecordStore>(store: &R) {
     assert_eq!(listed, [middle.id, late.id], "an ended hold is no longer listed");
 }
 
+async fn places_in_line_are_kept_first_come_first<R: RecordStore>(store: &R) {
+    let (_, s) = on_sale(store, 5, SaleStatus::Active).await;
+    let (_, other) = on_sale(store, 5, SaleStatus::Active).await;
+    let place = |buyer: &str, at: i64| WaitlistEntry {
+        order_id: OrderId::generate(),
+        buyer_id: UserId::parse(buyer).unwrap(),
+        buyer_name: format!("Name of {buyer}").into(),
+        quantity: 1,
+        joined_at: UnixMillis(at),
+    };
+    let (zed, yan) = (place("zed", 10), place("yan", 20));
+    store.save_waitlist_entry(&s.id, &yan).await.unwrap();
+    store.save_waitlist_entry(&s.id, &zed).await.unwrap();
+    store.save_waitlist_entry(&s.id, &place("zed", 30)).await.unwrap(); // zed keeps the first place
+    store.save_waitlist_entry(&other.id, &place("xia", 5)).await.unwrap();
+    assert_eq!(store.waitlist_of_sale(&s.id).await.unwrap(), [zed.clone(), yan.clone()]);
+    store.remove_waitlist_entries(&s.id, &[zed.buyer_id.clone(), UserId::parse("nobody").unwrap()]).await.unwrap();
+    assert_eq!(store.waitlist_of_sale(&s.id).await.unwrap(), [yan]);
+    assert_eq!(store.waitlist_of_sale(&other.id).await.unwrap().len(), 1, "another sale's line is its own");
+}
+
 /// One test per contract function and backend.
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
@@ -516,6 +537,7 @@ contract!(
     a_hold_ends_once_and_only_as_the_rules_allow,
     the_holds_of_an_ended_sale_return_their_units_to_the_product,
     holds_are_listed_earliest_deadline_first,
+    places_in_line_are_kept_first_come_first,
 );
 
 // ---- embedded only ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 //! | `users` | `id`, `email`, `display_name`, `role`, `password_hash`, `created_at` |
 //! | `products` | `id`, `name`, `description`, `inventory`, `created_at` |
 //! | `sales` | `id`, `product_id`, `allocated`, `per_user_limit`, `max_per_purchase`, `start`, `end`, `price_minor`, `currency`, `hold_seconds`, `sold` (units in HELD or CONFIRMED orders), `held`, `status`, `end_reason`, `ended_at`, `created_at`, `generation` |
+//! | `waitlist` (key: sale id, buyer id) | `order_id` (the hold it becomes), `buyer_id`, `buyer_name`, `quantity`, `joined_at` |
 //! | `orders` | `id`, `sale_id`, `buyer_id`, `buyer_name`, `quantity`, `price_minor`, `currency`, `idempotency_key`, `created_at`, `status` (`HELD` \| `CONFIRMED` \| `CANCELLED` \| `EXPIRED`), `expires_at`, `payment_reference`, `settled_at` |
 //!
 //! Format 1 is format 2 without holds: no `hold_seconds`, `held`, order `status`, `expires_at`,
@@ -32,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, OrderStatus, ProductId, ProductRecord,
-    Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId, UserRecord,
+    Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId, UserRecord, WaitlistEntry,
 };
 use crate::store::StoreError;
 
@@ -461,6 +462,50 @@ impl Stored for OrderRecord {
             expires_at: expires_at.map(UnixMillis),
             payment_reference,
             settled_at: settled_at.map(UnixMillis),
+        })
+    }
+}
+
+// ---- waitlist ----------------------------------------------------------------------------------
+
+/// A buyer's place in a sale's line (new in format 2), keyed by (sale, buyer).
+#[derive(Serialize, Deserialize)]
+struct WaitlistV2 {
+    v: u8,
+    order_id: String,
+    buyer_id: String,
+    buyer_name: String,
+    quantity: u32,
+    joined_at: i64,
+}
+
+impl Stored for WaitlistEntry {
+    const TABLE: &'static str = "waitlist";
+
+    fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        encode(&WaitlistV2 {
+            v: FORMAT,
+            order_id: self.order_id.to_string(),
+            buyer_id: self.buyer_id.to_string(),
+            buyer_name: self.buyer_name.to_string(),
+            quantity: self.quantity,
+            joined_at: self.joined_at.0,
+        })
+    }
+
+    fn decode(key: &str, bytes: &[u8]) -> Result<Self, StoreError> {
+        let r = Reader { table: Self::TABLE, key };
+        r.version(bytes)?;
+        let d: WaitlistV2 = r.document(bytes)?;
+        if d.quantity == 0 {
+            return Err(r.corrupt("quantity", "a place for no units"));
+        }
+        Ok(WaitlistEntry {
+            order_id: r.parse("order_id", OrderId::parse(&d.order_id))?,
+            buyer_id: r.parse("buyer_id", UserId::parse(&d.buyer_id))?,
+            buyer_name: d.buyer_name.into(),
+            quantity: d.quantity,
+            joined_at: UnixMillis(d.joined_at),
         })
     }
 }

@@ -136,7 +136,7 @@ impl SaleState {
 
 #[async_trait]
 impl HotStore for MemoryHot {
-    async fn load_sale(&self, sale: &SaleRecord, orders: &[OrderRecord]) -> Result<(), HotError> {
+    async fn load_sale(&self, sale: &SaleRecord, orders: &[OrderRecord]) -> Result<bool, HotError> {
         let tally = tally(orders);
         let holds =
             orders.iter().filter(|o| o.status == OrderStatus::Held).map(|o| (o.id.clone(), o.clone())).collect();
@@ -169,8 +169,14 @@ impl HotStore for MemoryHot {
         };
         let hot = Arc::new(HotSale { state: Mutex::new(state), settled: Notify::new() });
         // Never replace a loaded sale: its in-flight reservations live only here.
-        self.sales.write().unwrap_or_else(|e| e.into_inner()).entry(sale.id.clone()).or_insert(hot);
-        Ok(())
+        let mut sales = self.sales.write().unwrap_or_else(|e| e.into_inner());
+        match sales.entry(sale.id.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => Ok(false),
+            std::collections::hash_map::Entry::Vacant(place) => {
+                place.insert(hot);
+                Ok(true)
+            }
+        }
     }
 
     async fn has_sale(&self, sale: &SaleId) -> Result<bool, HotError> {
@@ -419,6 +425,18 @@ impl HotStore for MemoryHot {
         state.line.remove(at);
         // The line moved up: units kept for the old head may serve the new one, or go on sale.
         Ok(Some(state.give_back(0, now)))
+    }
+
+    async fn restore_line(&self, sale: &SaleId, line: &[WaitlistEntry], now: UnixMillis) -> Result<Handed, HotError> {
+        let sale = self.sale_or_refuse(sale)?;
+        let mut state = sale.lock();
+        if line.is_empty() || !state.line.is_empty() || state.status == SaleStatus::Ended {
+            return Ok(Handed::default());
+        }
+        state.line.extend(line.iter().cloned());
+        // Nothing is on sale while buyers wait: what is left goes to them first.
+        let units = std::mem::take(&mut state.remaining);
+        Ok(state.give_back(units, now))
     }
 
     async fn waitlist_place(&self, sale: &SaleId, buyer: &UserId) -> Result<Option<WaitlistPlace>, HotError> {

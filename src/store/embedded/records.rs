@@ -25,6 +25,7 @@ use super::format::Stored;
 use crate::domain::{
     ended_hold, hold_counters, judge_hold, judge_order, CommitOutcome, Email, EndReason, IdempotencyKey, OrderId,
     OrderRecord, OrderStatus, ProductId, ProductRecord, SaleId, SaleRecord, SaleStatus, UnixMillis, UserId, UserRecord,
+    WaitlistEntry,
 };
 use crate::store::{HoldChange, HoldOutcome, RecordStore, StoreError};
 
@@ -33,6 +34,8 @@ const USERS_BY_EMAIL: TableDefinition<&str, &str> = TableDefinition::new("users_
 const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
 const SALES: TableDefinition<&str, &[u8]> = TableDefinition::new("sales");
 const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+/// Places in sales' lines, by (sale id, buyer id).
+const WAITLIST: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("waitlist");
 /// The on-disk by-sale index of earlier versions, deleted at open (now kept in memory).
 const OBSOLETE_ORDERS_BY_SALE: TableDefinition<(&str, &str), ()> = TableDefinition::new("orders_by_sale");
 
@@ -111,6 +114,7 @@ impl RedbRecords {
         txn.open_table(PRODUCTS)?;
         txn.open_table(SALES)?;
         txn.open_table(ORDERS)?;
+        txn.open_table(WAITLIST)?;
         txn.delete_table(OBSOLETE_ORDERS_BY_SALE)?;
         txn.commit()?;
         let mut index = OrderIndex::default();
@@ -503,6 +507,61 @@ impl RecordStore for RedbRecords {
                 index.holds.remove(hold);
             }
             Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn save_waitlist_entry(&self, sale: &SaleId, entry: &WaitlistEntry) -> Result<(), StoreError> {
+        let (sale, entry) = (sale.clone(), entry.clone());
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut line = txn.open_table(WAITLIST)?;
+                let key = (sale.as_str(), entry.buyer_id.as_str());
+                if line.get(key)?.is_some() {
+                    return Ok(()); // the first place stays
+                }
+                line.insert(key, entry.encode()?.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_waitlist_entries(&self, sale: &SaleId, buyers: &[UserId]) -> Result<(), StoreError> {
+        let (sale, buyers) = (sale.clone(), buyers.to_vec());
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut line = txn.open_table(WAITLIST)?;
+                for buyer in &buyers {
+                    line.remove((sale.as_str(), buyer.as_str()))?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn waitlist_of_sale(&self, sale: &SaleId) -> Result<Vec<WaitlistEntry>, StoreError> {
+        let sale = sale.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(WAITLIST)?;
+            let mut line = Vec::new();
+            for row in table.range((sale.as_str(), "")..)? {
+                let (key, value) = row?;
+                let (row_sale, buyer) = key.value();
+                if row_sale != sale.as_str() {
+                    break;
+                }
+                line.push(WaitlistEntry::decode(&format!("{row_sale}/{buyer}"), value.value())?);
+            }
+            // First come first: by join time, then by order id (UUIDv7, made when each joined).
+            line.sort_by(|a, b| (a.joined_at, &a.order_id).cmp(&(b.joined_at, &b.order_id)));
+            Ok(line)
         })
         .await
     }

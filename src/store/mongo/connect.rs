@@ -65,6 +65,7 @@ impl MongoRecords {
             products: db.collection("products"),
             sales: db.collection("sales"),
             orders: db.collection("orders"),
+            waitlist: db.collection("waitlist"),
             txn_options: TransactionOptions::builder()
                 .read_concern(ReadConcern::snapshot())
                 .write_concern(WriteConcern::majority())
@@ -90,6 +91,7 @@ impl MongoRecords {
         self.orders.create_index(index(doc! { "sale_id": 1, "_id": 1 }, "orders_by_sale", false)).await?;
         self.orders.create_index(index(doc! { "buyer_id": 1, "_id": 1 }, "orders_by_buyer", false)).await?;
         self.orders.create_index(index(doc! { "status": 1, "expires_at": 1 }, "holds_by_deadline", false)).await?;
+        self.waitlist.create_index(index(doc! { "sale_id": 1, "joined_at": 1 }, "line_by_sale", false)).await?;
         self.sales.create_index(index(doc! { "product_id": 1, "_id": -1 }, "sales_by_product", false)).await?;
         Ok(())
     }

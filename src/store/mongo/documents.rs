@@ -14,6 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::WaitlistEntry;
 use crate::domain::{
     Currency, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, OrderStatus, ProductId,
     ProductRecord, Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId, UserRecord,
@@ -295,6 +296,54 @@ impl TryFrom<OrderDoc> for OrderRecord {
             expires_at: doc.expires_at.map(UnixMillis),
             payment_reference: doc.payment_reference,
             settled_at: doc.settled_at.map(UnixMillis),
+        })
+    }
+}
+
+/// `waitlist`: a buyer's place in a sale's line; `_id` is "<sale>/<buyer>" (one place each).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct WaitlistDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    sale_id: String,
+    order_id: String,
+    buyer_id: String,
+    buyer_name: String,
+    quantity: i64,
+    joined_at: i64,
+}
+
+impl WaitlistDoc {
+    /// The document id of a buyer's place in a sale's line.
+    pub(super) fn id(sale: &SaleId, buyer: &UserId) -> String {
+        format!("{sale}/{buyer}")
+    }
+
+    pub(super) fn new(sale: &SaleId, entry: &WaitlistEntry) -> Self {
+        Self {
+            id: Self::id(sale, &entry.buyer_id),
+            sale_id: sale.as_str().to_owned(),
+            order_id: entry.order_id.as_str().to_owned(),
+            buyer_id: entry.buyer_id.as_str().to_owned(),
+            buyer_name: entry.buyer_name.to_string(),
+            quantity: i64::from(entry.quantity),
+            joined_at: entry.joined_at.0,
+        }
+    }
+}
+
+impl TryFrom<WaitlistDoc> for WaitlistEntry {
+    type Error = StoreError;
+
+    fn try_from(doc: WaitlistDoc) -> Result<Self, StoreError> {
+        let id = &doc.id;
+        let quantity = u32::try_from(doc.quantity).ok().filter(|q| *q > 0);
+        Ok(WaitlistEntry {
+            order_id: OrderId::parse(&doc.order_id).map_err(|e| corrupt("waitlist", id, "order_id", e))?,
+            buyer_id: UserId::parse(&doc.buyer_id).map_err(|e| corrupt("waitlist", id, "buyer_id", e))?,
+            buyer_name: doc.buyer_name.as_str().into(),
+            quantity: quantity.ok_or_else(|| corrupt("waitlist", id, "quantity", doc.quantity))?,
+            joined_at: UnixMillis(doc.joined_at),
         })
     }
 }

@@ -41,6 +41,7 @@ use mongodb::options::{ReturnDocument, TransactionOptions};
 use mongodb::{Client, ClientSession, Collection, Database, SessionCursor};
 use serde::de::DeserializeOwned;
 
+use crate::domain::WaitlistEntry;
 use crate::domain::{
     ended_hold, hold_counters, judge_hold, judge_order, CommitOutcome, Email, EndReason, IdempotencyKey, OrderId,
     OrderRecord, OrderStatus, ProductId, ProductRecord, SaleId, SaleRecord, SaleStatus, UnixMillis, UserId, UserRecord,
@@ -49,7 +50,7 @@ use crate::retry;
 use crate::store::{HoldChange, HoldOutcome, RecordStore, StoreError};
 
 pub use connect::connect;
-use documents::{OrderDoc, ProductDoc, SaleDoc, UserDoc};
+use documents::{OrderDoc, ProductDoc, SaleDoc, UserDoc, WaitlistDoc};
 use errors::{is_duplicate_key, store_error};
 use txn::{unsettled, Attempt, NotCommitted, TxnFailure};
 
@@ -62,6 +63,8 @@ pub struct MongoRecords {
     products: Collection<ProductDoc>,
     sales: Collection<SaleDoc>,
     orders: Collection<OrderDoc>,
+    /// Places in sales' lines, `_id` "<sale>/<buyer>".
+    waitlist: Collection<WaitlistDoc>,
     txn_options: TransactionOptions,
     /// Transactions and commits retried since start (conflicts, transient errors).
     retries: Arc<AtomicU64>,
@@ -645,6 +648,24 @@ impl RecordStore for MongoRecords {
                 }
             }
         }
+    }
+
+    async fn save_waitlist_entry(&self, sale: &SaleId, entry: &WaitlistEntry) -> Result<(), StoreError> {
+        match self.waitlist.insert_one(WaitlistDoc::new(sale, entry)).await {
+            // The buyer has a place already: the first one stays.
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            other => other.map(|_| ()).map_err(store_error),
+        }
+    }
+
+    async fn remove_waitlist_entries(&self, sale: &SaleId, buyers: &[UserId]) -> Result<(), StoreError> {
+        let ids: Vec<String> = buyers.iter().map(|buyer| WaitlistDoc::id(sale, buyer)).collect();
+        self.waitlist.delete_many(doc! { "_id": { "$in": ids } }).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn waitlist_of_sale(&self, sale: &SaleId) -> Result<Vec<WaitlistEntry>, StoreError> {
+        find_all(&self.waitlist, doc! { "sale_id": sale.as_str() }, doc! { "joined_at": 1, "order_id": 1 }).await
     }
 
     async fn earliest_holds(&self, limit: usize) -> Result<Vec<OrderRecord>, StoreError> {

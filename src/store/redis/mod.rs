@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `reserve`, `confirm`, `release`, `view`, `wait_settled` (each poll), `end_hold`, `join_waitlist`, `leave_waitlist` | 1: one script (`reserve.lua`, `confirm.lua`, `release.lua`, `view.lua`, `settled.lua`, `end_hold.lua`, `join.lua`, `leave.lua`; `common.lua` holds what several share) |
 //! | `waitlist_place` | 1: a `MULTI` pipeline (`ZRANK` + `HGET` + `ZCARD`) |
+//! | `restore_line` | 1: `restore_line.lua` |
 //! | `has_sale` | 1: `EXISTS` |
 //! | `in_flight` | 1: a `MULTI` pipeline (`HMGET` + `HVALS`) |
 //! | `load_sale` | 2: `SADD` to the open sales, then `load_sale.lua` |
@@ -55,7 +56,7 @@ use async_trait::async_trait;
 
 use crate::domain::{
     shown_remaining, tally, LeaderboardEntry, OrderRecord, OrderStatus, ProductId, SaleId, SaleRecord, SaleRules,
-    SaleStatus, SaleView, UnixMillis, UserId, WaitlistPlace, LEADERBOARD_MAX,
+    SaleStatus, SaleView, UnixMillis, UserId, WaitlistEntry, WaitlistPlace, LEADERBOARD_MAX,
 };
 use crate::store::{
     redact_uri, Confirmed, Handed, HoldSettled, HotError, HotStore, JoinRequest, Reservation, ReserveRequest, Settled,
@@ -97,6 +98,7 @@ struct Scripts {
     end_hold: Script,
     join: Script,
     leave: Script,
+    restore_line: Script,
 }
 
 /// A script with `common.lua` (the functions several share) before it.
@@ -117,6 +119,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     end_hold: with_common!("end_hold.lua"),
     join: with_common!("join.lua"),
     leave: with_common!("leave.lua"),
+    restore_line: with_common!("restore_line.lua"),
 });
 
 /// The hot state of every sale, in Redis.
@@ -275,7 +278,7 @@ impl RedisHot {
 
 #[async_trait]
 impl HotStore for RedisHot {
-    async fn load_sale(&self, sale: &SaleRecord, orders: &[OrderRecord]) -> Result<(), HotError> {
+    async fn load_sale(&self, sale: &SaleRecord, orders: &[OrderRecord]) -> Result<bool, HotError> {
         if sale.status != SaleStatus::Ended {
             // Listed before the sale is built: a sale listed but absent is skipped by
             // `open_sales`, while a sale built but never listed would never be ended on time.
@@ -337,8 +340,8 @@ impl HotStore for RedisHot {
         for hold in holds {
             invocation.arg(hold.id.as_str()).arg(StoredOrder::of(hold).encode()?);
         }
-        self.run(&invocation).await?;
-        Ok(())
+        let reply = self.run(&invocation).await?;
+        Ok(text(item(&reply, 0)?)? == "LOADED")
     }
 
     async fn has_sale(&self, sale: &SaleId) -> Result<bool, HotError> {
@@ -585,6 +588,21 @@ impl HotStore for RedisHot {
             return Ok(None);
         }
         handed(&reply, sale).map(Some)
+    }
+
+    async fn restore_line(&self, sale: &SaleId, line: &[WaitlistEntry], now: UnixMillis) -> Result<Handed, HotError> {
+        if line.is_empty() {
+            return Ok(Handed::default());
+        }
+        let keys = self.keys(sale);
+        let mut invocation = keys.invoke(&SCRIPTS.restore_line);
+        invocation.arg(now.0).arg(&keys.channel);
+        for entry in line {
+            invocation.arg(entry.buyer_id.as_str()).arg(StoredEntry::encode(entry)?);
+        }
+        let reply = self.run(&invocation).await?;
+        expect_ok(&reply)?;
+        handed(&reply, sale)
     }
 
     async fn waitlist_place(&self, sale: &SaleId, buyer: &UserId) -> Result<Option<WaitlistPlace>, HotError> {
