@@ -135,7 +135,12 @@ pub async fn settle(
         .buffer_unordered(64)
         .collect::<Vec<_>>()
         .await;
+    let late_actions = acted.iter().filter(|a| matches!(a, Ok(Acted::Late))).count();
     let failed_actions: Vec<String> = acted.into_iter().filter_map(Result::err).collect();
+    if late_actions > 0 {
+        println!("{late_actions} payments or cancels came after their hold expired (told so: HOLD_EXPIRED)");
+    }
+    figures.add("late_actions", late_actions);
     let count = |c: Choice| decisions.iter().filter(|d| d.2 == c).count();
     println!(
         "winners: {} paid, {} cancelled, {} left to expire ({:.1} s)",
@@ -281,13 +286,24 @@ enum Choice {
     Expire,
 }
 
+/// What a payment or a cancel was told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acted {
+    /// Done as asked (or nothing to do: a hold left to expire).
+    Done,
+    /// Too late: the hold had expired first (HOLD_EXPIRED, or ORDER_NOT_HELD for an expired
+    /// order): a definite answer, when the payers are slower than the hold time.
+    Late,
+}
+
 /// Pays (with a test reference) or cancels an order; leaving it to expire does nothing.
-/// UNAVAILABLE is retried with the same reference, as a payment webhook does.
-async fn act(session: &Session, buyer: Buyer, order_id: String, choice: Choice) -> Result<(), String> {
+/// UNAVAILABLE is retried with the same reference, as a payment webhook does. An answer that
+/// is neither done nor too late is an error.
+async fn act(session: &Session, buyer: Buyer, order_id: String, choice: Choice) -> Result<Acted, String> {
     for _ in 0..10 {
         let mut client = session.pool.purchase();
         let answer = match choice {
-            Choice::Expire => return Ok(()),
+            Choice::Expire => return Ok(Acted::Done),
             Choice::Pay => {
                 let request = pb::ConfirmOrderRequest {
                     order_id: order_id.clone(),
@@ -301,13 +317,25 @@ async fn act(session: &Session, buyer: Buyer, order_id: String, choice: Choice) 
                 .map(|_| ()),
         };
         match answer {
+            Ok(()) => return Ok(Acted::Done),
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 tokio::time::sleep(Duration::from_millis(100)).await
             }
-            other => return other.map_err(|status| format!("{choice:?} {order_id}: {}", status.message())),
+            Err(status) if expired(&status) => return Ok(Acted::Late),
+            Err(status) => return Err(format!("{choice:?} {order_id}: {}", status.message())),
         }
     }
     Err(format!("{choice:?} {order_id}: still unavailable"))
+}
+
+/// HOLD_EXPIRED, or ORDER_NOT_HELD for an order that expired.
+fn expired(status: &tonic::Status) -> bool {
+    use tonic_types::StatusExt;
+    let info = status.get_details_error_info();
+    info.is_some_and(|info| {
+        info.reason == "HOLD_EXPIRED"
+            || (info.reason == "ORDER_NOT_HELD" && info.metadata.get("status").is_some_and(|s| s == "EXPIRED"))
+    })
 }
 
 /// The late buyers' tokens, minted or registered like the rush's.
@@ -317,4 +345,32 @@ pub async fn late_buyers(session: &Session, count: usize, mint: bool, tag: &str)
     }
     let (buyers, _) = setup::buyers(session, count, mint, 8, &format!("{tag}-late")).await?;
     Ok(Arc::new(buyers))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tonic::Code;
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    use super::expired;
+
+    fn refusal(code: Code, reason: &str, metadata: &[(&str, &str)]) -> tonic::Status {
+        let metadata: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        tonic::Status::with_error_details(
+            code,
+            "refused",
+            ErrorDetails::with_error_info(reason, "flashsale.v1", metadata),
+        )
+    }
+
+    #[test]
+    fn a_payment_after_the_expiry_is_late_not_failed() {
+        assert!(expired(&refusal(Code::FailedPrecondition, "HOLD_EXPIRED", &[])));
+        assert!(expired(&refusal(Code::FailedPrecondition, "ORDER_NOT_HELD", &[("status", "EXPIRED")])));
+        assert!(!expired(&refusal(Code::FailedPrecondition, "ORDER_NOT_HELD", &[("status", "CANCELLED")])));
+        assert!(!expired(&refusal(Code::NotFound, "ORDER_NOT_FOUND", &[])));
+        assert!(!expired(&tonic::Status::unavailable("down")));
+    }
 }
