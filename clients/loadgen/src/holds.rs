@@ -51,13 +51,7 @@ pub struct HoldFeed {
 
 /// Follows WatchSale until it ends, keeping the largest counters it showed.
 pub async fn follow(session: &Session, sale_id: &str) -> anyhow::Result<tokio::task::JoinHandle<HoldFeed>> {
-    let mut stream = session
-        .pool
-        .feeds()
-        .watch_sale(pb::WatchSaleRequest { sale_id: sale_id.into() })
-        .await
-        .context("WatchSale")?
-        .into_inner();
+    let mut stream = crate::rehearse::open_watch(session, sale_id).await?;
     Ok(tokio::spawn(async move {
         let mut feed = HoldFeed::default();
         while let Ok(Some(s)) = stream.message().await {

@@ -123,6 +123,17 @@ pub struct FeedLog {
     pub error: Option<String>,
 }
 
+/// Opens a WatchSale stream.
+pub async fn open_watch(session: &Session, sale_id: &str) -> anyhow::Result<tonic::Streaming<pb::SaleSnapshot>> {
+    Ok(session
+        .pool
+        .feeds()
+        .watch_sale(pb::WatchSaleRequest { sale_id: sale_id.into() })
+        .await
+        .context("WatchSale")?
+        .into_inner())
+}
+
 /// Opens WatchSale and follows it in a task until the stream ends; returns once the first
 /// snapshot arrived.
 pub async fn follow_feed(
@@ -130,13 +141,7 @@ pub async fn follow_feed(
     sale_id: &str,
     epoch: Instant,
 ) -> anyhow::Result<tokio::task::JoinHandle<FeedLog>> {
-    let mut stream = session
-        .pool
-        .feeds()
-        .watch_sale(pb::WatchSaleRequest { sale_id: sale_id.into() })
-        .await
-        .context("WatchSale")?
-        .into_inner();
+    let mut stream = open_watch(session, sale_id).await?;
     let first = stream.message().await.context("WatchSale's first snapshot")?.context("WatchSale ended at once")?;
     Ok(tokio::spawn(async move {
         let mut log = FeedLog::default();

@@ -122,6 +122,22 @@ pub(super) const JOIN_FIELDS: [&str; 13] = [
     "in_flight",
 ];
 
+/// The facts a script refused on, `{'REFUSED', rule, meta, bought, ...}`: the sale's meta
+/// (`fields`, in the script's order) and the buyer's snapshot.
+fn refused_facts<'a>(items: &'a [Value], fields: &[&'a str]) -> Result<(Meta<'a>, BuyerSnapshot), HotError> {
+    let Value::Array(values) = item(items, 2)? else {
+        return Err(malformed("a refusal without the sale's facts"));
+    };
+    let meta = Meta::new(fields, values)?;
+    let buyer = BuyerSnapshot {
+        status: parse_status(&meta.text("status")?)?,
+        end_reason: parse_reason(&meta.text("end_reason")?)?,
+        remaining: meta.int("remaining")?,
+        bought: u32::try_from(int(item(items, 3)?)?).map_err(|_| malformed("units out of range"))?,
+    };
+    Ok((meta, buyer))
+}
+
 /// A refusal of `join.lua`, stated by the domain's `check_join` from the facts the script sent
 /// (as [`reserve_refusal`] does for a purchase).
 pub(super) fn join_refusal(items: &[Value], quantity: u32, now: UnixMillis) -> Result<PurchaseRefusal, HotError> {
@@ -129,16 +145,7 @@ pub(super) fn join_refusal(items: &[Value], quantity: u32, now: UnixMillis) -> R
     if rule == "SALE_NOT_FOUND" {
         return Ok(PurchaseRefusal::SaleNotFound);
     }
-    let Value::Array(values) = item(items, 2)? else {
-        return Err(malformed("a refusal without the sale's facts"));
-    };
-    let meta = Meta::new(&JOIN_FIELDS, values)?;
-    let buyer = BuyerSnapshot {
-        status: parse_status(&meta.text("status")?)?,
-        end_reason: parse_reason(&meta.text("end_reason")?)?,
-        remaining: meta.int("remaining")?,
-        bought: u32::try_from(int(item(items, 3)?)?).map_err(|_| malformed("units out of range"))?,
-    };
+    let (meta, buyer) = refused_facts(items, &JOIN_FIELDS)?;
     let live = LineSnapshot { buyer, outstanding: int(item(items, 4)?)? };
     match check_join(&meta.rules()?, live, now, quantity) {
         Err(refusal) => Ok(refusal),
@@ -156,16 +163,7 @@ pub(super) fn reserve_refusal(items: &[Value], request: &ReserveRequest) -> Resu
         "IDEMPOTENCY_KEY_REUSED" => return Ok(PurchaseRefusal::IdempotencyKeyReused),
         _ => {}
     }
-    let Value::Array(values) = item(items, 2)? else {
-        return Err(malformed("a refusal without the sale's facts"));
-    };
-    let meta = Meta::new(&RESERVE_FIELDS, values)?;
-    let live = BuyerSnapshot {
-        status: parse_status(&meta.text("status")?)?,
-        end_reason: parse_reason(&meta.text("end_reason")?)?,
-        remaining: meta.int("remaining")?,
-        bought: u32::try_from(int(item(items, 3)?)?).map_err(|_| malformed("units out of range"))?,
-    };
+    let (meta, live) = refused_facts(items, &RESERVE_FIELDS)?;
     match check_purchase(&meta.rules()?, live, request.now, request.quantity) {
         Err(refusal) => Ok(refusal),
         Ok(_) => Err(malformed(format!("the reserve script refused ({rule}) what the sale's rules accept"))),
