@@ -32,8 +32,6 @@ pub struct HoldPlan {
     pub hold_seconds: u32,
     /// Share of held orders paid; the rest are cancelled (half) or left to expire.
     pub pay_ratio: f64,
-    /// Late buyers who wait in line (0: no waitlist).
-    pub late_buyers: usize,
     /// Seed of the pay / cancel / expire draw.
     pub seed: u64,
 }

@@ -445,7 +445,6 @@ async fn rehearse_holds(
     let plan = crate::holds::HoldPlan {
         hold_seconds: args.hold_seconds,
         pay_ratio: args.pay_ratio,
-        late_buyers: late_count,
         seed: scenario.options.seed.unwrap_or(7),
     };
     let outcome = crate::holds::settle(session, plan, &prepared, &late, &rush.records, feed, figures).await?;
