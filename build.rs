@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/flashsale/v1/admin.proto",
         "proto/flashsale/v1/purchase.proto",
         "proto/flashsale/v1/feeds.proto",
+        "proto/flashsale/v1/orders.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
 

@@ -81,6 +81,7 @@ pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    pages: crate::paging::PageTokens,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -96,7 +97,17 @@ impl JwtKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation }
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            pages: crate::paging::PageTokens::new(secret),
+        }
+    }
+
+    /// The listings' page tokens, signed with a key derived from the same secret.
+    pub fn pages(&self) -> &crate::paging::PageTokens {
+        &self.pages
     }
 
     /// Signs a token for `sub` valid for `ttl` from `now`; returns it with its expiry.

@@ -95,6 +95,10 @@ pub struct SettingsArgs {
     /// (ms); past it the retry answers UNAVAILABLE (retry with the same key).
     #[arg(long, env = "IN_FLIGHT_WAIT_MS", default_value_t = 3000)]
     pub in_flight_wait_ms: u64,
+    /// How long order events (the WatchOrders feed) are kept, in hours; 0 keeps them for ever.
+    /// A consumer away for longer must list the orders again (CURSOR_EXPIRED).
+    #[arg(long, env = "ORDER_EVENTS_RETENTION_HOURS", default_value_t = 168)]
+    pub order_events_retention_hours: u64,
     /// CPU password hashing (Register, Login) may use, in cores (fractions allowed); default: a
     /// quarter of the cores, at least 0.5.
     #[arg(long, env = "AUTH_CORES", value_parser = parse_cores)]
@@ -194,6 +198,8 @@ pub struct Settings {
     pub reconcile_interval: Duration,
     /// Age after which an in-flight reservation is considered orphaned.
     pub orphan_after: Duration,
+    /// How long order events are kept; `None`: for ever.
+    pub order_events_retention: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -217,6 +223,7 @@ impl Default for Settings {
             mongodb_database: "flashsale".into(),
             reconcile_interval: Duration::from_secs(10),
             orphan_after: Duration::from_secs(30),
+            order_events_retention: Some(Duration::from_secs(7 * 86_400)),
         }
     }
 }
@@ -246,6 +253,10 @@ impl From<SettingsArgs> for Settings {
             mongodb_database: args.backends.mongodb_database,
             reconcile_interval: Duration::from_millis(args.backends.reconcile_interval_ms.max(100)),
             orphan_after: Duration::from_millis(args.backends.orphan_after_ms),
+            order_events_retention: match args.order_events_retention_hours {
+                0 => None,
+                hours => Some(Duration::from_secs(hours.saturating_mul(3600))),
+            },
         }
     }
 }

@@ -47,6 +47,7 @@ pub mod domain;
 pub mod feeds;
 pub mod grpc;
 pub mod metrics;
+pub mod paging;
 pub mod passwords;
 pub mod retry;
 pub mod server;

@@ -19,11 +19,12 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::backends::Backends;
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::grpc::{authenticate, AdminApi, AuthApi, FeedsApi, PurchaseApi, RateLimits};
+use crate::grpc::{authenticate, AdminApi, AuthApi, FeedsApi, OrdersApi, PurchaseApi, RateLimits};
 use crate::pb;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::auth_service_server::AuthServiceServer;
 use crate::pb::feeds_service_server::FeedsServiceServer;
+use crate::pb::orders_service_server::OrdersServiceServer;
 use crate::pb::purchase_service_server::PurchaseServiceServer;
 use crate::service::App;
 
@@ -80,6 +81,7 @@ pub async fn run_with(
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
     health.set_serving::<PurchaseServiceServer<PurchaseApi>>().await;
     health.set_serving::<FeedsServiceServer<FeedsApi>>().await;
+    health.set_serving::<OrdersServiceServer<OrdersApi>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -93,6 +95,7 @@ pub async fn run_with(
     let admin = AdminServiceServer::new(AdminApi { app: app.clone() }).max_decoding_message_size(max);
     let purchase = PurchaseServiceServer::new(PurchaseApi { app: app.clone(), limits: limits.clone() })
         .max_decoding_message_size(max);
+    let orders = OrdersServiceServer::new(OrdersApi { app: app.clone() }).max_decoding_message_size(max);
     let feeds = FeedsServiceServer::new(FeedsApi { app: app.clone(), clock }).max_decoding_message_size(max);
     let interceptor = authenticate(std::sync::Arc::new(app.keys().clone()));
 
@@ -103,7 +106,8 @@ pub async fn run_with(
         .add_service(reflection().build_v1alpha().context("building reflection v1alpha")?)
         .add_service(auth)
         .add_service(InterceptedService::new(admin, interceptor.clone()))
-        .add_service(InterceptedService::new(purchase, interceptor))
+        .add_service(InterceptedService::new(purchase, interceptor.clone()))
+        .add_service(InterceptedService::new(orders, interceptor))
         .add_service(feeds);
     // Plain HTTP routes (the browser page) share the port with gRPC and grpc-web.
     // grpc-web wraps the gRPC routes only: it answers 400 to any other HTTP/1.1 request, the page's GETs included.

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     println!("cargo:rerun-if-changed={}", root.display());
-    let files = ["common", "auth", "admin", "purchase", "feeds"].map(|f| root.join(format!("flashsale/v1/{f}.proto")));
+    let files = ["common", "auth", "admin", "purchase", "feeds", "orders"]
+        .map(|f| root.join(format!("flashsale/v1/{f}.proto")));
     let mut compiler = protox::Compiler::new([&root])?;
     compiler.include_imports(true);
     compiler.open_files(files)?;

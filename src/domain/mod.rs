@@ -4,6 +4,7 @@
 //! or the runtime.
 
 mod entities;
+mod events;
 mod holds;
 mod ids;
 mod leaderboard;
@@ -14,6 +15,7 @@ pub use entities::{
     first_version, judge_order, shown_remaining, tally, CommitOutcome, CommitRefusal, OrderRecord, ProductRecord,
     SaleRecord, SaleView, Tally, UserRecord, LEADERBOARD_MAX,
 };
+pub use events::{check_cursor, CursorProblem, EventsPage, OrderEvent, OrderEventKind};
 pub use holds::{
     all_confirmed, check_join, ended_hold, hand_over, hold_counters, judge_hold, waitlist_key, Handover, HoldEnd,
     HoldRefusal, LineSnapshot, OrderStatus, WaitlistEntry, WaitlistPlace,

@@ -189,25 +189,29 @@ pub enum Role {
     Admin,
     /// A payment service: may confirm any order, nothing else.
     Payments,
+    /// A fulfillment system: may read orders (listings and the order feed), nothing else.
+    Fulfillment,
 }
 
 impl Role {
-    /// Accepts "buyer", "admin" or "payments".
+    /// Accepts "buyer", "admin", "payments" or "fulfillment".
     pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
         match raw {
             "buyer" => Ok(Self::Buyer),
             "admin" => Ok(Self::Admin),
             "payments" => Ok(Self::Payments),
-            _ => Err(FieldViolation::new("role", "must be buyer, admin or payments")),
+            "fulfillment" => Ok(Self::Fulfillment),
+            _ => Err(FieldViolation::new("role", "must be buyer, admin, payments or fulfillment")),
         }
     }
 
-    /// "buyer", "admin" or "payments".
+    /// "buyer", "admin", "payments" or "fulfillment".
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Buyer => "buyer",
             Self::Admin => "admin",
             Self::Payments => "payments",
+            Self::Fulfillment => "fulfillment",
         }
     }
 }

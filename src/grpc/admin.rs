@@ -8,7 +8,7 @@ use crate::domain::{DisplayName, FieldViolation, ProductId, Role, SaleId, SaleRu
 use crate::pb;
 use crate::service::{App, NewSale};
 
-use super::convert::{millis, money, Violations};
+use super::convert::{millis, money, page_ask, Violations};
 use super::require_admin;
 
 /// The AdminService implementation.
@@ -92,8 +92,14 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::ListProductsRequest>,
     ) -> Result<Response<pb::ListProductsResponse>, Status> {
         require_admin(&request)?;
-        let products = self.app.list_products().await?;
-        Ok(Response::new(pb::ListProductsResponse { products: products.iter().map(Into::into).collect() }))
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let ask = page_ask(&mut v, req.page_size, &req.page_token);
+        let page = self.app.list_products(&v.finish(ask)?).await?;
+        Ok(Response::new(pb::ListProductsResponse {
+            products: page.items.iter().map(Into::into).collect(),
+            next_page_token: page.next_token,
+        }))
     }
 
     async fn get_product(&self, request: Request<pb::GetProductRequest>) -> Result<Response<pb::Product>, Status> {
@@ -141,12 +147,19 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::ListSalesRequest>,
     ) -> Result<Response<pb::ListSalesResponse>, Status> {
         require_admin(&request)?;
-        let filter = match request.get_ref().product_id.as_str() {
-            "" => None,
-            raw => Some(product_id(raw)?),
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let product = match req.product_id.as_str() {
+            "" => Some(None),
+            raw => v.check(ProductId::parse(raw)).map(Some),
         };
-        let sales = self.app.list_sales(filter.as_ref()).await?;
-        Ok(Response::new(pb::ListSalesResponse { sales: sales.iter().map(Into::into).collect() }))
+        let ask = page_ask(&mut v, req.page_size, &req.page_token);
+        let (product, ask) = v.finish((|| Some((product?, ask?)))())?;
+        let page = self.app.list_sales(product.as_ref(), &ask).await?;
+        Ok(Response::new(pb::ListSalesResponse {
+            sales: page.items.iter().map(Into::into).collect(),
+            next_page_token: page.next_token,
+        }))
     }
 
     async fn issue_service_token(
@@ -156,16 +169,20 @@ impl pb::admin_service_server::AdminService for AdminApi {
         require_admin(&request)?;
         let req = request.into_inner();
         let mut v = Violations::default();
-        v.require(req.role == pb::Role::Payments as i32, "role", "must be ROLE_PAYMENTS");
+        let role = match pb::Role::try_from(req.role) {
+            Ok(pb::Role::Payments) => Some(Role::Payments),
+            Ok(pb::Role::Fulfillment) => Some(Role::Fulfillment),
+            _ => None,
+        };
+        v.require(role.is_some(), "role", "must be ROLE_PAYMENTS or ROLE_FULFILLMENT");
         let name = v.check(DisplayName::parse(&req.name).map_err(|e| FieldViolation::new("name", e.description)));
         v.require(req.ttl_seconds <= SERVICE_TOKEN_MAX_TTL, "ttl_seconds", "must be at most 31536000 (a year)");
-        let name = v.finish(name)?;
+        let (name, role) = v.finish((|| Some((name?, role?)))())?;
         let ttl = match req.ttl_seconds {
             0 => SERVICE_TOKEN_TTL,
             seconds => seconds,
         };
-        let (token, expires_at) =
-            self.app.service_token(Role::Payments, &name, std::time::Duration::from_secs(u64::from(ttl)));
+        let (token, expires_at) = self.app.service_token(role, &name, std::time::Duration::from_secs(u64::from(ttl)));
         Ok(Response::new(pb::IssueServiceTokenResponse {
             access_token: token,
             expires_at: Some(super::convert::timestamp(expires_at)),

@@ -32,6 +32,7 @@ fn respond(session: crate::service::Session) -> Response<pb::AuthResponse> {
                 crate::domain::Role::Buyer => pb::Role::Buyer,
                 crate::domain::Role::Admin => pb::Role::Admin,
                 crate::domain::Role::Payments => pb::Role::Payments,
+                crate::domain::Role::Fulfillment => pb::Role::Fulfillment,
             }
             .into(),
         }),

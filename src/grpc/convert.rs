@@ -176,6 +176,49 @@ impl From<&OrderRecord> for pb::Order {
             expires_at: o.expires_at.map(timestamp),
             payment_reference: o.payment_reference.clone().unwrap_or_default(),
             settled_at: o.settled_at.map(timestamp),
+            buyer_name: o.buyer_name.to_string(),
+        }
+    }
+}
+
+impl From<&crate::domain::OrderEvent> for pb::OrderEvent {
+    fn from(event: &crate::domain::OrderEvent) -> Self {
+        use crate::domain::OrderEventKind as Kind;
+        let kind = match event.kind {
+            Kind::Created => pb::OrderEventKind::Created,
+            Kind::Confirmed => pb::OrderEventKind::Confirmed,
+            Kind::Cancelled => pb::OrderEventKind::Cancelled,
+            Kind::Expired => pb::OrderEventKind::Expired,
+        };
+        Self {
+            sequence: event.sequence,
+            kind: kind.into(),
+            order: Some((&event.order).into()),
+            at: Some(timestamp(event.at())),
+        }
+    }
+}
+
+/// The page a listing request asks for: `page_size` (0: the default; above the maximum: the
+/// maximum) and `page_token` as sent.
+pub fn page_ask(v: &mut Violations, page_size: i32, page_token: &str) -> Option<crate::service::PageAsk> {
+    let size = crate::paging::page_size(page_size);
+    v.require(size.is_some(), "page_size", "must not be negative");
+    v.require(page_token.len() <= 1024, "page_token", "is not a token this service issued");
+    Some(crate::service::PageAsk { size: size?, token: page_token.to_owned() })
+}
+
+/// A request's order status filter: unset (any) or one status.
+pub fn order_status(v: &mut Violations, raw: i32) -> Option<Option<OrderStatus>> {
+    match pb::OrderStatus::try_from(raw) {
+        Ok(pb::OrderStatus::Unspecified) => Some(None),
+        Ok(pb::OrderStatus::Held) => Some(Some(OrderStatus::Held)),
+        Ok(pb::OrderStatus::Confirmed) => Some(Some(OrderStatus::Confirmed)),
+        Ok(pb::OrderStatus::Cancelled) => Some(Some(OrderStatus::Cancelled)),
+        Ok(pb::OrderStatus::Expired) => Some(Some(OrderStatus::Expired)),
+        Err(_) => {
+            v.require(false, "status", "is not an order status");
+            None
         }
     }
 }

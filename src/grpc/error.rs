@@ -42,6 +42,9 @@ pub fn reason_of(error: &ServiceError) -> ErrorReason {
         ServiceError::RoleNotAllowed(_) => ErrorReason::RoleNotAllowed,
         ServiceError::HoldExpired(_) => ErrorReason::HoldExpired,
         ServiceError::OrderNotHeld(_) => ErrorReason::OrderNotHeld,
+        ServiceError::PageTokenInvalid(_) => ErrorReason::PageTokenInvalid,
+        ServiceError::CursorExpired { .. } => ErrorReason::CursorExpired,
+        ServiceError::CursorUnknown { .. } => ErrorReason::CursorUnknown,
         ServiceError::RateLimited { .. } => ErrorReason::RateLimited,
         ServiceError::SignInBusy { .. } => ErrorReason::SignInBusy,
         ServiceError::Unavailable(_) => ErrorReason::BackendUnavailable,
@@ -120,6 +123,19 @@ impl From<ServiceError> for Status {
                 metadata.insert("limit".into(), limit.to_string());
                 metadata.insert("bought".into(), bought.to_string());
                 Code::ResourceExhausted
+            }
+            ServiceError::PageTokenInvalid(problem) => {
+                metadata.insert("problem".into(), problem.as_str().into());
+                Code::InvalidArgument
+            }
+            ServiceError::CursorExpired { oldest, head } => {
+                metadata.insert("oldest_sequence".into(), oldest.to_string());
+                metadata.insert("head_sequence".into(), head.to_string());
+                Code::OutOfRange
+            }
+            ServiceError::CursorUnknown { head } => {
+                metadata.insert("head_sequence".into(), head.to_string());
+                Code::InvalidArgument
             }
             ServiceError::RateLimited { retry_after } => {
                 details.set_retry_info(Some(*retry_after));

@@ -38,7 +38,25 @@ pub fn require_admin<T>(request: &Request<T>) -> Result<Caller, Status> {
     match caller.role {
         Role::Admin => Ok(caller),
         Role::Buyer => Err(ServiceError::AdminRequired.into()),
-        role @ Role::Payments => Err(ServiceError::RoleNotAllowed(role).into()),
+        role @ (Role::Payments | Role::Fulfillment) => Err(ServiceError::RoleNotAllowed(role).into()),
+    }
+}
+
+/// The caller of ConfirmOrder: a buyer, an admin or a payment service.
+pub fn require_payer<T>(request: &Request<T>) -> Result<Caller, Status> {
+    let caller = caller(request)?;
+    match caller.role {
+        Role::Buyer | Role::Admin | Role::Payments => Ok(caller),
+        role @ Role::Fulfillment => Err(ServiceError::RoleNotAllowed(role).into()),
+    }
+}
+
+/// The caller, who must be allowed to read every order: an admin or a fulfillment system.
+pub fn require_order_reader<T>(request: &Request<T>) -> Result<Caller, Status> {
+    let caller = caller(request)?;
+    match caller.role {
+        Role::Admin | Role::Fulfillment => Ok(caller),
+        role @ (Role::Buyer | Role::Payments) => Err(ServiceError::RoleNotAllowed(role).into()),
     }
 }
 
@@ -47,6 +65,6 @@ pub fn require_buyer<T>(request: &Request<T>) -> Result<Caller, Status> {
     let caller = caller(request)?;
     match caller.role {
         Role::Buyer | Role::Admin => Ok(caller),
-        role @ Role::Payments => Err(ServiceError::RoleNotAllowed(role).into()),
+        role @ (Role::Payments | Role::Fulfillment) => Err(ServiceError::RoleNotAllowed(role).into()),
     }
 }

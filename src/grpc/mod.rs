@@ -11,6 +11,7 @@ pub mod error;
 mod feeds;
 mod framing;
 mod interceptor;
+mod orders;
 mod purchase;
 mod rate_limit;
 
@@ -18,6 +19,7 @@ pub use admin::AdminApi;
 pub use auth::AuthApi;
 pub use feeds::FeedsApi;
 pub use framing::explain_refusals;
-pub use interceptor::{authenticate, caller, require_admin, require_buyer};
+pub use interceptor::{authenticate, caller, require_admin, require_buyer, require_order_reader, require_payer};
+pub use orders::OrdersApi;
 pub use purchase::PurchaseApi;
 pub use rate_limit::RateLimits;

@@ -15,9 +15,9 @@ use crate::feeds::Feed;
 use crate::pb;
 use crate::service::{App, ServiceError};
 
-use super::convert::{pb_status, timestamp, Violations};
+use super::convert::{page_ask, pb_status, timestamp, Violations};
 use super::error::reason_of;
-use super::{caller, require_buyer, RateLimits};
+use super::{require_buyer, require_payer, RateLimits};
 
 /// Shortest time between two reads of one WatchMyOrders stream's orders: a busy sale changes
 /// every feed interval, and each read is a query of the record.
@@ -76,19 +76,26 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         request: Request<pb::ListMyOrdersRequest>,
     ) -> Result<Response<pb::ListMyOrdersResponse>, Status> {
         let caller = require_buyer(&request)?;
-        let sale = match request.get_ref().sale_id.as_str() {
-            "" => None,
-            raw => Some(SaleId::parse(raw).map_err(crate::service::ServiceError::from)?),
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let sale = match req.sale_id.as_str() {
+            "" => Some(None),
+            raw => v.check(SaleId::parse(raw)).map(Some),
         };
-        let orders = self.app.list_orders(&caller.user_id, sale.as_ref()).await?;
-        Ok(Response::new(pb::ListMyOrdersResponse { orders: orders.iter().map(Into::into).collect() }))
+        let ask = page_ask(&mut v, req.page_size, &req.page_token);
+        let (sale, ask) = v.finish((|| Some((sale?, ask?)))())?;
+        let page = self.app.list_my_orders(&caller.user_id, sale.as_ref(), &ask).await?;
+        Ok(Response::new(pb::ListMyOrdersResponse {
+            orders: page.items.iter().map(Into::into).collect(),
+            next_page_token: page.next_token,
+        }))
     }
 
     async fn confirm_order(
         &self,
         request: Request<pb::ConfirmOrderRequest>,
     ) -> Result<Response<pb::ConfirmOrderResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = require_payer(&request)?;
         let req = request.into_inner();
         let mut v = Violations::default();
         let id = v.check(OrderId::parse(&req.order_id));

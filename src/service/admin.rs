@@ -36,11 +36,6 @@ impl App {
         Ok(product)
     }
 
-    /// Every product.
-    pub async fn list_products(&self) -> Result<Vec<ProductRecord>, ServiceError> {
-        Ok(self.records.list_products().await?)
-    }
-
     /// One product.
     pub async fn get_product(&self, id: &ProductId) -> Result<ProductRecord, ServiceError> {
         self.records.get_product(id).await?.ok_or(ServiceError::ProductNotFound)
@@ -180,18 +175,6 @@ impl App {
         Ok(view_of_record(&sale))
     }
 
-    /// Sales, newest first, with live counters where loaded.
-    pub async fn list_sales(&self, product: Option<&ProductId>) -> Result<Vec<SaleView>, ServiceError> {
-        let mut views = Vec::new();
-        for sale in self.records.list_sales(product).await? {
-            views.push(match self.hot.view(&sale.id).await? {
-                Some(view) => view,
-                None => view_of_record(&sale),
-            });
-        }
-        Ok(views)
-    }
-
     /// Subscribes to a sale's live state (feeds).
     pub async fn watch(&self, id: &SaleId) -> Result<crate::feeds::Feed, ServiceError> {
         // The feeds' own read: the live state, rebuilt from the record when the hot store lost it.
@@ -200,7 +183,8 @@ impl App {
     }
 }
 
-fn view_of_record(sale: &SaleRecord) -> SaleView {
+/// A sale's view from its record alone (its hot state is not loaded).
+pub(super) fn view_of_record(sale: &SaleRecord) -> SaleView {
     SaleView {
         sale_id: sale.id.clone(),
         product_id: sale.product_id.clone(),

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,6 +35,9 @@ enum Job {
 /// answers every job already queued (durable or refused) and stops.
 pub(super) struct Committer {
     jobs: mpsc::Sender<Job>,
+    /// Counts the writes that made order events (orders stored, holds ended): the order feed's
+    /// followers on this node wait on it.
+    written: Arc<watch::Sender<u64>>,
     /// Tells the writer to drain and stop.
     stop: CancellationToken,
     /// The writer task.
@@ -49,9 +52,15 @@ impl Committer {
     pub(super) fn start(records: Arc<dyn RecordStore>) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
         let (stop, writer) = (CancellationToken::new(), TaskTracker::new());
-        writer.spawn(write_loop(records, queue, stop.clone()));
+        let written = Arc::new(watch::Sender::new(0));
+        writer.spawn(write_loop(records, queue, stop.clone(), written.clone()));
         writer.close();
-        Self { jobs, stop, writer }
+        Self { jobs, written, stop, writer }
+    }
+
+    /// Changes each time a write made order events.
+    pub(super) fn events_written(&self) -> watch::Receiver<u64> {
+        self.written.subscribe()
     }
 
     /// Stops taking jobs, answers every job queued, and returns once the writer stopped. Called
@@ -88,7 +97,12 @@ impl Committer {
     }
 }
 
-async fn write_loop(records: Arc<dyn RecordStore>, mut queue: mpsc::Receiver<Job>, stop: CancellationToken) {
+async fn write_loop(
+    records: Arc<dyn RecordStore>,
+    mut queue: mpsc::Receiver<Job>,
+    stop: CancellationToken,
+    written: Arc<watch::Sender<u64>>,
+) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     let mut orders = Vec::with_capacity(MAX_BATCH);
     let mut replies = Vec::with_capacity(MAX_BATCH);
@@ -126,6 +140,8 @@ async fn write_loop(records: Arc<dyn RecordStore>, mut queue: mpsc::Receiver<Job
         }
         flush(&*records, &mut orders, &mut replies).await;
         flush_holds(&*records, &mut holds, &mut hold_replies).await;
+        // Followers re-read (a failed batch wrote nothing: they find nothing new).
+        written.send_modify(|writes| *writes += 1);
     }
 }
 

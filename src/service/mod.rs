@@ -11,6 +11,7 @@
 mod admin;
 mod committer;
 mod holds;
+mod orders;
 mod purchase;
 mod reconcile;
 mod scheduler;
@@ -44,6 +45,7 @@ use crate::store::{ChangeSink, HotError, HotStore, RecordStore, StoreError};
 pub use admin::NewSale;
 use committer::Committer;
 pub use holds::HoldAnswer;
+pub use orders::{OrderFeed, Page, PageAsk};
 pub use purchase::Purchased;
 pub use users::Session;
 
@@ -107,6 +109,23 @@ pub enum ServiceError {
     SignInBusy {
         /// When a retry may find room.
         retry_after: Duration,
+    },
+    /// A page token this listing did not issue (altered, another listing's, other filters).
+    #[error("{0}")]
+    PageTokenInvalid(crate::paging::TokenProblem),
+    /// WatchOrders from a cursor whose next events were pruned.
+    #[error("the events after this cursor are older than the record keeps: list the orders again, then follow from the head")]
+    CursorExpired {
+        /// The oldest event kept (0: none).
+        oldest: u64,
+        /// The newest sequence written.
+        head: u64,
+    },
+    /// WatchOrders from a cursor beyond every event written.
+    #[error("no event has this sequence yet: the cursor is from another deployment")]
+    CursorUnknown {
+        /// The newest sequence written.
+        head: u64,
     },
     /// A backend is down or the server is stopping; safe to retry with the same key.
     #[error("service temporarily unavailable")]
@@ -268,6 +287,9 @@ impl App {
             app.tasks.spawn(reconcile::run(app.clone(), settings.reconcile_interval));
         }
         app.tasks.spawn(scheduler::run(app.clone()));
+        if let Some(retention) = settings.order_events_retention {
+            app.tasks.spawn(app.clone().prune_events(retention));
+        }
         Ok(app)
     }
 

@@ -20,9 +20,9 @@ pub mod redis;
 use async_trait::async_trait;
 
 use crate::domain::{
-    CommitOutcome, Email, EndReason, HoldEnd, HoldRefusal, IdempotencyKey, OrderId, OrderRecord, ProductId,
-    ProductRecord, PurchaseRefusal, SaleId, SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId,
-    UserRecord, WaitlistEntry, WaitlistPlace,
+    CommitOutcome, Email, EndReason, EventsPage, HoldEnd, HoldRefusal, IdempotencyKey, OrderId, OrderRecord,
+    OrderStatus, ProductId, ProductRecord, PurchaseRefusal, SaleId, SaleRecord, SaleRules, SaleStatus, SaleView,
+    UnixMillis, UserId, UserRecord, WaitlistEntry, WaitlistPlace,
 };
 
 /// What ending a hold did in the record: the order after the change, or why nothing changed
@@ -40,6 +40,30 @@ pub struct HoldChange {
     pub at: UnixMillis,
     /// A confirm's payment reference.
     pub reference: Option<String>,
+}
+
+/// Which orders a listing wants (`RecordStore::orders_page`). Orders are listed by id, which
+/// grows with creation time (UUIDv7), so a page ends at an id and the next starts after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderFilter {
+    /// Only this sale's.
+    pub sale: Option<SaleId>,
+    /// Only this buyer's.
+    pub buyer: Option<UserId>,
+    /// Only orders in this status.
+    pub status: Option<OrderStatus>,
+    /// Only orders created at or after this time.
+    pub created_after: Option<UnixMillis>,
+}
+
+impl OrderFilter {
+    /// Whether `order` passes.
+    pub fn admits(&self, order: &OrderRecord) -> bool {
+        self.sale.as_ref().is_none_or(|s| *s == order.sale_id)
+            && self.buyer.as_ref().is_none_or(|b| *b == order.buyer_id)
+            && self.status.is_none_or(|s| s == order.status)
+            && self.created_after.is_none_or(|t| order.created_at >= t)
+    }
 }
 
 /// `uri` with any `user:password@` replaced by `***@`, for messages and logs (Redis and
@@ -95,8 +119,8 @@ pub trait RecordStore: Send + Sync + 'static {
 
     /// Stores a new product.
     async fn create_product(&self, product: ProductRecord) -> Result<(), StoreError>;
-    /// Every product, oldest first.
-    async fn list_products(&self) -> Result<Vec<ProductRecord>, StoreError>;
+    /// At most `limit` products with ids above `after`, oldest first.
+    async fn products_page(&self, after: Option<&ProductId>, limit: usize) -> Result<Vec<ProductRecord>, StoreError>;
     /// One product.
     async fn get_product(&self, id: &ProductId) -> Result<Option<ProductRecord>, StoreError>;
     /// Adds units to a product's inventory; returns the product after.
@@ -106,8 +130,13 @@ pub trait RecordStore: Send + Sync + 'static {
     async fn create_sale(&self, sale: SaleRecord) -> Result<SaleRecord, StoreError>;
     /// One sale.
     async fn get_sale(&self, id: &SaleId) -> Result<Option<SaleRecord>, StoreError>;
-    /// Sales, newest first, optionally of one product.
-    async fn list_sales(&self, product: Option<&ProductId>) -> Result<Vec<SaleRecord>, StoreError>;
+    /// At most `limit` sales with ids below `before`, newest first, optionally of one product.
+    async fn sales_page(
+        &self,
+        product: Option<&ProductId>,
+        before: Option<&SaleId>,
+        limit: usize,
+    ) -> Result<Vec<SaleRecord>, StoreError>;
     /// Sales not yet ended (for recovery and the scheduler).
     async fn open_sales(&self) -> Result<Vec<SaleRecord>, StoreError>;
     /// SCHEDULED -> ACTIVE with the given start. Returns the sale and whether it changed; a sale
@@ -130,6 +159,15 @@ pub trait RecordStore: Send + Sync + 'static {
     async fn get_order(&self, id: &OrderId) -> Result<Option<OrderRecord>, StoreError>;
     /// A buyer's orders, oldest first, optionally in one sale.
     async fn orders_of_buyer(&self, buyer: &UserId, sale: Option<&SaleId>) -> Result<Vec<OrderRecord>, StoreError>;
+    /// At most `limit` orders `filter` admits with ids above `after`, oldest first (by id).
+    async fn orders_page(
+        &self,
+        filter: &OrderFilter,
+        after: Option<&OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>, StoreError>;
+    /// How many orders `filter` admits (`filter.sale` is set).
+    async fn count_orders(&self, filter: &OrderFilter) -> Result<u64, StoreError>;
     /// Every order of a sale, oldest first (to rebuild hot state).
     async fn orders_of_sale(&self, sale: &SaleId) -> Result<Vec<OrderRecord>, StoreError>;
     /// The order a buyer made in a sale with an idempotency key.
@@ -171,6 +209,15 @@ pub trait RecordStore: Send + Sync + 'static {
     async fn remove_waitlist_entries(&self, sale: &SaleId, buyers: &[UserId]) -> Result<(), StoreError>;
     /// A sale's line as stored, first come first.
     async fn waitlist_of_sale(&self, sale: &SaleId) -> Result<Vec<WaitlistEntry>, StoreError>;
+
+    /// At most `limit` order events with sequences above `after`, in sequence order, of one sale
+    /// or of all; with the oldest sequence kept and the newest written. `commit_orders` writes
+    /// a CREATED event for each order it stores, and `end_holds` an event for each hold it ends,
+    /// in the same transaction, numbered in commit order without gaps.
+    async fn order_events(&self, after: u64, sale: Option<&SaleId>, limit: usize) -> Result<EventsPage, StoreError>;
+    /// Deletes the events that happened before `before`, but never the newest (it carries the
+    /// sequence on in stores that number from their last event). Returns how many went.
+    async fn prune_order_events(&self, before: UnixMillis) -> Result<u64, StoreError>;
 }
 
 /// What a purchase asks the hot store to reserve.

@@ -164,7 +164,7 @@ async fn call_every_admin_method(app: &TestApp, token: &str) -> Vec<(&'static st
     };
     vec![
         ("CreateProduct", admin.create_product(authed(product, token)).await.map(drop)),
-        ("ListProducts", admin.list_products(authed(pb::ListProductsRequest {}, token)).await.map(drop)),
+        ("ListProducts", admin.list_products(authed(pb::ListProductsRequest::default(), token)).await.map(drop)),
         (
             "GetProduct",
             admin.get_product(authed(pb::GetProductRequest { product_id: id.clone() }, token)).await.map(drop),
@@ -195,7 +195,7 @@ async fn a_buyer_token_cannot_call_any_admin_method() {
     }
     let products = app
         .admin()
-        .list_products(authed(pb::ListProductsRequest {}, &app.admin_token()))
+        .list_products(authed(pb::ListProductsRequest::default(), &app.admin_token()))
         .await
         .expect("list products")
         .into_inner();

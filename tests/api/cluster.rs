@@ -294,7 +294,7 @@ async fn buy(
 async fn my_orders(node: &Channel, token: &str, sale_id: &str) -> Vec<pb::Order> {
     within(
         PurchaseServiceClient::new(node.clone())
-            .list_my_orders(authed(pb::ListMyOrdersRequest { sale_id: sale_id.into() }, token)),
+            .list_my_orders(authed(pb::ListMyOrdersRequest { sale_id: sale_id.into(), ..Default::default() }, token)),
     )
     .await
     .expect("list my orders")

@@ -296,7 +296,7 @@ async fn acknowledged_orders_survive_kill_9() {
         let sale_id = sale.id.clone();
         async move {
             let orders = purchase
-                .list_my_orders(authed(pb::ListMyOrdersRequest { sale_id }, &token))
+                .list_my_orders(authed(pb::ListMyOrdersRequest { sale_id, ..Default::default() }, &token))
                 .await
                 .expect("list my orders")
                 .into_inner()

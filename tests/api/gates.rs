@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use flashsale::backends::Backends;
 use flashsale::domain::{
-    CommitOutcome, Email, EndReason, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord, SaleId,
-    SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, UserRecord, WaitlistEntry, WaitlistPlace,
+    CommitOutcome, Email, EndReason, EventsPage, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord,
+    SaleId, SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, UserRecord, WaitlistEntry, WaitlistPlace,
 };
 use flashsale::store::{
-    Confirmed, Handed, HoldChange, HoldOutcome, HoldSettled, HotError, HotStore, JoinRequest, RecordStore, Reservation,
-    ReserveRequest, Settled, StoreError,
+    Confirmed, Handed, HoldChange, HoldOutcome, HoldSettled, HotError, HotStore, JoinRequest, OrderFilter, RecordStore,
+    Reservation, ReserveRequest, Settled, StoreError,
 };
 use tokio::sync::oneshot;
 
@@ -125,8 +125,8 @@ impl RecordStore for GatedRecords {
     async fn create_product(&self, product: ProductRecord) -> Result<(), StoreError> {
         self.inner.create_product(product).await
     }
-    async fn list_products(&self) -> Result<Vec<ProductRecord>, StoreError> {
-        self.inner.list_products().await
+    async fn products_page(&self, after: Option<&ProductId>, limit: usize) -> Result<Vec<ProductRecord>, StoreError> {
+        self.inner.products_page(after, limit).await
     }
     async fn get_product(&self, id: &ProductId) -> Result<Option<ProductRecord>, StoreError> {
         self.inner.get_product(id).await
@@ -140,8 +140,13 @@ impl RecordStore for GatedRecords {
     async fn get_sale(&self, id: &SaleId) -> Result<Option<SaleRecord>, StoreError> {
         self.inner.get_sale(id).await
     }
-    async fn list_sales(&self, product: Option<&ProductId>) -> Result<Vec<SaleRecord>, StoreError> {
-        self.inner.list_sales(product).await
+    async fn sales_page(
+        &self,
+        product: Option<&ProductId>,
+        before: Option<&SaleId>,
+        limit: usize,
+    ) -> Result<Vec<SaleRecord>, StoreError> {
+        self.inner.sales_page(product, before, limit).await
     }
     async fn open_sales(&self) -> Result<Vec<SaleRecord>, StoreError> {
         self.inner.open_sales().await
@@ -170,6 +175,23 @@ impl RecordStore for GatedRecords {
     }
     async fn orders_of_sale(&self, sale: &SaleId) -> Result<Vec<OrderRecord>, StoreError> {
         self.inner.orders_of_sale(sale).await
+    }
+    async fn orders_page(
+        &self,
+        filter: &OrderFilter,
+        after: Option<&OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        self.inner.orders_page(filter, after, limit).await
+    }
+    async fn count_orders(&self, filter: &OrderFilter) -> Result<u64, StoreError> {
+        self.inner.count_orders(filter).await
+    }
+    async fn order_events(&self, after: u64, sale: Option<&SaleId>, limit: usize) -> Result<EventsPage, StoreError> {
+        self.inner.order_events(after, sale, limit).await
+    }
+    async fn prune_order_events(&self, before: UnixMillis) -> Result<u64, StoreError> {
+        self.inner.prune_order_events(before).await
     }
     async fn order_by_key(
         &self,

@@ -15,6 +15,7 @@ use flashsale_client::pb;
 use flashsale_client::pb::admin_service_client::AdminServiceClient;
 use flashsale_client::pb::auth_service_client::AuthServiceClient;
 use flashsale_client::pb::feeds_service_client::FeedsServiceClient;
+use flashsale_client::pb::orders_service_client::OrdersServiceClient;
 use flashsale_client::pb::purchase_service_client::PurchaseServiceClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -201,6 +202,20 @@ impl TestApp {
 
     pub fn feeds(&self) -> FeedsServiceClient<Channel> {
         FeedsServiceClient::new(self.channel.clone())
+    }
+
+    pub fn orders(&self) -> OrdersServiceClient<Channel> {
+        OrdersServiceClient::new(self.channel.clone())
+    }
+
+    /// The Rust client on this server's connection, calling with `token`.
+    pub fn client(&self, token: &str) -> flashsale_client::Client {
+        flashsale_client::Client::from_channel(self.channel.clone()).with_token(token).expect("a token is header text")
+    }
+
+    /// A service token (role payments or fulfillment) for `name`, minted with the server's secret.
+    pub fn service_token(&self, role: Role, name: &str) -> String {
+        self.keys.issue(&format!("service-{name}"), name, role, SystemClock.now(), Duration::from_secs(3600)).0
     }
 
     /// Creates a product holding `inventory` units.
@@ -399,14 +414,9 @@ pub fn jwt_claims(token: &str) -> serde_json::Value {
 }
 
 impl TestApp {
-    /// The caller's orders, in one sale when `sale_id` is not empty.
+    /// The caller's orders, in one sale when `sale_id` is not empty (every page).
     pub async fn my_orders(&self, token: &str, sale_id: &str) -> Vec<pb::Order> {
-        self.purchase()
-            .list_my_orders(authed(pb::ListMyOrdersRequest { sale_id: sale_id.into() }, token))
-            .await
-            .expect("list my orders")
-            .into_inner()
-            .orders
+        self.client(token).my_orders(sale_id).await.expect("list my orders")
     }
 
     /// Polls GetSale until `done` holds for the sale (see [`TestApp::eventually`]).

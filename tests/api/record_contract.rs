@@ -159,16 +159,24 @@ async fn emails_are_unique_and_upsert_keeps_the_id<R: RecordStore>(store: &R) {
 }
 
 async fn products_list_oldest_first_and_take_stock<R: RecordStore>(store: &R) {
-    assert!(store.list_products().await.unwrap().is_empty());
+    assert!(store.products_page(None, 10).await.unwrap().is_empty());
     let products: Vec<ProductRecord> = (0..3).map(|i| product(i * 10)).collect();
     for p in &products {
         store.create_product(p.clone()).await.unwrap();
     }
-    let listed = store.list_products().await.unwrap();
+    let listed = store.products_page(None, 10).await.unwrap();
     assert_eq!(
         listed.iter().map(product_fields).collect::<Vec<_>>(),
         products.iter().map(product_fields).collect::<Vec<_>>()
     );
+    // A page ends at an id; the next starts after it.
+    let first = store.products_page(None, 2).await.unwrap();
+    assert_eq!(
+        first.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
+        [products[0].id.clone(), products[1].id.clone()]
+    );
+    let rest = store.products_page(Some(&products[1].id), 2).await.unwrap();
+    assert_eq!(rest.iter().map(|p| p.id.clone()).collect::<Vec<_>>(), [products[2].id.clone()]);
 
     let found = store.get_product(&products[1].id).await.unwrap().expect("product");
     assert_eq!(product_fields(&found), product_fields(&products[1]));
@@ -220,10 +228,14 @@ async fn sales_list_newest_first_by_product<R: RecordStore>(store: &R) {
     let b = store.create_sale(sale(&desk, 10, SaleStatus::Active)).await.unwrap();
     let c = store.create_sale(sale(&lamp, 10, SaleStatus::Active)).await.unwrap();
 
-    assert_eq!(ids(&store.list_sales(None).await.unwrap()), ids([&c, &b, &a]));
-    assert_eq!(ids(&store.list_sales(Some(&lamp.id)).await.unwrap()), ids([&c, &a]));
-    assert_eq!(ids(&store.list_sales(Some(&desk.id)).await.unwrap()), ids([&b]));
-    assert!(store.list_sales(Some(&ProductId::generate())).await.unwrap().is_empty());
+    assert_eq!(ids(&store.sales_page(None, None, 10).await.unwrap()), ids([&c, &b, &a]));
+    assert_eq!(ids(&store.sales_page(Some(&lamp.id), None, 10).await.unwrap()), ids([&c, &a]));
+    assert_eq!(ids(&store.sales_page(Some(&desk.id), None, 10).await.unwrap()), ids([&b]));
+    assert!(store.sales_page(Some(&ProductId::generate()), None, 10).await.unwrap().is_empty());
+    // Newest first, a page at a time: the next page starts below the last id.
+    assert_eq!(ids(&store.sales_page(None, None, 2).await.unwrap()), ids([&c, &b]));
+    assert_eq!(ids(&store.sales_page(None, Some(&b.id), 2).await.unwrap()), ids([&a]));
+    assert_eq!(ids(&store.sales_page(Some(&lamp.id), Some(&c.id), 1).await.unwrap()), ids([&a]));
 
     assert_eq!(ids(&store.open_sales().await.unwrap()), ids([&c, &b, &a]));
     store.end_sale(&b.id, EndReason::ByAdmin, UnixMillis(1_700_000_300_000)).await.unwrap();
@@ -499,6 +511,114 @@ async fn places_in_line_are_kept_first_come_first<R: RecordStore>(store: &R) {
     assert_eq!(store.waitlist_of_sale(&other.id).await.unwrap().len(), 1, "another sale's line is its own");
 }
 
+async fn order_pages_follow_ids_and_filters<R: RecordStore>(store: &R) {
+    let (_, s) = on_sale(store, 100, SaleStatus::Active).await;
+    let (_, t) = on_sale(store, 100, SaleStatus::Active).await;
+    let (ann, bob) = (UserId::generate(), UserId::generate());
+    let mut made = Vec::new();
+    for i in 0..7 {
+        let buyer = if i % 2 == 0 { &ann } else { &bob };
+        let mut o =
+            if i < 4 { order(&s, buyer, 1, &format!("k{i}")) } else { hold(&s, buyer, 1, &format!("k{i}"), 9_000) };
+        o.created_at = UnixMillis(1_000 + i);
+        made.push(o);
+    }
+    // Committed out of id order: listings still go by id.
+    let (front, back) = made.split_at(3);
+    store.commit_orders(back).await.unwrap();
+    store.commit_orders(front).await.unwrap();
+    store.commit_orders(&[order(&t, &ann, 1, "other-sale")]).await.unwrap();
+    let of_sale = flashsale::store::OrderFilter { sale: Some(s.id.clone()), ..Default::default() };
+    let id_list = |orders: Vec<OrderRecord>| orders.into_iter().map(|o| o.id).collect::<Vec<_>>();
+    let all: Vec<OrderId> = made.iter().map(|o| o.id.clone()).collect();
+
+    let mut walked = Vec::new();
+    let mut after = None;
+    loop {
+        let page = id_list(store.orders_page(&of_sale, after.as_ref(), 3).await.unwrap());
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().cloned();
+        walked.extend(page);
+    }
+    assert_eq!(walked, all, "pages of 3 walk the sale's orders by id, once each");
+    assert_eq!(store.count_orders(&of_sale).await.unwrap(), 7);
+
+    let held = flashsale::store::OrderFilter { status: Some(OrderStatus::Held), ..of_sale.clone() };
+    assert_eq!(id_list(store.orders_page(&held, None, 10).await.unwrap()), all[4..].to_vec());
+    assert_eq!(store.count_orders(&held).await.unwrap(), 3);
+    let confirmed = flashsale::store::OrderFilter { status: Some(OrderStatus::Confirmed), ..of_sale.clone() };
+    assert_eq!(id_list(store.orders_page(&confirmed, Some(&all[1]), 10).await.unwrap()), all[2..4].to_vec());
+    let recent = flashsale::store::OrderFilter { created_after: Some(UnixMillis(1_005)), ..of_sale.clone() };
+    assert_eq!(id_list(store.orders_page(&recent, None, 10).await.unwrap()), all[5..].to_vec());
+    let anns =
+        flashsale::store::OrderFilter { buyer: Some(ann.clone()), sale: Some(s.id.clone()), ..Default::default() };
+    let expected: Vec<OrderId> = all.iter().step_by(2).cloned().collect();
+    assert_eq!(id_list(store.orders_page(&anns, None, 2).await.unwrap()), expected[..2].to_vec());
+    assert_eq!(id_list(store.orders_page(&anns, Some(&expected[1]), 10).await.unwrap()), expected[2..].to_vec());
+}
+
+async fn order_events_follow_commit_order_without_gaps<R: RecordStore>(store: &R) {
+    let (_, s) = on_sale(store, 100, SaleStatus::Active).await;
+    let (_, t) = on_sale(store, 100, SaleStatus::Active).await;
+    let ann = UserId::generate();
+    let empty = store.order_events(0, None, 10).await.unwrap();
+    assert_eq!((empty.events.len(), empty.oldest, empty.head), (0, None, 0));
+
+    let (mut a, mut b) = (hold(&s, &ann, 1, "a", 5_000), hold(&s, &ann, 1, "b", 5_000));
+    let mut c = order(&t, &ann, 2, "c");
+    (a.created_at, b.created_at, c.created_at) = (UnixMillis(1_000), UnixMillis(1_001), UnixMillis(2_000));
+    let refused = order(&s, &ann, 1, "a"); // the same key again: refused, no event
+    store.commit_orders(&[a.clone(), b.clone()]).await.unwrap();
+    store.commit_orders(&[c.clone(), refused]).await.unwrap();
+    store.end_hold(&b.id, HoldEnd::Confirm, UnixMillis(4_000), Some("pay-b")).await.unwrap().unwrap();
+    store.end_hold(&a.id, HoldEnd::Expire, UnixMillis(5_000), None).await.unwrap().unwrap();
+    // A refused end writes no event.
+    store.end_hold(&a.id, HoldEnd::Cancel, UnixMillis(5_001), None).await.unwrap().unwrap_err();
+
+    use flashsale::domain::OrderEventKind as Kind;
+    let page = store.order_events(0, None, 100).await.unwrap();
+    let seen: Vec<(u64, Kind, OrderId, OrderStatus)> =
+        page.events.iter().map(|e| (e.sequence, e.kind, e.order.id.clone(), e.order.status)).collect();
+    assert_eq!(
+        seen,
+        [
+            (1, Kind::Created, a.id.clone(), OrderStatus::Held),
+            (2, Kind::Created, b.id.clone(), OrderStatus::Held),
+            (3, Kind::Created, c.id.clone(), OrderStatus::Confirmed),
+            (4, Kind::Confirmed, b.id.clone(), OrderStatus::Confirmed),
+            (5, Kind::Expired, a.id.clone(), OrderStatus::Expired),
+        ]
+    );
+    assert_eq!((page.oldest, page.head, page.scanned), (Some(1), 5, 5));
+    assert_eq!(page.events[3].order.payment_reference.as_deref(), Some("pay-b"));
+    assert_eq!(page.events[3].at(), UnixMillis(4_000), "a hold's end happened when it settled");
+
+    // From a cursor, in small reads, and of one sale.
+    let after_two = store.order_events(2, None, 2).await.unwrap();
+    assert_eq!(after_two.events.iter().map(|e| e.sequence).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(after_two.scanned, 4);
+    let of_s = store.order_events(0, Some(&s.id), 100).await.unwrap();
+    assert_eq!(of_s.events.iter().map(|e| e.sequence).collect::<Vec<_>>(), [1, 2, 4, 5]);
+    assert_eq!(of_s.scanned, 5, "the other sale's event was looked at too");
+    assert!(store.order_events(5, None, 10).await.unwrap().events.is_empty());
+
+    // Pruning deletes what happened before the time, never the newest event; the numbering goes on.
+    assert_eq!(store.prune_order_events(UnixMillis(3_000)).await.unwrap(), 3);
+    let kept = store.order_events(0, None, 100).await.unwrap();
+    assert_eq!(kept.events.iter().map(|e| e.sequence).collect::<Vec<_>>(), [4, 5]);
+    assert_eq!((kept.oldest, kept.head), (Some(4), 5));
+    assert_eq!(flashsale::domain::check_cursor(3, kept.oldest, kept.head), Ok(()));
+    assert!(flashsale::domain::check_cursor(2, kept.oldest, kept.head).is_err(), "event 3 is gone");
+    assert_eq!(store.prune_order_events(UnixMillis(1_000_000)).await.unwrap(), 1, "the newest stays");
+    let d = order(&t, &ann, 1, "d");
+    store.commit_orders(std::slice::from_ref(&d)).await.unwrap();
+    let last = store.order_events(5, None, 100).await.unwrap();
+    assert_eq!(last.events.iter().map(|e| (e.sequence, e.order.id.clone())).collect::<Vec<_>>(), [(6, d.id)]);
+    assert_eq!((last.oldest, last.head), (Some(5), 6));
+}
+
 /// One test per contract function and backend.
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
@@ -538,6 +658,8 @@ contract!(
     the_holds_of_an_ended_sale_return_their_units_to_the_product,
     holds_are_listed_earliest_deadline_first,
     places_in_line_are_kept_first_come_first,
+    order_pages_follow_ids_and_filters,
+    order_events_follow_commit_order_without_gaps,
 );
 
 // ---- embedded only ---------------------------------------------------------------------------

@@ -30,6 +30,9 @@ use tonic_types::StatusExt;
 
 pub mod mint;
 
+/// The largest page the listings give.
+const PAGE_MAX: i32 = 1000;
+
 /// The API, generated from `proto/flashsale/v1` (clients only).
 pub mod pb {
     #![allow(missing_docs, clippy::all)]
@@ -39,6 +42,7 @@ pub mod pb {
 use pb::admin_service_client::AdminServiceClient;
 use pb::auth_service_client::AuthServiceClient;
 use pb::feeds_service_client::FeedsServiceClient;
+use pb::orders_service_client::OrdersServiceClient;
 use pb::purchase_service_client::PurchaseServiceClient;
 
 /// What went wrong.
@@ -202,6 +206,11 @@ impl Client {
         PurchaseServiceClient::new(self.channel.clone())
     }
 
+    /// OrdersService (needs an admin or fulfillment token).
+    pub fn orders(&self) -> OrdersServiceClient<Channel> {
+        OrdersServiceClient::new(self.channel.clone())
+    }
+
     /// FeedsService (no token).
     pub fn feeds(&self) -> FeedsServiceClient<Channel> {
         FeedsServiceClient::new(self.channel.clone())
@@ -251,10 +260,51 @@ impl Client {
         }
     }
 
-    /// The caller's orders, in one sale when `sale_id` is not empty.
+    /// The caller's orders, in one sale when `sale_id` is not empty: every page.
     pub async fn my_orders(&self, sale_id: &str) -> Result<Vec<pb::Order>, Error> {
-        let request = self.request(pb::ListMyOrdersRequest { sale_id: sale_id.into() });
-        Ok(self.purchases().list_my_orders(request).await?.into_inner().orders)
+        let mut orders = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let ask = pb::ListMyOrdersRequest { sale_id: sale_id.into(), page_size: PAGE_MAX, page_token };
+            let page = self.purchases().list_my_orders(self.request(ask)).await?.into_inner();
+            orders.extend(page.orders);
+            if page.next_page_token.is_empty() {
+                return Ok(orders);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Every order of a sale, oldest first, walking the pages of ListSaleOrders (admin or
+    /// fulfillment token).
+    pub async fn sale_orders(&self, sale_id: &str) -> Result<Vec<pb::Order>, Error> {
+        let mut orders = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let ask = pb::ListSaleOrdersRequest {
+                sale_id: sale_id.into(),
+                page_size: PAGE_MAX,
+                page_token,
+                ..Default::default()
+            };
+            let page = self.orders().list_sale_orders(self.request(ask)).await?.into_inner();
+            orders.extend(page.orders);
+            if page.next_page_token.is_empty() {
+                return Ok(orders);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Follows the order events after `after_sequence` (0: from the oldest kept), of one sale
+    /// when `sale_id` is not empty (admin or fulfillment token).
+    pub async fn follow_orders(
+        &self,
+        after_sequence: u64,
+        sale_id: &str,
+    ) -> Result<tonic::Streaming<pb::OrderEvent>, Error> {
+        let request = self.request(pb::WatchOrdersRequest { after_sequence, sale_id: sale_id.into() });
+        Ok(self.orders().watch_orders(request).await?.into_inner())
     }
 
     /// Follows a sale: a full snapshot at once, then the newest state on each change; the

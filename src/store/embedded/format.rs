@@ -14,6 +14,7 @@
 //! | `sales` | `id`, `product_id`, `allocated`, `per_user_limit`, `max_per_purchase`, `start`, `end`, `price_minor`, `currency`, `hold_seconds`, `sold` (units in HELD or CONFIRMED orders), `held`, `status`, `end_reason`, `ended_at`, `created_at`, `generation` |
 //! | `waitlist` (key: sale id, buyer id) | `order_id` (the hold it becomes), `buyer_id`, `buyer_name`, `quantity`, `joined_at` |
 //! | `orders` | `id`, `sale_id`, `buyer_id`, `buyer_name`, `quantity`, `price_minor`, `currency`, `idempotency_key`, `created_at`, `status` (`HELD` \| `CONFIRMED` \| `CANCELLED` \| `EXPIRED`), `expires_at`, `payment_reference`, `settled_at` |
+//! | `order_events` (key: sequence, u64) | `kind` (`CREATED` \| `CONFIRMED` \| `CANCELLED` \| `EXPIRED`), `order` (the order as the change left it, as `orders` stores it) |
 //!
 //! Format 1 is format 2 without holds: no `hold_seconds`, `held`, order `status`, `expires_at`,
 //! `payment_reference` nor `settled_at`; it reads as a sale without holds whose orders are all
@@ -32,8 +33,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, OrderStatus, ProductId, ProductRecord,
-    Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId, UserRecord, WaitlistEntry,
+    DisplayName, Email, EndReason, IdempotencyKey, Money, OrderEvent, OrderEventKind, OrderId, OrderRecord,
+    OrderStatus, ProductId, ProductRecord, Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId,
+    UserRecord, WaitlistEntry,
 };
 use crate::store::StoreError;
 
@@ -405,11 +407,9 @@ struct OrderV0 {
     created_at: i64,
 }
 
-impl Stored for OrderRecord {
-    const TABLE: &'static str = "orders";
-
-    fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        encode(&OrderV2 {
+impl OrderRecord {
+    fn to_v2(&self) -> OrderV2 {
+        OrderV2 {
             v: FORMAT,
             id: self.id.to_string(),
             sale_id: self.sale_id.to_string(),
@@ -424,46 +424,96 @@ impl Stored for OrderRecord {
             expires_at: self.expires_at.map(|t| t.0),
             payment_reference: self.payment_reference.clone(),
             settled_at: self.settled_at.map(|t| t.0),
+        }
+    }
+
+    /// Format 1 and 2 (format 1 has no status: CONFIRMED).
+    fn from_v2(r: &Reader<'_>, d: OrderV2) -> Result<Self, StoreError> {
+        let unit_price = r.money(d.price_minor, &d.currency)?;
+        Self::from_fields(r, d, unit_price)
+    }
+
+    fn from_fields(r: &Reader<'_>, d: OrderV2, unit_price: Money) -> Result<Self, StoreError> {
+        let status = match d.status {
+            None => OrderStatus::Confirmed,
+            Some(raw) => r.named("status", &raw, OrderStatus::parse(&raw))?,
+        };
+        if d.quantity == 0 {
+            return Err(r.corrupt("quantity", "an order of no units"));
+        }
+        Ok(OrderRecord {
+            id: r.parse("id", OrderId::parse(&d.id))?,
+            sale_id: r.parse("sale_id", SaleId::parse(&d.sale_id))?,
+            buyer_id: r.parse("buyer_id", UserId::parse(&d.buyer_id))?,
+            buyer_name: d.buyer_name.into(),
+            quantity: d.quantity,
+            unit_price,
+            idempotency_key: r.parse("idempotency_key", IdempotencyKey::parse(&d.idempotency_key))?,
+            created_at: UnixMillis(d.created_at),
+            status,
+            expires_at: d.expires_at.map(UnixMillis),
+            payment_reference: d.payment_reference,
+            settled_at: d.settled_at.map(UnixMillis),
         })
+    }
+}
+
+impl Stored for OrderRecord {
+    const TABLE: &'static str = "orders";
+
+    fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        encode(&self.to_v2())
     }
 
     fn decode(key: &str, bytes: &[u8]) -> Result<Self, StoreError> {
         let r = Reader { table: Self::TABLE, key };
-        let mut hold_free = (None, None, None, None);
-        let (id, sale_id, buyer_id, buyer_name, quantity, unit_price, idempotency_key, created_at) =
-            if r.version(bytes)? == 0 {
-                let d: OrderV0 = r.document(bytes)?;
-                let price = d.unit_price.read(&r)?;
-                (d.id, d.sale_id, d.buyer_id, d.buyer_name, d.quantity, price, d.idempotency_key, d.created_at)
-            } else {
-                let d: OrderV2 = r.document(bytes)?;
-                let price = r.money(d.price_minor, &d.currency)?;
-                hold_free = (d.status, d.expires_at, d.payment_reference, d.settled_at);
-                (d.id, d.sale_id, d.buyer_id, d.buyer_name, d.quantity, price, d.idempotency_key, d.created_at)
-            };
-        let (status, expires_at, payment_reference, settled_at) = hold_free;
-        let status = match status {
-            None => OrderStatus::Confirmed,
-            Some(raw) => r.named("status", &raw, OrderStatus::parse(&raw))?,
-        };
-        if quantity == 0 {
-            return Err(r.corrupt("quantity", "an order of no units"));
+        if r.version(bytes)? != 0 {
+            return Self::from_v2(&r, r.document(bytes)?);
         }
-        Ok(OrderRecord {
-            id: r.parse("id", OrderId::parse(&id))?,
-            sale_id: r.parse("sale_id", SaleId::parse(&sale_id))?,
-            buyer_id: r.parse("buyer_id", UserId::parse(&buyer_id))?,
-            buyer_name: buyer_name.into(),
-            quantity,
-            unit_price,
-            idempotency_key: r.parse("idempotency_key", IdempotencyKey::parse(&idempotency_key))?,
-            created_at: UnixMillis(created_at),
-            status,
-            expires_at: expires_at.map(UnixMillis),
-            payment_reference,
-            settled_at: settled_at.map(UnixMillis),
-        })
+        let d: OrderV0 = r.document(bytes)?;
+        let price = d.unit_price.read(&r)?;
+        let fields = OrderV2 {
+            v: 0,
+            id: d.id,
+            sale_id: d.sale_id,
+            buyer_id: d.buyer_id,
+            buyer_name: d.buyer_name,
+            quantity: d.quantity,
+            price_minor: price.amount_minor,
+            currency: price.currency.as_str().to_owned(),
+            idempotency_key: d.idempotency_key,
+            created_at: d.created_at,
+            status: None,
+            expires_at: None,
+            payment_reference: None,
+            settled_at: None,
+        };
+        Self::from_fields(&r, fields, price)
     }
+}
+
+// ---- order events ------------------------------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct EventV2 {
+    v: u8,
+    kind: String,
+    order: OrderV2,
+}
+
+/// An order event as the `order_events` table stores it (its key is the sequence).
+pub(super) fn encode_event(kind: OrderEventKind, order: &OrderRecord) -> Result<Vec<u8>, StoreError> {
+    encode(&EventV2 { v: FORMAT, kind: kind.as_str().to_owned(), order: order.to_v2() })
+}
+
+/// The event stored under `sequence`.
+pub(super) fn decode_event(sequence: u64, bytes: &[u8]) -> Result<OrderEvent, StoreError> {
+    let key = sequence.to_string();
+    let r = Reader { table: "order_events", key: &key };
+    r.version(bytes)?;
+    let d: EventV2 = r.document(bytes)?;
+    let kind = r.named("kind", &d.kind, OrderEventKind::parse(&d.kind))?;
+    Ok(OrderEvent { sequence, kind, order: OrderRecord::from_v2(&r, d.order)? })
 }
 
 // ---- waitlist ----------------------------------------------------------------------------------

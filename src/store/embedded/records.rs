@@ -4,7 +4,13 @@
 //! blocking pool.
 //!
 //! Tables: `users` (id -> user), `users_by_email` (email -> id), `products` (id -> product),
-//! `sales` (id -> sale), `orders` (id -> order). Ids are UUIDv7, so key order is creation order.
+//! `sales` (id -> sale), `orders` (id -> order), `waitlist` ((sale, buyer) -> place),
+//! `order_events` (sequence -> event). Ids are UUIDv7, so key order is creation order.
+//!
+//! Order events are numbered from the last one in the table, inside the write transaction that
+//! stores the orders or ends the holds they describe: redb runs one write transaction at a
+//! time, so sequences follow commit order without gaps, and the events cost no fsync of their
+//! own. Pruning old events never deletes the newest, which carries the numbering on.
 //!
 //! An order batch inserts each order once, into `orders`, whose keys grow in creation order:
 //! a batch dirties a few pages at the tail of one B-tree before its fsync. Indexes keyed by
@@ -14,6 +20,7 @@
 //! memory per order). Files written before the by-sale index moved to memory still hold an
 //! `orders_by_sale` table; opening deletes it.
 
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -21,13 +28,13 @@ use async_trait::async_trait;
 use foldhash::{HashMap, HashSet};
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::format::Stored;
+use super::format::{decode_event, encode_event, Stored};
 use crate::domain::{
-    ended_hold, hold_counters, judge_hold, judge_order, CommitOutcome, Email, EndReason, IdempotencyKey, OrderId,
-    OrderRecord, OrderStatus, ProductId, ProductRecord, SaleId, SaleRecord, SaleStatus, UnixMillis, UserId, UserRecord,
-    WaitlistEntry,
+    ended_hold, hold_counters, judge_hold, judge_order, CommitOutcome, Email, EndReason, EventsPage, IdempotencyKey,
+    OrderEventKind, OrderId, OrderRecord, OrderStatus, ProductId, ProductRecord, SaleId, SaleRecord, SaleStatus,
+    UnixMillis, UserId, UserRecord, WaitlistEntry,
 };
-use crate::store::{HoldChange, HoldOutcome, RecordStore, StoreError};
+use crate::store::{HoldChange, HoldOutcome, OrderFilter, RecordStore, StoreError};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const USERS_BY_EMAIL: TableDefinition<&str, &str> = TableDefinition::new("users_by_email");
@@ -36,6 +43,10 @@ const SALES: TableDefinition<&str, &[u8]> = TableDefinition::new("sales");
 const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
 /// Places in sales' lines, by (sale id, buyer id).
 const WAITLIST: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("waitlist");
+/// Order events by sequence.
+const ORDER_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("order_events");
+/// Most events one `order_events` call looks at (a one-sale feed skips other sales' events).
+const EVENTS_SCAN: usize = 8192;
 /// The on-disk by-sale index of earlier versions, deleted at open (now kept in memory).
 const OBSOLETE_ORDERS_BY_SALE: TableDefinition<(&str, &str), ()> = TableDefinition::new("orders_by_sale");
 
@@ -53,8 +64,8 @@ pub struct RedbRecords {
 /// In-memory indexes over the durable `orders` table.
 #[derive(Default)]
 struct OrderIndex {
-    /// A sale's orders, in commit order.
-    by_sale: HashMap<SaleId, Vec<OrderId>>,
+    /// A sale's orders, by id (creation order).
+    by_sale: HashMap<SaleId, std::collections::BTreeSet<OrderId>>,
     /// A buyer's orders, oldest first.
     by_buyer: HashMap<UserId, Vec<OrderId>>,
     /// The order of each (buyer, sale, idempotency key).
@@ -65,7 +76,7 @@ struct OrderIndex {
 
 impl OrderIndex {
     fn add(&mut self, order: &OrderRecord) {
-        self.by_sale.entry(order.sale_id.clone()).or_default().push(order.id.clone());
+        self.by_sale.entry(order.sale_id.clone()).or_default().insert(order.id.clone());
         self.by_buyer.entry(order.buyer_id.clone()).or_default().push(order.id.clone());
         self.by_key.insert(Self::key(order), order.id.clone());
         if let (OrderStatus::Held, Some(deadline)) = (order.status, order.expires_at) {
@@ -115,6 +126,7 @@ impl RedbRecords {
         txn.open_table(SALES)?;
         txn.open_table(ORDERS)?;
         txn.open_table(WAITLIST)?;
+        txn.open_table(ORDER_EVENTS)?;
         txn.delete_table(OBSOLETE_ORDERS_BY_SALE)?;
         txn.commit()?;
         let mut index = OrderIndex::default();
@@ -125,6 +137,37 @@ impl RedbRecords {
             index.add(&order);
         }
         Ok(Self { db: Arc::new(db), index: Arc::new(Mutex::new(index)), order_writer: Arc::default() })
+    }
+
+    /// Up to `size` ids of orders `filter` may admit (its sale's, or its buyer's), above `after`,
+    /// by id.
+    fn index_chunk(&self, filter: &OrderFilter, after: Option<&OrderId>, size: usize) -> Vec<OrderId> {
+        let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        match (&filter.sale, &filter.buyer) {
+            (Some(sale), _) => index
+                .by_sale
+                .get(sale)
+                .map(|ids| ids.range((from, Bound::Unbounded)).take(size).cloned().collect())
+                .unwrap_or_default(),
+            (None, Some(buyer)) => {
+                let mut ids: Vec<OrderId> = index
+                    .by_buyer
+                    .get(buyer)
+                    .map(|ids| ids.iter().filter(|id| after.is_none_or(|a| *id > a)).cloned().collect())
+                    .unwrap_or_default();
+                ids.sort_unstable();
+                ids.truncate(size);
+                ids
+            }
+            (None, None) => {
+                let mut ids: Vec<OrderId> =
+                    index.by_key.values().filter(|id| after.is_none_or(|a| *id > a)).cloned().collect();
+                ids.sort_unstable();
+                ids.truncate(size);
+                ids
+            }
+        }
     }
 
     async fn blocking<T, F>(&self, work: F) -> Result<T, StoreError>
@@ -159,6 +202,21 @@ impl RedbRecords {
         })
         .await
     }
+}
+
+/// Appends events after the table's last, in the order given, in the caller's write transaction
+/// (one at a time: the numbering follows commit order).
+fn append_events<'a>(
+    txn: &redb::WriteTransaction,
+    events: impl Iterator<Item = (OrderEventKind, &'a OrderRecord)>,
+) -> Result<(), StoreError> {
+    let mut table = txn.open_table(ORDER_EVENTS)?;
+    let mut next = table.last()?.map_or(0, |(sequence, _)| sequence.value()) + 1;
+    for (kind, order) in events {
+        table.insert(next, encode_event(kind, order)?.as_slice())?;
+        next += 1;
+    }
+    Ok(())
 }
 
 /// The orders with these ids, in the order given (ids the table lacks are skipped).
@@ -236,12 +294,14 @@ impl RecordStore for RedbRecords {
         .await
     }
 
-    async fn list_products(&self) -> Result<Vec<ProductRecord>, StoreError> {
-        self.blocking(|db| {
+    async fn products_page(&self, after: Option<&ProductId>, limit: usize) -> Result<Vec<ProductRecord>, StoreError> {
+        let after = after.cloned();
+        self.blocking(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(PRODUCTS)?;
+            let from = after.as_ref().map_or(Bound::Unbounded, |id| Bound::Excluded(id.as_str()));
             let mut products = Vec::new();
-            for entry in table.iter()? {
+            for entry in table.range::<&str>((from, Bound::Unbounded))?.take(limit) {
                 let (key, value) = entry?;
                 products.push(ProductRecord::decode(key.value(), value.value())?);
             }
@@ -297,13 +357,22 @@ impl RecordStore for RedbRecords {
         self.blocking(move |db| get(&db.begin_read()?.open_table(SALES)?, id.as_str())).await
     }
 
-    async fn list_sales(&self, product: Option<&ProductId>) -> Result<Vec<SaleRecord>, StoreError> {
-        let product = product.cloned();
+    async fn sales_page(
+        &self,
+        product: Option<&ProductId>,
+        before: Option<&SaleId>,
+        limit: usize,
+    ) -> Result<Vec<SaleRecord>, StoreError> {
+        let (product, before) = (product.cloned(), before.cloned());
         self.blocking(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(SALES)?;
+            let to = before.as_ref().map_or(Bound::Unbounded, |id| Bound::Excluded(id.as_str()));
             let mut sales = Vec::new();
-            for entry in table.iter()?.rev() {
+            for entry in table.range::<&str>((Bound::Unbounded, to))?.rev() {
+                if sales.len() == limit {
+                    break;
+                }
                 let (key, value) = entry?;
                 let sale = SaleRecord::decode(key.value(), value.value())?;
                 if product.as_ref().is_none_or(|p| *p == sale.product_id) {
@@ -316,7 +385,7 @@ impl RecordStore for RedbRecords {
     }
 
     async fn open_sales(&self) -> Result<Vec<SaleRecord>, StoreError> {
-        let mut sales = self.list_sales(None).await?;
+        let mut sales = self.sales_page(None, None, usize::MAX).await?;
         sales.retain(|s| s.status != SaleStatus::Ended);
         Ok(sales)
     }
@@ -411,6 +480,7 @@ impl RecordStore for RedbRecords {
                     sales.insert(sale.id.as_str(), sale.encode()?.as_slice())?;
                 }
             }
+            append_events(&txn, stored.iter().map(|order| (OrderEventKind::Created, *order)))?;
             txn.commit()?;
             let mut index = index.lock().unwrap_or_else(|e| e.into_inner());
             for order in stored {
@@ -438,11 +508,53 @@ impl RecordStore for RedbRecords {
     }
 
     async fn orders_of_sale(&self, sale: &SaleId) -> Result<Vec<OrderRecord>, StoreError> {
-        let mut ids =
-            self.index.lock().unwrap_or_else(|e| e.into_inner()).by_sale.get(sale).cloned().unwrap_or_default();
-        // Commit order can differ slightly from creation order; UUIDv7 ids sort by creation.
-        ids.sort_unstable();
+        // By id: UUIDv7 ids sort by creation (commit order can differ slightly).
+        let ids: Vec<OrderId> = {
+            let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            index.by_sale.get(sale).map(|ids| ids.iter().cloned().collect()).unwrap_or_default()
+        };
         self.blocking(move |db| orders_in(&db.begin_read()?.open_table(ORDERS)?, &ids)).await
+    }
+
+    async fn orders_page(
+        &self,
+        filter: &OrderFilter,
+        after: Option<&OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        let mut page = Vec::new();
+        let mut from = after.cloned();
+        // Ids from the in-memory indexes a chunk at a time (the lock is held for the copy only),
+        // then the orders read and filtered, until the page is full or the ids run out.
+        loop {
+            let chunk = self.index_chunk(filter, from.as_ref(), limit.saturating_mul(2).clamp(64, 4096));
+            let Some(last) = chunk.last().cloned() else { return Ok(page) };
+            let wanted = filter.clone();
+            let room = limit - page.len();
+            let found = self
+                .blocking(move |db| {
+                    let mut found = orders_in(&db.begin_read()?.open_table(ORDERS)?, &chunk)?;
+                    found.retain(|order| wanted.admits(order));
+                    found.truncate(room);
+                    Ok(found)
+                })
+                .await?;
+            page.extend(found);
+            if page.len() >= limit {
+                return Ok(page);
+            }
+            from = Some(last);
+        }
+    }
+
+    async fn count_orders(&self, filter: &OrderFilter) -> Result<u64, StoreError> {
+        if filter.status.is_none() && filter.created_after.is_none() && filter.buyer.is_none() {
+            if let Some(sale) = &filter.sale {
+                let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+                return Ok(index.by_sale.get(sale).map_or(0, |ids| ids.len() as u64));
+            }
+        }
+        Ok(self.orders_page(filter, None, usize::MAX).await?.len() as u64)
     }
 
     async fn order_by_key(
@@ -501,6 +613,8 @@ impl RecordStore for RedbRecords {
                     outcomes.push(Some(Ok(ended)));
                 }
             }
+            let ended = outcomes.iter().flatten().filter_map(|outcome| outcome.as_ref().ok());
+            append_events(&txn, ended.filter_map(|order| Some((OrderEventKind::of_hold_end(order.status)?, order))))?;
             txn.commit()?;
             let mut index = index.lock().unwrap_or_else(|e| e.into_inner());
             for hold in &ended_ids {
@@ -562,6 +676,62 @@ impl RecordStore for RedbRecords {
             // First come first: by join time, then by order id (UUIDv7, made when each joined).
             line.sort_by(|a, b| (a.joined_at, &a.order_id).cmp(&(b.joined_at, &b.order_id)));
             Ok(line)
+        })
+        .await
+    }
+
+    async fn order_events(&self, after: u64, sale: Option<&SaleId>, limit: usize) -> Result<EventsPage, StoreError> {
+        let sale = sale.cloned();
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(ORDER_EVENTS)?;
+            let mut page = EventsPage {
+                oldest: table.first()?.map(|(sequence, _)| sequence.value()),
+                head: table.last()?.map_or(0, |(sequence, _)| sequence.value()),
+                scanned: after,
+                events: Vec::new(),
+            };
+            for entry in table.range((Bound::Excluded(after), Bound::Unbounded))?.take(EVENTS_SCAN) {
+                let (sequence, value) = entry?;
+                let event = decode_event(sequence.value(), value.value())?;
+                page.scanned = event.sequence;
+                if sale.as_ref().is_none_or(|s| *s == event.order.sale_id) {
+                    page.events.push(event);
+                    if page.events.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn prune_order_events(&self, before: UnixMillis) -> Result<u64, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            let pruned = {
+                let mut table = txn.open_table(ORDER_EVENTS)?;
+                let newest = table.last()?.map_or(0, |(sequence, _)| sequence.value());
+                // Events are in commit order, which is time order but for the milliseconds
+                // between a purchase and its commit: the scan stops at the first one to keep.
+                let mut old = Vec::new();
+                for entry in table.range(..newest)? {
+                    let (sequence, value) = entry?;
+                    if decode_event(sequence.value(), value.value())?.at() >= before {
+                        break;
+                    }
+                    old.push(sequence.value());
+                }
+                for sequence in &old {
+                    table.remove(sequence)?;
+                }
+                old.len() as u64
+            };
+            if pruned > 0 {
+                txn.commit()?;
+            }
+            Ok(pruned)
         })
         .await
     }

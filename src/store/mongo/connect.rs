@@ -66,6 +66,8 @@ impl MongoRecords {
             sales: db.collection("sales"),
             orders: db.collection("orders"),
             waitlist: db.collection("waitlist"),
+            events: db.collection("order_events"),
+            counters: db.collection("counters"),
             txn_options: TransactionOptions::builder()
                 .read_concern(ReadConcern::snapshot())
                 .write_concern(WriteConcern::majority())
@@ -93,6 +95,14 @@ impl MongoRecords {
         self.orders.create_index(index(doc! { "status": 1, "expires_at": 1 }, "holds_by_deadline", false)).await?;
         self.waitlist.create_index(index(doc! { "sale_id": 1, "joined_at": 1 }, "line_by_sale", false)).await?;
         self.sales.create_index(index(doc! { "product_id": 1, "_id": -1 }, "sales_by_product", false)).await?;
+        self.events.create_index(index(doc! { "sale_id": 1, "_id": 1 }, "events_by_sale", false)).await?;
+        self.events.create_index(index(doc! { "at": 1 }, "events_by_time", false)).await?;
+        // The counter exists before any transaction raises it (no collection is created inside
+        // a transaction).
+        self.counters
+            .update_one(doc! { "_id": super::EVENTS_COUNTER }, doc! { "$setOnInsert": { "seq": 0_i64 } })
+            .upsert(true)
+            .await?;
         Ok(())
     }
 }

@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::WaitlistEntry;
 use crate::domain::{
-    Currency, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderId, OrderRecord, OrderStatus, ProductId,
-    ProductRecord, Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId, UserRecord,
+    Currency, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderEvent, OrderEventKind, OrderId, OrderRecord,
+    OrderStatus, ProductId, ProductRecord, Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId,
+    UserRecord,
 };
 use crate::store::StoreError;
 
@@ -298,6 +299,52 @@ impl TryFrom<OrderDoc> for OrderRecord {
             settled_at: doc.settled_at.map(UnixMillis),
         })
     }
+}
+
+/// `order_events`: one change of one order; `_id` is its sequence (the `counters` document
+/// `order_events` holds the last one given).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct EventDoc {
+    #[serde(rename = "_id")]
+    pub(super) sequence: i64,
+    kind: String,
+    /// The order's sale, for one sale's feed (index `events_by_sale`).
+    sale_id: String,
+    /// When it happened (Unix ms; pruning reads it, index `events_by_time`).
+    at: i64,
+    order: OrderDoc,
+}
+
+impl EventDoc {
+    pub(super) fn new(sequence: i64, kind: OrderEventKind, order: &OrderRecord) -> Self {
+        let event = OrderEvent { sequence: sequence as u64, kind, order: order.clone() };
+        Self {
+            sequence,
+            kind: kind.as_str().to_owned(),
+            sale_id: order.sale_id.as_str().to_owned(),
+            at: event.at().0,
+            order: OrderDoc::from(order),
+        }
+    }
+}
+
+impl TryFrom<EventDoc> for OrderEvent {
+    type Error = StoreError;
+
+    fn try_from(doc: EventDoc) -> Result<Self, StoreError> {
+        let id = doc.sequence.to_string();
+        let kind = OrderEventKind::parse(&doc.kind).ok_or_else(|| corrupt("order_events", &id, "kind", &doc.kind))?;
+        let sequence = u64::try_from(doc.sequence).map_err(|e| corrupt("order_events", &id, "_id", e))?;
+        Ok(OrderEvent { sequence, kind, order: OrderRecord::try_from(doc.order)? })
+    }
+}
+
+/// `counters`: a named sequence (`_id` "order_events": the last event's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct CounterDoc {
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+    pub(super) seq: i64,
 }
 
 /// `waitlist`: a buyer's place in a sale's line; `_id` is "<sale>/<buyer>" (one place each).

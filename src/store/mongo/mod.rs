@@ -5,7 +5,15 @@
 //! - `users` (unique `email`), `products` (with the inventory not allocated to any sale),
 //!   `sales` (rules, `sold`, status), `orders` (unique `(buyer_id, sale_id, idempotency_key)`,
 //!   listed by `sale_id` and by `buyer_id` in `_id` order; ids are UUIDv7, so that is creation
-//!   order).
+//!   order), `waitlist` (places in sales' lines).
+//! - `order_events` (`_id` the sequence) and `counters` (document `order_events`: the last
+//!   sequence given). The transaction that stores orders or ends holds also raises the counter
+//!   by its number of events and inserts them. Two transactions that both raise it conflict, so
+//!   one commits before the other can take the next numbers: sequences follow commit order
+//!   without gaps, and an aborted transaction gives its numbers back. This works on every
+//!   deployment that has transactions (change streams are not needed). The counter is raised
+//!   last in the transaction, so it is held for as short a time as possible; a batch already
+//!   conflicts with any other batch of the same sale on the sale's counters.
 //!
 //! What must be atomic runs in one multi-document transaction (read concern snapshot, write
 //! concern majority): creating a sale with taking its allocation from the product's inventory;
@@ -43,16 +51,20 @@ use serde::de::DeserializeOwned;
 
 use crate::domain::WaitlistEntry;
 use crate::domain::{
-    ended_hold, hold_counters, judge_hold, judge_order, CommitOutcome, Email, EndReason, IdempotencyKey, OrderId,
-    OrderRecord, OrderStatus, ProductId, ProductRecord, SaleId, SaleRecord, SaleStatus, UnixMillis, UserId, UserRecord,
+    ended_hold, hold_counters, judge_hold, judge_order, CommitOutcome, Email, EndReason, EventsPage, IdempotencyKey,
+    OrderEvent, OrderEventKind, OrderId, OrderRecord, OrderStatus, ProductId, ProductRecord, SaleId, SaleRecord,
+    SaleStatus, UnixMillis, UserId, UserRecord,
 };
 use crate::retry;
-use crate::store::{HoldChange, HoldOutcome, RecordStore, StoreError};
+use crate::store::{HoldChange, HoldOutcome, OrderFilter, RecordStore, StoreError};
 
 pub use connect::connect;
-use documents::{OrderDoc, ProductDoc, SaleDoc, UserDoc, WaitlistDoc};
+use documents::{CounterDoc, EventDoc, OrderDoc, ProductDoc, SaleDoc, UserDoc, WaitlistDoc};
 use errors::{is_duplicate_key, store_error};
 use txn::{unsettled, Attempt, NotCommitted, TxnFailure};
+
+/// The `counters` document numbering order events.
+const EVENTS_COUNTER: &str = "order_events";
 
 /// The MongoDB-backed record store. Cheap to clone: clones share the client's connection pool.
 #[derive(Clone)]
@@ -65,6 +77,10 @@ pub struct MongoRecords {
     orders: Collection<OrderDoc>,
     /// Places in sales' lines, `_id` "<sale>/<buyer>".
     waitlist: Collection<WaitlistDoc>,
+    /// Order events, `_id` the sequence.
+    events: Collection<EventDoc>,
+    /// Named sequences (`order_events`).
+    counters: Collection<CounterDoc>,
     txn_options: TransactionOptions,
     /// Transactions and commits retried since start (conflicts, transient errors).
     retries: Arc<AtomicU64>,
@@ -223,10 +239,49 @@ impl MongoRecords {
             }
         }
         match self.orders.insert_many(&accepted).session(&mut *s).await {
-            Ok(_) => Ok(Attempt::Commit(outcomes)),
-            Err(e) if is_duplicate_key(&e) => Ok(Attempt::Conflict("an order with the same key was stored meanwhile")),
-            Err(e) => Err(e),
+            Ok(_) => {}
+            Err(e) if is_duplicate_key(&e) => {
+                return Ok(Attempt::Conflict("an order with the same key was stored meanwhile"))
+            }
+            Err(e) => return Err(e),
         }
+        let stored = batch.iter().zip(&outcomes).filter(|(_, outcome)| outcome.is_ok());
+        self.append_events(s, stored.map(|(order, _)| (OrderEventKind::Created, order)).collect()).await?;
+        Ok(Attempt::Commit(outcomes))
+    }
+
+    /// Numbers `events` after the last sequence given and inserts them, in the caller's
+    /// transaction (see the module's notes on the counter).
+    async fn append_events(
+        &self,
+        s: &mut ClientSession,
+        events: Vec<(OrderEventKind, &OrderRecord)>,
+    ) -> Result<(), MongoError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let n = events.len() as i64;
+        let counter = self
+            .counters
+            .find_one_and_update(doc! { "_id": EVENTS_COUNTER }, doc! { "$inc": { "seq": n } })
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .session(&mut *s)
+            .await?;
+        let first = counter.map_or(1, |c| c.seq - n + 1);
+        let docs: Vec<EventDoc> = events
+            .into_iter()
+            .zip(first..)
+            .map(|((kind, order), sequence)| EventDoc::new(sequence, kind, order))
+            .collect();
+        self.events.insert_many(docs).session(&mut *s).await?;
+        Ok(())
+    }
+
+    /// The last sequence given (0 before the first event).
+    async fn events_head(&self) -> Result<u64, StoreError> {
+        let counter = self.counters.find_one(doc! { "_id": EVENTS_COUNTER }).await.map_err(store_error)?;
+        Ok(counter.map_or(0, |c| u64::try_from(c.seq).unwrap_or(0)))
     }
 
     /// The (buyer, sale, key) triples of `batch` already stored.
@@ -335,6 +390,8 @@ impl MongoRecords {
                 }
             }
         }
+        let events = changed.iter().filter_map(|order| Some((OrderEventKind::of_hold_end(order.status)?, order)));
+        self.append_events(s, events.collect()).await?;
         Ok(Attempt::Commit(outcomes))
     }
 
@@ -360,6 +417,54 @@ where
     let docs: Vec<D> =
         collection.find(filter).sort(sort).await.map_err(store_error)?.try_collect().await.map_err(store_error)?;
     docs.into_iter().map(R::try_from).collect()
+}
+
+/// At most `limit` documents `filter` matches, in `sort` order, read back as records.
+async fn find_page<D, R>(
+    collection: &Collection<D>,
+    filter: Document,
+    sort: Document,
+    limit: usize,
+) -> Result<Vec<R>, StoreError>
+where
+    D: DeserializeOwned + Send + Sync,
+    R: TryFrom<D, Error = StoreError>,
+{
+    let docs: Vec<D> = collection
+        .find(filter)
+        .sort(sort)
+        .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+        .await
+        .map_err(store_error)?
+        .try_collect()
+        .await
+        .map_err(store_error)?;
+    docs.into_iter().map(R::try_from).collect()
+}
+
+/// The query of the orders `filter` admits.
+fn order_query(filter: &OrderFilter) -> Document {
+    let mut query = doc! {};
+    if let Some(sale) = &filter.sale {
+        query.insert("sale_id", sale.as_str());
+    }
+    if let Some(buyer) = &filter.buyer {
+        query.insert("buyer_id", buyer.as_str());
+    }
+    if let Some(status) = filter.status {
+        // Orders stored before holds existed have no status: CONFIRMED.
+        query.insert(
+            "status",
+            match status {
+                OrderStatus::Confirmed => doc! { "$in": [OrderStatus::Confirmed.as_str(), mongodb::bson::Bson::Null] },
+                other => doc! { "$eq": other.as_str() },
+            },
+        );
+    }
+    if let Some(at) = filter.created_after {
+        query.insert("created_at", doc! { "$gte": at.0 });
+    }
+    query
 }
 
 /// The document `filter` matches, if any, read back as a record.
@@ -434,8 +539,12 @@ impl RecordStore for MongoRecords {
         Ok(())
     }
 
-    async fn list_products(&self) -> Result<Vec<ProductRecord>, StoreError> {
-        find_all(&self.products, doc! {}, doc! { "_id": 1 }).await
+    async fn products_page(&self, after: Option<&ProductId>, limit: usize) -> Result<Vec<ProductRecord>, StoreError> {
+        let filter = match after {
+            Some(after) => doc! { "_id": { "$gt": after.as_str() } },
+            None => doc! {},
+        };
+        find_page(&self.products, filter, doc! { "_id": 1 }, limit).await
     }
 
     async fn get_product(&self, id: &ProductId) -> Result<Option<ProductRecord>, StoreError> {
@@ -478,12 +587,20 @@ impl RecordStore for MongoRecords {
         self.sale_by_id(id.as_str()).await
     }
 
-    async fn list_sales(&self, product: Option<&ProductId>) -> Result<Vec<SaleRecord>, StoreError> {
-        let filter = match product {
-            Some(product) => doc! { "product_id": product.as_str() },
-            None => doc! {},
-        };
-        self.find_sales(filter).await
+    async fn sales_page(
+        &self,
+        product: Option<&ProductId>,
+        before: Option<&SaleId>,
+        limit: usize,
+    ) -> Result<Vec<SaleRecord>, StoreError> {
+        let mut filter = doc! {};
+        if let Some(product) = product {
+            filter.insert("product_id", product.as_str());
+        }
+        if let Some(before) = before {
+            filter.insert("_id", doc! { "$lt": before.as_str() });
+        }
+        find_page(&self.sales, filter, doc! { "_id": -1 }, limit).await
     }
 
     async fn open_sales(&self) -> Result<Vec<SaleRecord>, StoreError> {
@@ -607,6 +724,23 @@ impl RecordStore for MongoRecords {
         self.find_orders(doc! { "sale_id": sale.as_str() }).await
     }
 
+    async fn orders_page(
+        &self,
+        filter: &OrderFilter,
+        after: Option<&OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        let mut query = order_query(filter);
+        if let Some(after) = after {
+            query.insert("_id", doc! { "$gt": after.as_str() });
+        }
+        find_page(&self.orders, query, doc! { "_id": 1 }, limit).await
+    }
+
+    async fn count_orders(&self, filter: &OrderFilter) -> Result<u64, StoreError> {
+        self.orders.count_documents(order_query(filter)).await.map_err(store_error)
+    }
+
     async fn order_by_key(
         &self,
         buyer: &UserId,
@@ -666,6 +800,38 @@ impl RecordStore for MongoRecords {
 
     async fn waitlist_of_sale(&self, sale: &SaleId) -> Result<Vec<WaitlistEntry>, StoreError> {
         find_all(&self.waitlist, doc! { "sale_id": sale.as_str() }, doc! { "joined_at": 1, "order_id": 1 }).await
+    }
+
+    async fn order_events(&self, after: u64, sale: Option<&SaleId>, limit: usize) -> Result<EventsPage, StoreError> {
+        // The head first: every event numbered up to it is committed (its transaction raised
+        // the counter), so reading up to it misses none.
+        let head = self.events_head().await?;
+        let mut filter = doc! { "_id": { "$gt": after as i64, "$lte": head as i64 } };
+        if let Some(sale) = sale {
+            filter.insert("sale_id", sale.as_str());
+        }
+        let events: Vec<OrderEvent> = find_page(&self.events, filter, doc! { "_id": 1 }, limit).await?;
+        let oldest = self
+            .events
+            .find_one(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(store_error)?
+            .map(|event| event.sequence as u64);
+        let scanned = match events.last() {
+            Some(last) if events.len() == limit => last.sequence,
+            _ => head.max(after),
+        };
+        Ok(EventsPage { events, oldest, head, scanned })
+    }
+
+    async fn prune_order_events(&self, before: UnixMillis) -> Result<u64, StoreError> {
+        // The newest stays, as in every record (the counter would carry the numbering on, but a
+        // follower at the head then still finds where the events start).
+        let head = self.events_head().await? as i64;
+        let old = doc! { "at": { "$lt": before.0 }, "_id": { "$lt": head } };
+        let deleted = self.events.delete_many(old).await.map_err(store_error)?;
+        Ok(deleted.deleted_count)
     }
 
     async fn earliest_holds(&self, limit: usize) -> Result<Vec<OrderRecord>, StoreError> {
