@@ -215,10 +215,19 @@ pub async fn list_orders(
             let progress = progress.clone();
             async move {
                 let mut attempt = 0;
-                let orders = loop {
-                    let request = authed(pb::ListMyOrdersRequest { sale_id: sale_id.into() }, &buyer.bearer);
-                    match session.pool.purchase().list_my_orders(request).await {
-                        Ok(response) => break response.into_inner().orders,
+                let (mut orders, mut page_token) = (Vec::new(), String::new());
+                loop {
+                    let ask = pb::ListMyOrdersRequest { sale_id: sale_id.into(), page_size: 1000, page_token };
+                    page_token = ask.page_token.clone();
+                    match session.pool.purchase().list_my_orders(authed(ask, &buyer.bearer)).await {
+                        Ok(response) => {
+                            let page = response.into_inner();
+                            orders.extend(page.orders);
+                            if page.next_page_token.is_empty() {
+                                break;
+                            }
+                            page_token = page.next_page_token;
+                        }
                         Err(status) if retryable(&status) && attempt < 20 => {
                             tokio::time::sleep(Refusal::from_status(&status).retry_after(attempt)).await;
                             attempt += 1;
@@ -227,7 +236,7 @@ pub async fn list_orders(
                             return Err(status).with_context(|| format!("ListMyOrders of buyer {}", buyer.id))
                         }
                     }
-                };
+                }
                 progress.inc(1);
                 Ok((i, orders))
             }
