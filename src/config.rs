@@ -26,6 +26,40 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a token signed with the server's secret (for the first admin, or for rehearsals).
     Token(TokenArgs),
+    /// Write a sale's orders to a file (CSV or JSON lines) through the paged ListSaleOrders.
+    Export(ExportArgs),
+}
+
+/// Options of `flashsale export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// The sale whose orders to write.
+    #[arg(long)]
+    pub sale: String,
+    /// csv (a header line, then one order per line) or jsonl (one JSON object per line).
+    #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+    pub format: ExportFormat,
+    /// The server's gRPC address.
+    #[arg(long, env = "FLASHSALE_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// An admin or fulfillment token (`flashsale token`, or AdminService.IssueServiceToken).
+    #[arg(long, env = "FLASHSALE_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// The file to write; standard output when absent. The file appears only once complete.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Orders per page asked of the server (1..1000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub page_size: i32,
+}
+
+/// What `flashsale export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// Comma-separated values with a header line (RFC 4180 quoting).
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
 }
 
 /// Options of `flashsale serve`.

@@ -44,6 +44,7 @@ pub mod backends;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod export;
 pub mod feeds;
 pub mod grpc;
 pub mod metrics;

@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
     runtime.build()?.block_on(async {
         match cli.command {
             Some(Command::Token(args)) => token(args),
+            Some(Command::Export(args)) => flashsale::export::run(args).await,
             Some(Command::Serve(args)) => serve(args).await,
             None => serve(cli.serve).await,
         }

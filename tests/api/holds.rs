@@ -25,7 +25,7 @@ async fn app_on_manual_clock() -> TestApp {
 
 impl TestApp {
     /// An ACTIVE sale with holds of [`HOLD`], open for an hour from now.
-    async fn hold_sale(&self, allocated: i64, per_user_limit: u32, max_per_purchase: u32) -> pb::Sale {
+    pub(crate) async fn hold_sale(&self, allocated: i64, per_user_limit: u32, max_per_purchase: u32) -> pb::Sale {
         let product = self.create_product(allocated + 5).await;
         self.create_sale(pb::CreateSaleRequest {
             product_id: product.id,
@@ -40,13 +40,13 @@ impl TestApp {
         .await
     }
 
-    async fn held(&self, token: &str, sale_id: &str, quantity: u32, key: &str) -> pb::Order {
+    pub(crate) async fn held(&self, token: &str, sale_id: &str, quantity: u32, key: &str) -> pb::Order {
         let order = self.buy(token, sale_id, quantity, key).await.expect("a hold").order.unwrap();
         assert_eq!(order.status(), OrderStatus::Held, "{order:?}");
         order
     }
 
-    async fn confirm(
+    pub(crate) async fn confirm(
         &self,
         token: &str,
         order_id: &str,
@@ -61,7 +61,7 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
-    async fn cancel(&self, token: &str, order_id: &str) -> Result<pb::CancelOrderResponse, tonic::Status> {
+    pub(crate) async fn cancel(&self, token: &str, order_id: &str) -> Result<pb::CancelOrderResponse, tonic::Status> {
         self.purchase()
             .cancel_order(authed(pb::CancelOrderRequest { order_id: order_id.into() }, token))
             .await

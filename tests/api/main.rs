@@ -16,6 +16,7 @@ mod idempotency;
 mod lifecycle;
 #[path = "../support/mongo.rs"]
 mod mongo_support;
+mod orders;
 mod purchases;
 mod record_contract;
 #[path = "../support/redis.rs"]
