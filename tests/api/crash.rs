@@ -1,5 +1,7 @@
 //! The real binary killed with SIGKILL in the middle of a rush, then restarted on the same data
-//! directory: every acknowledged order is still there, once, and the sale carries on.
+//! directory: every acknowledged order is still there, once, and the sale carries on; a
+//! consumer of the order feed, cut off by the kill, resumes from its cursor and sees every
+//! order once.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -142,6 +144,26 @@ async fn acknowledged_orders_survive_kill_9() {
         newest
     });
 
+    // A consumer of the order feed, dropping its stream now and then, until the server dies.
+    let consumer = flashsale_client::Client::from_channel(channel.clone()).with_token(&admin).unwrap();
+    let seen = Arc::new(Mutex::new(crate::orders::Seen::default()));
+    let follower = tokio::spawn({
+        let (seen, sale_id) = (seen.clone(), sale.id.clone());
+        async move {
+            loop {
+                let cursor = seen.lock().unwrap().cursor;
+                let Ok(mut stream) = consumer.follow_orders(cursor, &sale_id).await else { return };
+                let take = rand::Rng::random_range(&mut rand::rng(), 1..80);
+                for _ in 0..take {
+                    match stream.message().await {
+                        Ok(Some(event)) => seen.lock().unwrap().take(event),
+                        Ok(None) | Err(_) => return, // the server is gone
+                    }
+                }
+            }
+        }
+    });
+
     // The rush: workers take buyers in turn; each buyer makes its purchases one after another.
     let next_buyer = Arc::new(AtomicUsize::new(0));
     let acknowledged = Arc::new(AtomicUsize::new(0));
@@ -192,6 +214,8 @@ async fn acknowledged_orders_survive_kill_9() {
     tokio::time::timeout(Duration::from_secs(60), rush.join_all())
         .await
         .expect("the rush's calls fail once the server is gone");
+    tokio::time::timeout(Duration::from_secs(60), follower).await.expect("the feed ends with the server").unwrap();
+    let seen_before_kill = seen.lock().unwrap().events.len();
     drop(channel);
 
     let attempts = std::mem::take(&mut *attempts.lock().unwrap());
@@ -359,12 +383,27 @@ async fn acknowledged_orders_survive_kill_9() {
     let request =
         pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: 2, idempotency_key: "after-restart".into() };
     let response = purchase.clone().purchase(authed(request, newcomer)).await.expect("the sale sells after a restart");
-    assert!(!response.into_inner().replayed);
+    let response = response.into_inner();
+    assert!(!response.replayed);
+    let response_id = response.order.expect("an order").id;
     let last = admin_api
         .get_sale(authed(pb::GetSaleRequest { sale_id: sale.id.clone() }, &admin))
         .await
         .expect("get sale")
         .into_inner();
     assert_eq!((last.sold, last.remaining), (after.sold + 2, after.remaining - 2));
+
+    // The feed consumer resumes from its cursor on the restarted server: every order the record
+    // holds (the rush's, the in-flight retries', the newcomer's), once each.
+    let all_orders: HashSet<String> = lists.values().flatten().map(|o| o.id.clone()).chain([response_id]).collect();
+    let consumer = flashsale_client::Client::from_channel(channel.clone()).with_token(&admin).unwrap();
+    let mut seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(seen_before_kill > 0, "the consumer saw events before the kill");
+    crate::orders::follow_with_drops(&|| consumer.clone(), &sale.id, &mut seen, |s| s.events.len() >= all_orders.len())
+        .await;
+    assert!(seen.duplicates.is_empty(), "events delivered twice across the kill: {:?}", seen.duplicates);
+    let created: HashSet<String> = seen.events.keys().map(|(id, _)| id.clone()).collect();
+    assert_eq!(created, all_orders, "the feed holds exactly the orders of the record");
+    assert!(seen.events.keys().all(|(_, kind)| *kind == pb::OrderEventKind::Created as i32));
     drop(server);
 }

@@ -336,14 +336,14 @@ async fn the_fulfillment_role_reads_orders_and_nothing_else() {
 
 /// What a feed consumer saw: each (order, kind) with its sequence.
 #[derive(Default)]
-struct Seen {
-    events: HashMap<(String, i32), u64>,
-    duplicates: Vec<(String, i32)>,
-    cursor: u64,
+pub(crate) struct Seen {
+    pub(crate) events: HashMap<(String, i32), u64>,
+    pub(crate) duplicates: Vec<(String, i32)>,
+    pub(crate) cursor: u64,
 }
 
 impl Seen {
-    fn take(&mut self, event: pb::OrderEvent) {
+    pub(crate) fn take(&mut self, event: pb::OrderEvent) {
         assert!(event.sequence > self.cursor, "sequence {} after {}: the feed went back", event.sequence, self.cursor);
         self.cursor = event.sequence;
         let key = (event.order.expect("an order").id, event.kind);
@@ -355,7 +355,7 @@ impl Seen {
 
 /// Follows the feed from `seen.cursor`, dropping the stream after a random number of events,
 /// reconnecting from the last cursor, until `done` holds or 60 s pass.
-async fn follow_with_drops(
+pub(crate) async fn follow_with_drops(
     app_channel: &dyn Fn() -> flashsale_client::Client,
     sale: &str,
     seen: &mut Seen,
