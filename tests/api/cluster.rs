@@ -1505,3 +1505,47 @@ async fn holds_expiring_on_two_nodes_at_once_give_each_unit_back_once() {
     assert_eq!(ended.remaining, UNITS as i64);
     assert_eq!(shop.product(&nodes[1].channel, &product.id).await.inventory, UNITS as i64, "each unit returned once");
 }
+
+/// The order feed over two nodes sharing Redis and MongoDB: a rush split across the nodes, a
+/// consumer that drops its stream at random and comes back to the other node each time, from
+/// its cursor; it sees every acknowledged order once, and ListSaleOrders on either node lists
+/// the same orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_feed_resumes_on_either_node() {
+    let backends = Backends::shared();
+    let [a, b] = two_nodes(&backends, CALM_RECONCILE).await;
+    let shop = Shop::new();
+    let sale = shop.sale(&a.channel, 400, 1, 1).await;
+    let nodes = [a.channel.clone(), b.channel.clone()];
+    let rush = futures::stream::iter(0..400)
+        .map(|buyer| {
+            let (node, token, sale_id) =
+                (nodes[buyer % 2].clone(), shop.buyer(&format!("feed-{buyer}")), sale.id.clone());
+            async move { buy(&node, &token, &sale_id, 1, "feed").await.expect("a purchase").order.unwrap().id }
+        })
+        .buffer_unordered(WORKERS)
+        .collect::<Vec<String>>();
+
+    let turn = AtomicUsize::new(0);
+    let consumer = || {
+        let node = nodes[turn.fetch_add(1, Ordering::SeqCst) % 2].clone();
+        flashsale_client::Client::from_channel(node).with_token(&shop.admin).unwrap()
+    };
+    let mut seen = crate::orders::Seen::default();
+    let following = crate::orders::follow_with_drops(&consumer, &sale.id, &mut seen, |s| s.events.len() >= 400);
+    let (bought, reconnects) = tokio::join!(rush, following);
+
+    assert!(seen.duplicates.is_empty(), "events delivered twice: {:?}", seen.duplicates);
+    let created: HashSet<String> = seen.events.keys().map(|(id, _)| id.clone()).collect();
+    assert_eq!(created, bought.iter().cloned().collect::<HashSet<_>>(), "every acknowledged order, nothing else");
+    assert!(reconnects > 2, "the consumer moved between the nodes {reconnects} times");
+    for node in &nodes {
+        let listed = flashsale_client::Client::from_channel(node.clone())
+            .with_token(&shop.admin)
+            .unwrap()
+            .sale_orders(&sale.id)
+            .await
+            .expect("list the sale's orders");
+        assert_eq!(listed.iter().map(|o| o.id.clone()).collect::<HashSet<_>>(), created);
+    }
+}

@@ -492,3 +492,86 @@ async fn a_cursor_beyond_the_head_or_older_than_the_events_kept_is_refused() {
     let event = crate::helpers::next_message(&mut feed, "the next event").await.expect("an event");
     assert_eq!((event.sequence, event.order.unwrap().id), (4, order.id));
 }
+
+/// Runs `flashsale export` against the test server; its standard output.
+fn export(app: &TestApp, token: &str, sale: &str, format: &str, out: Option<&std::path::Path>) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"));
+    command.args(["export", "--sale", sale, "--format", format, "--token", token, "--page-size", "700"]);
+    command.arg("--addr").arg(format!("http://{}", app.addr));
+    if let Some(out) = out {
+        command.arg("--out").arg(out);
+    }
+    crate::helpers::clean_env(&mut command);
+    let output = command.output().expect("run flashsale export");
+    assert!(output.status.success(), "flashsale export failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("exported"), "it says what it did");
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_export_of_a_ten_thousand_order_sale_matches_the_orders_made() {
+    const ORDERS: usize = 10_000;
+    let app = spawn_app().await;
+    let sale = app.active_sale(ORDERS as i64, 0, 1).await;
+    let tokens: Vec<String> = buyers(&app, "export", 40).into_iter().cycle().take(ORDERS).collect();
+    let bought: HashSet<String> =
+        buy_each(app.purchase(), tokens, sale.id.clone(), "export".into()).await.into_iter().collect();
+    assert_eq!(bought.len(), ORDERS);
+    let warehouse = app.fulfillment_token().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("orders.csv");
+    let stdout = tokio::task::block_in_place(|| export(&app, &warehouse, &sale.id, "csv", Some(&file)));
+    assert!(stdout.is_empty(), "with --out nothing goes to standard output");
+    assert!(!dir.path().join("orders.csv.part").exists(), "the partial file was renamed");
+    let mut reader = csv::Reader::from_path(&file).expect("a CSV file");
+    let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
+    assert_eq!(
+        header,
+        [
+            "order_id",
+            "sale_id",
+            "buyer_id",
+            "buyer_name",
+            "quantity",
+            "unit_price_minor",
+            "total_minor",
+            "currency",
+            "status",
+            "created_at",
+            "expires_at",
+            "settled_at",
+            "payment_reference",
+            "idempotency_key"
+        ]
+    );
+    let mut exported = HashSet::new();
+    let mut previous = String::new();
+    for row in reader.records() {
+        let row = row.expect("a CSV row");
+        assert!(row[0] > *previous, "oldest first, each once");
+        previous = row[0].to_owned();
+        assert_eq!(
+            (&row[1], &row[4], &row[5], &row[6], &row[7], &row[8]),
+            (sale.id.as_str(), "1", "1999", "1999", "USD", "CONFIRMED")
+        );
+        assert!(row[2].starts_with("export-") && row[3].starts_with("Buyer "), "{row:?}");
+        assert!(row[9].ends_with('Z') && row[9].contains('T'), "RFC 3339 times: {}", &row[9]);
+        exported.insert(row[0].to_owned());
+    }
+    assert_eq!(exported, bought, "the export holds exactly the orders bought");
+
+    // JSON lines on standard output, the same orders.
+    let lines = tokio::task::block_in_place(|| export(&app, &warehouse, &sale.id, "jsonl", None));
+    let ids: HashSet<String> = lines
+        .lines()
+        .map(|line| {
+            let order: serde_json::Value = serde_json::from_str(line).expect("one JSON object per line");
+            assert_eq!(order["quantity"], 1);
+            assert_eq!(order["status"], "CONFIRMED");
+            order["order_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(lines.lines().count(), ORDERS);
+    assert_eq!(ids, bought);
+}
