@@ -132,6 +132,23 @@ g -H "$P" -d "{\"order_id\": \"$BOBS\", \"payment_reference\": \"psp-0001\"}" \
 step "every unit confirmed: the sale with holds ended SOLD_OUT"
 g -H "$A" -d "{\"sale_id\": \"$HOLD_SALE\"}" "$ADDR" flashsale.v1.AdminService/GetSale
 
+step "the shop gets its orders out: a fulfillment token lists a sale's orders, a page at a time"
+FULFILLMENT=$(g -H "$A" -d '{"role": "ROLE_FULFILLMENT", "name": "warehouse"}' \
+                "$ADDR" flashsale.v1.AdminService/IssueServiceToken | field accessToken)
+F="authorization: Bearer $FULFILLMENT"
+g -H "$F" -d "{\"sale_id\": \"$HOLD_SALE\", \"page_size\": 1}" \
+  "$ADDR" flashsale.v1.OrdersService/ListSaleOrders | tee "$WATCHED.page"
+NEXT=$(field nextPageToken <"$WATCHED.page")
+g -H "$F" -d "{\"sale_id\": \"$HOLD_SALE\", \"page_size\": 1, \"page_token\": \"$NEXT\"}" \
+  "$ADDR" flashsale.v1.OrdersService/ListSaleOrders
+
+step "the order feed: every change of the sale's orders in commit order, each with its sequence"
+g -H "$F" -max-time 3 -d "{\"sale_id\": \"$HOLD_SALE\", \"after_sequence\": 0}" \
+  "$ADDR" flashsale.v1.OrdersService/WatchOrders || true  # it stays open: cut after 3 s
+
+step "the same orders as CSV, for an operator"
+"$FLASHSALE" export --sale "$HOLD_SALE" --format csv --addr "http://$ADDR" --token "$FULFILLMENT"
+
 step "what the watcher saw; its stream ended after the ENDED snapshot"
 WATCH_STATUS=0
 wait "$WATCHER" || WATCH_STATUS=$?

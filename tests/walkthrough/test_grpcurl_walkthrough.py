@@ -25,6 +25,7 @@ SCRIPT = ROOT / "scripts" / "grpcurl-walkthrough.sh"
 README = ROOT / "README.md"
 SECTION = "## Run a sale with grpcurl"
 HOLDS_SECTION = "## Holds, payment and the waitlist"
+ORDERS_SECTION = "## Orders out to the shop"
 
 
 def grpcurl() -> Path:
@@ -148,6 +149,30 @@ def test_a_hold_is_cancelled_served_to_the_line_and_paid(walkthrough):
     assert (sale["confirmed"], sale.get("held", "0"), sale["holdSeconds"]) == ("1", "0", 600), sale
 
 
+def test_the_shop_pages_through_its_orders_and_follows_the_feed(walkthrough):
+    first, second = json_values(walkthrough.step("a page at a time"))
+    assert len(first["orders"]) == 1 and first["nextPageToken"], first
+    assert len(second["orders"]) == 1 and "nextPageToken" not in second, second
+    assert first["orders"][0]["id"] < second["orders"][0]["id"], "oldest first"
+    assert second["orders"][0]["buyerName"] == "Bob"
+
+    events = json_values(walkthrough.step("the order feed"))
+    kinds = [(event["kind"], event["order"]["buyerId"]) for event in events]
+    bob = second["orders"][0]["buyerId"]
+    assert [kind for kind, _ in kinds] == [
+        "ORDER_EVENT_KIND_CREATED", "ORDER_EVENT_KIND_CANCELLED",
+        "ORDER_EVENT_KIND_CREATED", "ORDER_EVENT_KIND_CONFIRMED",
+    ], kinds
+    assert [buyer for _, buyer in kinds][2:] == [bob, bob]
+    sequences = [int(event["sequence"]) for event in events]
+    assert sequences == sorted(sequences) and len(set(sequences)) == 4, sequences
+
+    rows = [line for line in walkthrough.step("as CSV").splitlines() if line and not line.startswith("exported")]
+    assert rows[0].startswith("order_id,sale_id,buyer_id,buyer_name,quantity"), rows
+    assert [row.split(",")[0] for row in rows[1:]] == [first["orders"][0]["id"], second["orders"][0]["id"]]
+    assert "CANCELLED" in rows[1] and "CONFIRMED" in rows[2] and "psp-0001" in rows[2], rows
+
+
 def command_lines(text: str) -> list[str]:
     """Lines of shell without a trailing comment (two spaces, `# `), blank or comment lines."""
     lines = (re.sub(r"\s{2,}# .*$", "", line).strip() for line in text.splitlines())
@@ -157,7 +182,7 @@ def command_lines(text: str) -> list[str]:
 def test_the_readme_shows_only_commands_the_script_runs():
     readme = README.read_text()
     script = command_lines(SCRIPT.read_text())
-    for section_title, at_least in [(SECTION, 15), (HOLDS_SECTION, 10)]:
+    for section_title, at_least in [(SECTION, 15), (HOLDS_SECTION, 10), (ORDERS_SECTION, 6)]:
         assert section_title in readme, f"README.md has no {section_title!r} section"
         section = readme.split(section_title, 1)[1].split("\n## ", 1)[0]
         blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
