@@ -28,6 +28,9 @@ Sales with holds (a purchase is HELD until paid) and their waitlist:
     python flashsale_client.py join SALE 1                      # wait for units given back
     python flashsale_client.py leave SALE
     python flashsale_client.py follow SALE                      # my orders and place, live
+The shop's orders (an admin or fulfillment token):
+    python flashsale_client.py follow-orders [--sale SALE] --cursor-file CURSOR
+        # one line per order event; resumes after the sequence kept in CURSOR, and keeps it there
 
 Errors are printed with their machine-readable reason (google.rpc.ErrorInfo, decoded from the
 `grpc-status-details-bin` trailer) and exit with status 1.
@@ -44,6 +47,7 @@ import uuid
 from datetime import datetime, timezone
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import generate
 
@@ -60,6 +64,8 @@ from flashsale.v1 import (  # noqa: E402
     common_pb2,
     feeds_pb2,
     feeds_pb2_grpc,
+    orders_pb2,
+    orders_pb2_grpc,
     purchase_pb2,
     purchase_pb2_grpc,
 )
@@ -146,6 +152,7 @@ class Client:
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.purchases = purchase_pb2_grpc.PurchaseServiceStub(self.channel)
         self.feeds = feeds_pb2_grpc.FeedsServiceStub(self.channel)
+        self.shop_orders = orders_pb2_grpc.OrdersServiceStub(self.channel)
 
     def __enter__(self) -> Client:
         return self
@@ -262,9 +269,59 @@ class Client:
             stream.cancel()
 
     def orders(self, sale_id: str = "") -> list[common_pb2.Order]:
-        """The caller's orders, oldest first; only those of `sale_id` when given."""
-        request = purchase_pb2.ListMyOrdersRequest(sale_id=sale_id)
-        return list(self._call(self.purchases.ListMyOrders, request).orders)
+        """The caller's orders, oldest first; only those of `sale_id` when given (every page)."""
+        return self._every_page(self.purchases.ListMyOrders, purchase_pb2.ListMyOrdersRequest, sale_id=sale_id)
+
+    def sale_orders(self, sale_id: str, **filters) -> list[common_pb2.Order]:
+        """Every order of a sale, oldest first (admin or fulfillment token); `filters` are
+        ListSaleOrdersRequest fields, e.g. status=common_pb2.ORDER_STATUS_CONFIRMED."""
+        return self._every_page(
+            self.shop_orders.ListSaleOrders, orders_pb2.ListSaleOrdersRequest, sale_id=sale_id, **filters
+        )
+
+    def _every_page(self, method, request_type, **fields) -> list:
+        items, token = [], ""
+        while True:
+            page = self._call(method, request_type(page_size=1000, page_token=token, **fields))
+            items.extend(page.orders)
+            token = page.next_page_token
+            if not token:
+                return items
+
+    def order_events(self, after_sequence: int = 0, sale_id: str = "") -> Iterator[orders_pb2.OrderEvent]:
+        """The order events after `after_sequence`, of one sale when given (admin or fulfillment
+        token). The stream stays open for new events; it raises when the connection breaks."""
+        stream = self.shop_orders.WatchOrders(
+            orders_pb2.WatchOrdersRequest(after_sequence=after_sequence, sale_id=sale_id), metadata=self.metadata()
+        )
+        try:
+            yield from stream
+        except grpc.RpcError as error:
+            raise FlashsaleError.from_rpc_error(error) from error
+        finally:
+            stream.cancel()
+
+    def follow_orders(
+        self, cursor_file: Path, sale_id: str = "", *, retry_pause: float = 1.0
+    ) -> Iterator[orders_pb2.OrderEvent]:
+        """Every order event after the sequence kept in `cursor_file` (0 when it does not exist),
+        reconnecting from it when the stream breaks. The cursor is written (atomically) once the
+        caller is done with an event, i.e. when it asks for the next one: a consumer stopped at
+        any point resumes without a gap, and sees again at most the event it was handling.
+        A cursor older than the server keeps raises CURSOR_EXPIRED."""
+        cursor = read_cursor(cursor_file)
+        while True:
+            try:
+                for event in self.order_events(cursor, sale_id):
+                    yield event
+                    cursor = event.sequence
+                    write_cursor(cursor_file, cursor)
+                return  # the server is stopping
+            except FlashsaleError as error:
+                if error.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL,
+                                      grpc.StatusCode.UNKNOWN):
+                    raise
+                self._sleep(retry_pause)
 
     def _call(self, method, request, *, auth: bool = True):
         metadata = self.metadata() if auth else None
@@ -272,6 +329,27 @@ class Client:
             return method(request, metadata=metadata, timeout=self.timeout)
         except grpc.RpcError as error:
             raise FlashsaleError.from_rpc_error(error) from error
+
+
+def read_cursor(path: Path) -> int:
+    """The sequence kept in `path`; 0 when there is no file yet."""
+    try:
+        return int(path.read_text().strip() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+def write_cursor(path: Path, sequence: int) -> None:
+    """Keeps `sequence` in `path`, replacing it atomically (never a half-written file)."""
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(f"{sequence}\n")
+    os.replace(partial, path)
+
+
+def format_event(event: orders_pb2.OrderEvent) -> str:
+    """One line: sequence, kind, then the order."""
+    kind = orders_pb2.OrderEventKind.Name(event.kind).removeprefix("ORDER_EVENT_KIND_")
+    return f"#{event.sequence} {kind} {format_order(event.order)}"
 
 
 # Currencies whose minor unit is not the hundredth (ISO 4217); the rest have two decimals.
@@ -385,6 +463,13 @@ def main(argv: list[str] | None = None) -> int:
     follow = commands.add_parser("follow", help="print my orders and place in a sale as they change")
     follow.add_argument("sale_id")
 
+    follow_orders = commands.add_parser(
+        "follow-orders", help="print the shop's order events (admin or fulfillment token), resuming from a cursor file")
+    follow_orders.add_argument("--sale", default="", help="only this sale's events")
+    follow_orders.add_argument("--cursor-file", type=Path, required=True,
+                               help="keeps the last sequence handled; the next run starts after it")
+    follow_orders.add_argument("--max-events", type=int, default=0, help="stop after this many (0: never)")
+
     args = parser.parse_args(argv)
     with Client(args.server, args.token) as client:
         try:
@@ -421,6 +506,14 @@ def main(argv: list[str] | None = None) -> int:
                     if update.last:
                         lines.append("the sale ended; nothing is held any more")
                     print("\n".join(lines or ["no orders, not in line"]), end="\n\n", flush=True)
+            elif args.command == "follow-orders":
+                printed = 0
+                for event in client.follow_orders(args.cursor_file, args.sale):
+                    print(format_event(event), flush=True)
+                    printed += 1
+                    if printed == args.max_events:
+                        write_cursor(args.cursor_file, event.sequence)
+                        break
         except FlashsaleError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1

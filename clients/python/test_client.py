@@ -353,6 +353,35 @@ def test_the_hold_commands(server):
     assert run("leave", sale_id).stdout.strip() == "was not in line"
 
 
+def test_follow_orders_resumes_from_its_cursor_file(server, tmp_path):
+    sale_id = new_sale(server, allocated=10, per_user_limit=0, max_per_purchase=1)
+    with Client(server.addr, server.token("buyer", "py-fo", "Fo")) as buyer:
+        bought = [buyer.buy(sale_id, 1).order.id for _ in range(5)]
+        with pytest.raises(FlashsaleError) as refused:
+            buyer.sale_orders(sale_id)
+        assert refused.value.reason == "ROLE_NOT_ALLOWED"
+    warehouse = server.token("fulfillment", "py-warehouse", "Warehouse")
+    cursor = tmp_path / "cursor"
+    follow = ("follow-orders", "--sale", sale_id, "--cursor-file", str(cursor))
+
+    first = run_cli(server, *follow, "--max-events", "3", token=warehouse).stdout.splitlines()
+    assert [line.split()[1] for line in first] == ["CREATED"] * 3, first
+    assert int(cursor.read_text()) == int(first[-1].split()[0].lstrip("#")), "the cursor is the last event handled"
+
+    # Two more orders while the consumer is away; it resumes after its cursor: no gap, no repeat.
+    with Client(server.addr, server.token("buyer", "py-fo", "Fo")) as buyer:
+        bought += [buyer.buy(sale_id, 1).order.id for _ in range(2)]
+    rest = run_cli(server, *follow, "--max-events", "4", token=warehouse).stdout.splitlines()
+    assert [line.split()[3] for line in first + rest] == bought
+    sequences = [int(line.split()[0].lstrip("#")) for line in first + rest]
+    assert sequences == sorted(sequences) and len(set(sequences)) == 7
+
+    with Client(server.addr, warehouse) as shop:
+        assert [order.id for order in shop.sale_orders(sale_id)] == bought
+        confirmed = shop.sale_orders(sale_id, status=common_pb2.ORDER_STATUS_CONFIRMED)
+        assert len(confirmed) == 7 and confirmed[0].buyer_name == "Fo"
+
+
 def test_generated_code_matches_the_protos():
     generate.ensure()
     assert generate.is_current()
