@@ -10,6 +10,8 @@
 //! - [`rush`]: the purchase engine: N concurrent workers, retries of UNAVAILABLE with the same
 //!   idempotency key, one record per attempt; callers that give up (`--abandon`), some coming
 //!   back with their key, then patient buyers until the sale sells out.
+//! - [`orders`]: a consumer of the order feed during a rush (`--order-feed`): delivery lag, and
+//!   every acknowledged order once.
 //! - [`storm`]: callers registering and logging in during a rush (`--sign-in-storm`).
 //! - [`verdict`]: the correctness checks of a finished rush (exact sell-out, no oversell,
 //!   per-user limit, ListMyOrders and the final WatchSale snapshot agree).
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod flood;
 pub mod h2load;
 pub mod holds;
+pub mod orders;
 pub mod rehearse;
 pub mod rush;
 pub mod setup;

@@ -359,16 +359,33 @@ pub async fn run(args: RehearseArgs) -> anyhow::Result<Report> {
     let mut figures = Figures::default();
     let (verdict, sale) = if args.hold_seconds > 0 {
         rehearse_holds(&session, &scenario, &args, &mut figures).await?
+    } else if args.order_feed {
+        let mut alone = Figures::default();
+        let (baseline, alone_rate) = rehearse_once(&session, &scenario, &args, &mut alone, false).await?;
+        println!();
+        println!("the same rush again, with a consumer of the order feed attached:");
+        let (mut fed, fed_rate) = rehearse_once(&session, &scenario, &args, &mut figures, true).await?;
+        let ratio = fed_rate / alone_rate.max(f64::MIN_POSITIVE);
+        println!("throughput: {alone_rate:.0} acknowledged purchases/s alone, {fed_rate:.0}/s with the order feed followed: {ratio:.2}×");
+        figures.add("alone_purchases_per_sec", format!("{alone_rate:.1}"));
+        figures.add("order_feed_ratio", format!("{ratio:.3}"));
+        fed.verdict.checks.push(crate::verdict::Check {
+            name: "the rush without the feed consumer passed too",
+            passed: baseline.verdict.passed(),
+            detail: format!("sold {} of {}", baseline.sale.sold, baseline.sale.allocated),
+        });
+        print!("{}", fed.verdict.render());
+        (fed.verdict, fed.sale)
     } else if args.sign_in_storm == 0 {
-        let (finished, _) = rehearse_once(&session, &scenario, &args, &mut figures).await?;
+        let (finished, _) = rehearse_once(&session, &scenario, &args, &mut figures, false).await?;
         (finished.verdict, finished.sale)
     } else {
         let mut calm = Figures::default();
-        let (baseline, calm_rate) = rehearse_once(&session, &scenario, &args, &mut calm).await?;
+        let (baseline, calm_rate) = rehearse_once(&session, &scenario, &args, &mut calm, false).await?;
         println!();
         println!("the same rush again, during a sign-in storm of {} callers:", args.sign_in_storm);
         let storm = Storm::start(session.pool.clone(), args.sign_in_storm, &crate::setup::run_tag());
-        let (mut stormy, storm_rate) = rehearse_once(&session, &scenario, &args, &mut figures).await?;
+        let (mut stormy, storm_rate) = rehearse_once(&session, &scenario, &args, &mut figures, false).await?;
         let storm = storm.stop().await;
         storm.report(&mut figures);
         let ratio = storm_rate / calm_rate.max(f64::MIN_POSITIVE);
@@ -392,19 +409,38 @@ pub async fn run(args: RehearseArgs) -> anyhow::Result<Report> {
     Ok(Report { verdict, sale, figures })
 }
 
-/// Prepares a sale, rushes it, finishes and judges it, prints and adds the figures; returns the
-/// outcome and the acknowledged purchases/s.
+/// Prepares a sale, rushes it (with a consumer of the order feed attached when `order_feed`),
+/// finishes and judges it, prints and adds the figures; returns the outcome and the
+/// acknowledged purchases/s.
 async fn rehearse_once(
     session: &Session,
     scenario: &Scenario,
     args: &RehearseArgs,
     figures: &mut Figures,
+    order_feed: bool,
 ) -> anyhow::Result<(Finished, f64)> {
     let prepared = prepare(session, scenario).await?;
+    let consumer = match order_feed {
+        true => Some(crate::orders::OrderFeedConsumer::start(session, &prepared.sale.id).await?),
+        false => None,
+    };
     let epoch = Instant::now();
     let feed = follow_feed(session, &prepared.sale.id, epoch).await?;
     let rush = run_rush(session, scenario, &prepared, epoch).await;
-    let finished = finish(session, scenario, &prepared, &rush, feed).await?;
+    let mut finished = finish(session, scenario, &prepared, &rush, feed).await?;
+    if let Some(consumer) = consumer {
+        let acknowledged: std::collections::HashSet<String> = rush
+            .records
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                Outcome::Acked { order_id, .. } => Some(order_id.clone()),
+                _ => None,
+            })
+            .collect();
+        let consumed = consumer.finish(acknowledged.len()).await?;
+        crate::orders::report(&consumed, figures);
+        finished.verdict.checks.push(crate::orders::check(&consumed, &acknowledged));
+    }
 
     figures.add("buyers_source", if prepared.source == BuyerSource::Minted { "minted" } else { "registered" });
     rush_figures(&rush, figures);

@@ -224,6 +224,42 @@ async fn a_sign_in_storm_is_measured_against_the_same_rush_without_it() {
     assert!(number("storm_sign_ins") + number("storm_busy") > 0.0, "the storm called the server");
 }
 
+/// The order feed followed during a rush: the same rush alone then with the consumer; the
+/// consumer got every acknowledged order once (a verdict check), and its lag is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rush_with_the_order_feed_followed_delivers_every_order_once() {
+    let server = start_server().await;
+    let args = [
+        "rehearse",
+        "--jwt-secret",
+        SECRET,
+        "--mint-tokens",
+        "--buyers",
+        "300",
+        "--units",
+        "600",
+        "--max-qty",
+        "2",
+        "--order-feed",
+    ];
+    let report = loadgen(&server, &args).await;
+    assert!(report.verdict.passed(), "{}", report.verdict.render());
+    assert!(
+        report
+            .verdict
+            .checks
+            .iter()
+            .any(|c| c.name == "the order feed delivered every acknowledged order once" && c.passed),
+        "{}",
+        report.verdict.render()
+    );
+    let number =
+        |name: &str| -> f64 { report.figures.get(name).unwrap_or_else(|| panic!("no {name} figure")).parse().unwrap() };
+    assert_eq!(number("order_feed_events"), 300.0, "one purchase per buyer, each delivered");
+    assert!(number("order_feed_ratio") > 0.0 && number("alone_purchases_per_sec") > 0.0);
+    assert!(number("order_feed_lag_p99_ms") >= number("order_feed_lag_p50_ms"));
+}
+
 /// A drop with holds: a few winners pay, the rest cancel or let their holds expire, late buyers
 /// wait in line; the verdict (each freed unit handed on or returned once, confirmed + returned ==
 /// allocated, the line served in order, confirmed never above the allocation) passes, and the
