@@ -62,14 +62,14 @@ impl From<pb::Order> for Row {
 
 /// Writes rows in the chosen format.
 enum Sink<W: Write> {
-    Csv(csv::Writer<W>),
+    Csv(Box<csv::Writer<W>>),
     Jsonl(W),
 }
 
 impl<W: Write> Sink<W> {
     fn new(format: ExportFormat, out: W) -> Self {
         match format {
-            ExportFormat::Csv => Self::Csv(csv::Writer::from_writer(out)),
+            ExportFormat::Csv => Self::Csv(Box::new(csv::Writer::from_writer(out))),
             ExportFormat::Jsonl => Self::Jsonl(out),
         }
     }

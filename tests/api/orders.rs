@@ -475,10 +475,7 @@ async fn a_cursor_beyond_the_head_or_older_than_the_events_kept_is_refused() {
     // Pruned at start: events 1 and 2 are gone; the newest is kept.
     let status = later
         .eventually("the old events pruned", || async {
-            match later.orders().watch_orders(authed(watch(0), &admin)).await {
-                Err(status) => Some(status),
-                Ok(_) => None,
-            }
+            later.orders().watch_orders(authed(watch(0), &admin)).await.err()
         })
         .await;
     assert_refused(&status, Code::OutOfRange, "CURSOR_EXPIRED");

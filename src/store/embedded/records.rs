@@ -211,10 +211,9 @@ fn append_events<'a>(
     events: impl Iterator<Item = (OrderEventKind, &'a OrderRecord)>,
 ) -> Result<(), StoreError> {
     let mut table = txn.open_table(ORDER_EVENTS)?;
-    let mut next = table.last()?.map_or(0, |(sequence, _)| sequence.value()) + 1;
-    for (kind, order) in events {
-        table.insert(next, encode_event(kind, order)?.as_slice())?;
-        next += 1;
+    let first = table.last()?.map_or(0, |(sequence, _)| sequence.value()) + 1;
+    for (sequence, (kind, order)) in (first..).zip(events) {
+        table.insert(sequence, encode_event(kind, order)?.as_slice())?;
     }
     Ok(())
 }
