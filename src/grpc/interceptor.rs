@@ -1,4 +1,4 @@
-//! Authentication: an interceptor on AdminService and PurchaseService checks the bearer token
+//! Authentication: an interceptor on AdminService, PurchaseService and OrdersService checks the bearer token
 //! and puts the [`Caller`] into the request's extensions. Auth, Feeds, health and reflection
 //! are served without it.
 
