@@ -98,10 +98,14 @@ pub enum CursorProblem {
     },
 }
 
-/// Whether following from `after` (the last sequence a consumer handled) misses nothing.
+/// Whether following from `after` (the last sequence a consumer handled) misses nothing. 0 is
+/// a new consumer's: it starts from the oldest event kept, whatever was pruned before.
 pub fn check_cursor(after: u64, oldest: Option<u64>, head: u64) -> Result<(), CursorProblem> {
     if after > head {
         return Err(CursorProblem::Unknown { head });
+    }
+    if after == 0 {
+        return Ok(());
     }
     let first_missing = after + 1;
     match oldest {
@@ -127,7 +131,10 @@ mod tests {
         // Events 5..=10 kept: a cursor at 4 misses nothing, at 3 it would miss 4.
         assert_eq!(check_cursor(4, Some(5), 10), Ok(()));
         assert_eq!(check_cursor(3, Some(5), 10), Err(CursorProblem::Expired { oldest: 5, head: 10 }));
-        assert_eq!(check_cursor(0, Some(5), 10), Err(CursorProblem::Expired { oldest: 5, head: 10 }));
+        assert_eq!(check_cursor(1, Some(5), 10), Err(CursorProblem::Expired { oldest: 5, head: 10 }));
+        // A new consumer starts from the oldest kept.
+        assert_eq!(check_cursor(0, Some(5), 10), Ok(()));
+        assert_eq!(check_cursor(0, None, 10), Ok(()));
         // Everything pruned: only a cursor at the head can go on.
         assert_eq!(check_cursor(10, None, 10), Ok(()));
         assert_eq!(check_cursor(9, None, 10), Err(CursorProblem::Expired { oldest: 0, head: 10 }));

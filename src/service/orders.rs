@@ -197,7 +197,8 @@ impl App {
     /// node: deleting what another node deleted changes nothing).
     pub(super) async fn prune_events(self: Arc<Self>, retention: Duration) {
         loop {
-            let before = UnixMillis(self.clock.now().0.saturating_sub(retention.as_millis() as i64));
+            let kept = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+            let before = UnixMillis(self.clock.now().0.saturating_sub(kept));
             match self.records.prune_order_events(before).await {
                 Ok(0) => {}
                 Ok(pruned) => tracing::info!(pruned, "old order events pruned"),

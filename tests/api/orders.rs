@@ -472,15 +472,20 @@ async fn a_cursor_beyond_the_head_or_older_than_the_events_kept_is_refused() {
         ..AppOptions::default()
     })
     .await;
-    // Pruned at start: events 1 and 2 are gone; the newest is kept.
+    // Pruned at start: events 1 and 2 are gone; the newest is kept. A consumer that handled
+    // event 1 would miss event 2: refused.
     let status = later
         .eventually("the old events pruned", || async {
-            later.orders().watch_orders(authed(watch(0), &admin)).await.err()
+            later.orders().watch_orders(authed(watch(1), &admin)).await.err()
         })
         .await;
     assert_refused(&status, Code::OutOfRange, "CURSOR_EXPIRED");
     assert_eq!(error_metadata(&status, "oldest_sequence").as_deref(), Some("3"));
     assert_eq!(error_metadata(&status, "head_sequence").as_deref(), Some("3"));
+    // A new consumer (0) starts from the oldest kept.
+    let mut fresh = later.orders().watch_orders(authed(watch(0), &admin)).await.expect("follow from 0").into_inner();
+    let oldest = crate::helpers::next_message(&mut fresh, "the oldest event kept").await.expect("an event");
+    assert_eq!(oldest.sequence, 3);
     // From the head, a consumer goes on with the next event.
     let mut feed =
         later.orders().watch_orders(authed(watch(3), &admin)).await.expect("follow from the head").into_inner();

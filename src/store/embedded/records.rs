@@ -45,6 +45,8 @@ const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
 const WAITLIST: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("waitlist");
 /// Order events by sequence.
 const ORDER_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("order_events");
+/// Most events one pruning transaction deletes.
+const PRUNE_CHUNK: usize = 10_000;
 /// Most events one `order_events` call looks at (a one-sale feed skips other sales' events).
 const EVENTS_SCAN: usize = 8192;
 /// The on-disk by-sale index of earlier versions, deleted at open (now kept in memory).
@@ -145,12 +147,8 @@ impl RedbRecords {
         let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         match (&filter.sale, &filter.buyer) {
-            (Some(sale), _) => index
-                .by_sale
-                .get(sale)
-                .map(|ids| ids.range((from, Bound::Unbounded)).take(size).cloned().collect())
-                .unwrap_or_default(),
-            (None, Some(buyer)) => {
+            // A buyer's orders are few: their list, even when a sale is named too.
+            (_, Some(buyer)) => {
                 let mut ids: Vec<OrderId> = index
                     .by_buyer
                     .get(buyer)
@@ -160,6 +158,11 @@ impl RedbRecords {
                 ids.truncate(size);
                 ids
             }
+            (Some(sale), None) => index
+                .by_sale
+                .get(sale)
+                .map(|ids| ids.range((from, Bound::Unbounded)).take(size).cloned().collect())
+                .unwrap_or_default(),
             (None, None) => {
                 let mut ids: Vec<OrderId> =
                     index.by_key.values().filter(|id| after.is_none_or(|a| *id > a)).cloned().collect();
@@ -168,6 +171,37 @@ impl RedbRecords {
                 ids
             }
         }
+    }
+
+    /// Deletes at most `limit` events that happened before `before`, oldest first, never the
+    /// newest, in one write transaction.
+    async fn prune_events_chunk(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            let pruned = {
+                let mut table = txn.open_table(ORDER_EVENTS)?;
+                let newest = table.last()?.map_or(0, |(sequence, _)| sequence.value());
+                // Events are in commit order, which is time order but for the milliseconds
+                // between a purchase and its commit: the scan stops at the first one to keep.
+                let mut old = Vec::new();
+                for entry in table.range(..newest)?.take(limit) {
+                    let (sequence, value) = entry?;
+                    if decode_event(sequence.value(), value.value())?.at() >= before {
+                        break;
+                    }
+                    old.push(sequence.value());
+                }
+                for sequence in &old {
+                    table.remove(sequence)?;
+                }
+                old.len() as u64
+            };
+            if pruned > 0 {
+                txn.commit()?;
+            }
+            Ok(pruned)
+        })
+        .await
     }
 
     async fn blocking<T, F>(&self, work: F) -> Result<T, StoreError>
@@ -553,7 +587,17 @@ impl RecordStore for RedbRecords {
                 return Ok(index.by_sale.get(sale).map_or(0, |ids| ids.len() as u64));
             }
         }
-        Ok(self.orders_page(filter, None, usize::MAX).await?.len() as u64)
+        // A chunk at a time: the count never holds the sale's orders in memory at once.
+        const CHUNK: usize = 4096;
+        let (mut count, mut after) = (0, None);
+        loop {
+            let page = self.orders_page(filter, after.as_ref(), CHUNK).await?;
+            count += page.len() as u64;
+            match page.last() {
+                Some(last) if page.len() == CHUNK => after = Some(last.id.clone()),
+                _ => return Ok(count),
+            }
+        }
     }
 
     async fn order_by_key(
@@ -707,32 +751,16 @@ impl RecordStore for RedbRecords {
     }
 
     async fn prune_order_events(&self, before: UnixMillis) -> Result<u64, StoreError> {
-        self.blocking(move |db| {
-            let txn = db.begin_write()?;
-            let pruned = {
-                let mut table = txn.open_table(ORDER_EVENTS)?;
-                let newest = table.last()?.map_or(0, |(sequence, _)| sequence.value());
-                // Events are in commit order, which is time order but for the milliseconds
-                // between a purchase and its commit: the scan stops at the first one to keep.
-                let mut old = Vec::new();
-                for entry in table.range(..newest)? {
-                    let (sequence, value) = entry?;
-                    if decode_event(sequence.value(), value.value())?.at() >= before {
-                        break;
-                    }
-                    old.push(sequence.value());
-                }
-                for sequence in &old {
-                    table.remove(sequence)?;
-                }
-                old.len() as u64
-            };
-            if pruned > 0 {
-                txn.commit()?;
+        // Bounded write transactions, one after another: redb has one writer, and the group
+        // committer waits for it; a week-old rush of a million events must not stall purchases.
+        let mut pruned = 0;
+        loop {
+            let now = self.prune_events_chunk(before, PRUNE_CHUNK).await?;
+            pruned += now;
+            if now < PRUNE_CHUNK as u64 {
+                return Ok(pruned);
             }
-            Ok(pruned)
-        })
-        .await
+        }
     }
 
     async fn earliest_holds(&self, limit: usize) -> Result<Vec<OrderRecord>, StoreError> {

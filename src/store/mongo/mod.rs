@@ -803,34 +803,80 @@ impl RecordStore for MongoRecords {
     }
 
     async fn order_events(&self, after: u64, sale: Option<&SaleId>, limit: usize) -> Result<EventsPage, StoreError> {
-        // The head first: every event numbered up to it is committed (its transaction raised
-        // the counter), so reading up to it misses none.
-        let head = self.events_head().await?;
+        // Three reads in one causally consistent session on the primary, so each sees at least
+        // what the one before saw. The head first: every event numbered up to it is committed
+        // (its transaction raised the counter), so reading up to it misses none. The oldest
+        // last: events after the cursor were all there when the range was read if the oldest
+        // is still at or below it afterwards (pruning deletes from the oldest on).
+        let primary = || mongodb::options::SelectionCriteria::ReadPreference(mongodb::options::ReadPreference::Primary);
+        let mut s = self.client.start_session().causal_consistency(true).await.map_err(store_error)?;
+        let head = self
+            .counters
+            .find_one(doc! { "_id": EVENTS_COUNTER })
+            .selection_criteria(primary())
+            .session(&mut s)
+            .await
+            .map_err(store_error)?
+            .map_or(0, |c| u64::try_from(c.seq).unwrap_or(0));
         let mut filter = doc! { "_id": { "$gt": after as i64, "$lte": head as i64 } };
         if let Some(sale) = sale {
             filter.insert("sale_id", sale.as_str());
         }
-        let events: Vec<OrderEvent> = find_page(&self.events, filter, doc! { "_id": 1 }, limit).await?;
+        let found = self
+            .events
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .selection_criteria(primary())
+            .session(&mut s)
+            .await
+            .map_err(store_error)?;
+        let mut events = Vec::new();
+        for doc in collect(found, &mut s).await.map_err(store_error)? {
+            events.push(OrderEvent::try_from(doc)?);
+        }
         let oldest = self
             .events
             .find_one(doc! {})
             .sort(doc! { "_id": 1 })
+            .selection_criteria(primary())
+            .session(&mut s)
             .await
             .map_err(store_error)?
             .map(|event| event.sequence as u64);
-        let scanned = match events.last() {
+        let mut scanned = match events.last() {
             Some(last) if events.len() == limit => last.sequence,
             _ => head.max(after),
         };
+        if sale.is_none() {
+            // Sequences have no gaps: one here would be an event not visible yet. Stop before it
+            // and read it next time rather than move past it.
+            let first = match after {
+                0 => events.first().map_or(1, |e| e.sequence),
+                after => after + 1,
+            };
+            if let Some(gap) = events.iter().zip(first..).position(|(event, expected)| event.sequence != expected) {
+                events.truncate(gap);
+                scanned = events.last().map_or(after, |e| e.sequence);
+            }
+        }
         Ok(EventsPage { events, oldest, head, scanned })
     }
 
     async fn prune_order_events(&self, before: UnixMillis) -> Result<u64, StoreError> {
-        // The newest stays, as in every record (the counter would carry the numbering on, but a
-        // follower at the head then still finds where the events start).
+        // Deletes a prefix in sequence order, so the events kept never have a gap a cursor
+        // check could not see: up to the first event to keep (creation times only roughly follow
+        // commit order), and never the newest (a follower at the head still finds where the
+        // events start).
         let head = self.events_head().await? as i64;
-        let old = doc! { "at": { "$lt": before.0 }, "_id": { "$lt": head } };
-        let deleted = self.events.delete_many(old).await.map_err(store_error)?;
+        let keep = self
+            .events
+            .find_one(doc! { "at": { "$gte": before.0 } })
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(store_error)?
+            .map_or(head, |event| event.sequence.min(head));
+        let deleted = self.events.delete_many(doc! { "_id": { "$lt": keep } }).await.map_err(store_error)?;
         Ok(deleted.deleted_count)
     }
 
