@@ -688,6 +688,18 @@ async fn a_reopened_embedded_record_finds_orders_by_sale_buyer_and_key() {
     let retry = order(&s, &ann, 2, "second");
     assert_eq!(store.commit_orders(&[retry]).await.unwrap(), vec![Err(CommitRefusal::Duplicate)]);
     assert_eq!(sold(&store, &s).await, 3);
+    // The sale's events are found by sale again (the by-sale index of events is rebuilt), and
+    // new ones follow them.
+    let (_, other) = on_sale(&store, 10, SaleStatus::Active).await;
+    let third = order(&s, &ann, 1, "third");
+    store.commit_orders(&[order(&other, &ann, 1, "elsewhere"), third.clone()]).await.unwrap();
+    let events = store.order_events(0, Some(&s.id), 10).await.unwrap();
+    let ids: Vec<OrderId> = events.events.iter().map(|e| e.order.id.clone()).collect();
+    assert_eq!(ids, [first.id.clone(), second.id.clone(), third.id.clone()]);
+    assert_eq!(events.events.iter().map(|e| e.sequence).collect::<Vec<_>>(), [1, 2, 4]);
+    assert_eq!(events.scanned, 4);
+    let after = store.order_events(2, Some(&s.id), 10).await.unwrap();
+    assert_eq!(after.events.iter().map(|e| e.sequence).collect::<Vec<_>>(), [4]);
 }
 
 // ---- MongoDB only ----------------------------------------------------------------------------

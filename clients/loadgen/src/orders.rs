@@ -1,15 +1,18 @@
 //! A consumer of the order feed during a rush (`rehearse --order-feed`): follows WatchOrders of
 //! the sale from its first event with the admin token, as a fulfillment system would, and
-//! measures each CREATED event's delivery lag (the order's creation time, stamped by the server,
-//! to its receipt here; both clocks are this machine's when loadgen and the server share it).
+//! measures each CREATED event's delivery lag: from the order's creation (stamped by the server
+//! at its reservation; both clocks are this machine's when loadgen and the server share it), and
+//! from the buyer's acknowledgement (both instants taken here), which leaves out the group
+//! commit the buyer waits for too.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use flashsale_client::pb;
 use tokio::sync::watch;
 
+use crate::rush::{AttemptRecord, Outcome};
 use crate::stats::{self, Figures, Percentiles};
 use crate::target::{authed, Session};
 use crate::verdict::Check;
@@ -23,13 +26,17 @@ pub struct FeedConsumed {
     pub others: usize,
     /// Creation → receipt, per CREATED event.
     pub lag: Vec<Duration>,
+    /// When each CREATED event arrived.
+    pub received: Vec<std::time::Instant>,
     /// Why the stream stopped early, if it did.
     pub error: Option<String>,
 }
 
-/// A running consumer: stopped once it has what the rush acknowledged.
+/// A running consumer, on a thread and runtime of its own (as a fulfillment system is a process
+/// of its own: the rush's hundreds of workers must not delay its reads, or the lag measured
+/// would be loadgen's); stopped once it has what the rush acknowledged.
 pub struct OrderFeedConsumer {
-    task: tokio::task::JoinHandle<FeedConsumed>,
+    thread: std::thread::JoinHandle<FeedConsumed>,
     enough: watch::Sender<Option<usize>>,
 }
 
@@ -38,61 +45,93 @@ fn unix_ms_now() -> i64 {
 }
 
 impl OrderFeedConsumer {
-    /// Opens WatchOrders of `sale_id` from its first event (the stream is open when this returns).
+    /// Opens WatchOrders of `sale_id` from its first event on a connection of its own (the
+    /// stream is open when this returns).
     pub async fn start(session: &Session, sale_id: &str) -> anyhow::Result<Self> {
         let request = pb::WatchOrdersRequest { after_sequence: 0, sale_id: sale_id.into() };
-        let mut client = pb::orders_service_client::OrdersServiceClient::new(session.pool.fresh_channel().await?);
-        let mut stream =
-            client.watch_orders(authed(request, &session.admin)).await.context("WatchOrders")?.into_inner();
-        let (enough, mut wanted) = watch::channel(None::<usize>);
-        let task = tokio::spawn(async move {
-            let mut consumed = FeedConsumed::default();
-            loop {
-                if wanted.borrow().is_some_and(|n| consumed.created.len() >= n) {
-                    return consumed;
+        let (addr, admin) = (session.addr.clone(), session.admin.clone());
+        let (enough, wanted) = watch::channel(None::<usize>);
+        let (opened, open) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        let thread = std::thread::Builder::new().name("order-feed".into()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = opened.send(Err(e.into()));
+                    return FeedConsumed::default();
                 }
-                tokio::select! {
-                    message = stream.message() => match message {
-                        Ok(Some(event)) => {
-                            let received = unix_ms_now();
-                            if event.kind() == pb::OrderEventKind::Created {
-                                let at = event.at.unwrap_or_default();
-                                let at_ms = at.seconds * 1000 + i64::from(at.nanos / 1_000_000);
-                                consumed.lag.push(Duration::from_millis(received.saturating_sub(at_ms).max(0) as u64));
-                                consumed.created.push(event.order.map(|o| o.id).unwrap_or_default());
-                            } else {
-                                consumed.others += 1;
-                            }
-                        }
-                        Ok(None) => {
-                            consumed.error = Some("the stream ended".into());
-                            return consumed;
-                        }
-                        Err(status) => {
-                            consumed.error = Some(status.to_string());
-                            return consumed;
-                        }
-                    },
-                    changed = wanted.changed() => if changed.is_err() { return consumed },
+            };
+            runtime.block_on(async move {
+                let stream = async {
+                    let channel = tonic::transport::Endpoint::from_shared(addr)?.connect().await?;
+                    let mut client = pb::orders_service_client::OrdersServiceClient::new(channel);
+                    anyhow::Ok(client.watch_orders(authed(request, &admin)).await.context("WatchOrders")?.into_inner())
+                };
+                match stream.await {
+                    Ok(stream) => {
+                        let _ = opened.send(Ok(()));
+                        consume(stream, wanted).await
+                    }
+                    Err(e) => {
+                        let _ = opened.send(Err(e));
+                        FeedConsumed::default()
+                    }
                 }
-            }
-        });
-        Ok(Self { task, enough })
+            })
+        })?;
+        open.await.context("the feed consumer's thread stopped")??;
+        Ok(Self { thread, enough })
     }
 
     /// Waits (at most 30 s) until it received `acknowledged` orders, then stops it.
     pub async fn finish(self, acknowledged: usize) -> anyhow::Result<FeedConsumed> {
         let _ = self.enough.send(Some(acknowledged));
-        let mut task = self.task;
-        match tokio::time::timeout(Duration::from_secs(30), &mut task).await {
-            Ok(consumed) => consumed.context("the feed consumer panicked"),
-            Err(_) => {
-                task.abort();
-                Ok(FeedConsumed {
-                    error: Some("fewer events than orders within 30 s".into()),
-                    ..FeedConsumed::default()
-                })
-            }
+        let thread = self.thread;
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        match tokio::time::timeout(Duration::from_secs(30), joined).await {
+            Ok(Ok(Ok(consumed))) => Ok(consumed),
+            Ok(_) => anyhow::bail!("the feed consumer panicked"),
+            Err(_) => Ok(FeedConsumed {
+                error: Some("fewer events than orders within 30 s".into()),
+                ..FeedConsumed::default()
+            }),
+        }
+    }
+}
+
+/// Reads the stream until `wanted` CREATED events arrived (or it ends).
+async fn consume(
+    mut stream: tonic::Streaming<pb::OrderEvent>,
+    mut wanted: watch::Receiver<Option<usize>>,
+) -> FeedConsumed {
+    let mut consumed = FeedConsumed::default();
+    loop {
+        if wanted.borrow().is_some_and(|n| consumed.created.len() >= n) {
+            return consumed;
+        }
+        tokio::select! {
+            message = stream.message() => match message {
+                Ok(Some(event)) => {
+                    let received = unix_ms_now();
+                    if event.kind() == pb::OrderEventKind::Created {
+                        let at = event.at.unwrap_or_default();
+                        let at_ms = at.seconds * 1000 + i64::from(at.nanos / 1_000_000);
+                        consumed.lag.push(Duration::from_millis(received.saturating_sub(at_ms).max(0) as u64));
+                        consumed.created.push(event.order.map(|o| o.id).unwrap_or_default());
+                        consumed.received.push(std::time::Instant::now());
+                    } else {
+                        consumed.others += 1;
+                    }
+                }
+                Ok(None) => {
+                    consumed.error = Some("the stream ended".into());
+                    return consumed;
+                }
+                Err(status) => {
+                    consumed.error = Some(status.to_string());
+                    return consumed;
+                }
+            },
+            changed = wanted.changed() => if changed.is_err() { return consumed },
         }
     }
 }
@@ -114,14 +153,31 @@ pub fn check(consumed: &FeedConsumed, acknowledged: &HashSet<String>) -> Check {
     }
 }
 
-/// Prints the feed's delivery lag and adds it to `figures` (`order_feed_lag_*`).
-pub fn report(consumed: &FeedConsumed, figures: &mut Figures) {
+/// Prints the feed's delivery lags and adds them to `figures` (`order_feed_lag_*` from the
+/// order's creation, `order_feed_after_ack_*` from its acknowledgement; an event that arrived
+/// before the buyer's answer counts as 0). `epoch` is the instant the rush's times count from.
+pub fn report(consumed: &FeedConsumed, records: &[AttemptRecord], epoch: std::time::Instant, figures: &mut Figures) {
     let mut histogram = stats::histogram();
     for lag in &consumed.lag {
         stats::record(&mut histogram, *lag);
     }
-    let lag = Percentiles::of(&histogram);
-    println!("order feed: {} events, delivery lag (order made → received) {}", consumed.created.len(), lag.line());
+    let acked: HashMap<&str, std::time::Instant> = records
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Acked { order_id, .. } => Some((order_id.as_str(), epoch + r.end)),
+            _ => None,
+        })
+        .collect();
+    let mut after_ack = stats::histogram();
+    for (id, received) in consumed.created.iter().zip(&consumed.received) {
+        if let Some(ack) = acked.get(id.as_str()) {
+            stats::record(&mut after_ack, received.saturating_duration_since(*ack));
+        }
+    }
+    let (lag, after_ack) = (Percentiles::of(&histogram), Percentiles::of(&after_ack));
+    println!("order feed: {} events, delivery lag from the order's creation {}", consumed.created.len(), lag.line());
+    println!("order feed: delivery lag after the buyer's acknowledgement {}", after_ack.line());
     lag.add_to(figures, "order_feed_lag");
+    after_ack.add_to(figures, "order_feed_after_ack");
     figures.add("order_feed_events", consumed.created.len());
 }

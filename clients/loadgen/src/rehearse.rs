@@ -438,7 +438,7 @@ async fn rehearse_once(
             })
             .collect();
         let consumed = consumer.finish(acknowledged.len()).await?;
-        crate::orders::report(&consumed, figures);
+        crate::orders::report(&consumed, &rush.records, epoch, figures);
         finished.verdict.checks.push(crate::orders::check(&consumed, &acknowledged));
     }
 

@@ -506,6 +506,23 @@ pub(super) fn encode_event(kind: OrderEventKind, order: &OrderRecord) -> Result<
     encode(&EventV2 { v: FORMAT, kind: kind.as_str().to_owned(), order: order.to_v2() })
 }
 
+/// The sale of the event stored under `sequence`, read without the rest (the store's in-memory
+/// index of events by sale is built from it at open).
+pub(super) fn event_sale(sequence: u64, bytes: &[u8]) -> Result<SaleId, StoreError> {
+    #[derive(Deserialize)]
+    struct Event {
+        order: Order,
+    }
+    #[derive(Deserialize)]
+    struct Order {
+        sale_id: String,
+    }
+    let key = sequence.to_string();
+    let r = Reader { table: "order_events", key: &key };
+    let event: Event = r.document(bytes)?;
+    r.parse("order.sale_id", SaleId::parse(&event.order.sale_id))
+}
+
 /// The event stored under `sequence`.
 pub(super) fn decode_event(sequence: u64, bytes: &[u8]) -> Result<OrderEvent, StoreError> {
     let key = sequence.to_string();

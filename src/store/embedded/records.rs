@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use foldhash::{HashMap, HashSet};
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::format::{decode_event, encode_event, Stored};
+use super::format::{decode_event, encode_event, event_sale, Stored};
 use crate::domain::{
     ended_hold, hold_counters, judge_hold, judge_order, CommitOutcome, Email, EndReason, EventsPage, IdempotencyKey,
     OrderEventKind, OrderId, OrderRecord, OrderStatus, ProductId, ProductRecord, SaleId, SaleRecord, SaleStatus,
@@ -74,6 +74,11 @@ struct OrderIndex {
     by_key: HashMap<(UserId, SaleId, IdempotencyKey), OrderId>,
     /// HELD orders by deadline (the expiry timer's question).
     holds: std::collections::BTreeSet<(UnixMillis, OrderId)>,
+    /// Each sale's order events, by sequence: a one-sale feed reads its own events, not every
+    /// sale's (about 8 bytes per event).
+    events_by_sale: HashMap<SaleId, Vec<u64>>,
+    /// The newest event in `events_by_sale`: every event up to it is there.
+    events_indexed: u64,
 }
 
 impl OrderIndex {
@@ -84,6 +89,22 @@ impl OrderIndex {
         if let (OrderStatus::Held, Some(deadline)) = (order.status, order.expires_at) {
             self.holds.insert((deadline, order.id.clone()));
         }
+    }
+
+    fn add_events(&mut self, events: &[(SaleId, u64)]) {
+        for (sale, sequence) in events {
+            self.events_by_sale.entry(sale.clone()).or_default().push(*sequence);
+            self.events_indexed = self.events_indexed.max(*sequence);
+        }
+    }
+
+    /// Forgets the events before `first_kept` (pruned).
+    fn prune_events(&mut self, first_kept: u64) {
+        for sequences in self.events_by_sale.values_mut() {
+            let gone = sequences.partition_point(|s| *s < first_kept);
+            sequences.drain(..gone);
+        }
+        self.events_by_sale.retain(|_, sequences| !sequences.is_empty());
     }
 
     /// The (buyer, sale, idempotency key) an order is found by.
@@ -138,6 +159,12 @@ impl RedbRecords {
             let order = OrderRecord::decode(key.value(), value.value())?;
             index.add(&order);
         }
+        let mut events = Vec::new();
+        for entry in txn.open_table(ORDER_EVENTS)?.iter()? {
+            let (sequence, value) = entry?;
+            events.push((event_sale(sequence.value(), value.value())?, sequence.value()));
+        }
+        index.add_events(&events);
         Ok(Self { db: Arc::new(db), index: Arc::new(Mutex::new(index)), order_writer: Arc::default() })
     }
 
@@ -176,9 +203,10 @@ impl RedbRecords {
     /// Deletes at most `limit` events that happened before `before`, oldest first, never the
     /// newest, in one write transaction.
     async fn prune_events_chunk(&self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
+        let index = self.index.clone();
         self.blocking(move |db| {
             let txn = db.begin_write()?;
-            let pruned = {
+            let (pruned, last) = {
                 let mut table = txn.open_table(ORDER_EVENTS)?;
                 let newest = table.last()?.map_or(0, |(sequence, _)| sequence.value());
                 // Events are in commit order, which is time order but for the milliseconds
@@ -194,10 +222,11 @@ impl RedbRecords {
                 for sequence in &old {
                     table.remove(sequence)?;
                 }
-                old.len() as u64
+                (old.len() as u64, old.last().copied())
             };
-            if pruned > 0 {
+            if let Some(last) = last {
                 txn.commit()?;
+                index.lock().unwrap_or_else(|e| e.into_inner()).prune_events(last + 1);
             }
             Ok(pruned)
         })
@@ -239,17 +268,20 @@ impl RedbRecords {
 }
 
 /// Appends events after the table's last, in the order given, in the caller's write transaction
-/// (one at a time: the numbering follows commit order).
+/// (one at a time: the numbering follows commit order). Returns each event's sale and sequence,
+/// for the in-memory index once the transaction committed.
 fn append_events<'a>(
     txn: &redb::WriteTransaction,
     events: impl Iterator<Item = (OrderEventKind, &'a OrderRecord)>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<(SaleId, u64)>, StoreError> {
     let mut table = txn.open_table(ORDER_EVENTS)?;
     let first = table.last()?.map_or(0, |(sequence, _)| sequence.value()) + 1;
+    let mut appended = Vec::new();
     for (sequence, (kind, order)) in (first..).zip(events) {
         table.insert(sequence, encode_event(kind, order)?.as_slice())?;
+        appended.push((order.sale_id.clone(), sequence));
     }
-    Ok(())
+    Ok(appended)
 }
 
 /// The orders with these ids, in the order given (ids the table lacks are skipped).
@@ -513,12 +545,13 @@ impl RecordStore for RedbRecords {
                     sales.insert(sale.id.as_str(), sale.encode()?.as_slice())?;
                 }
             }
-            append_events(&txn, stored.iter().map(|order| (OrderEventKind::Created, *order)))?;
+            let events = append_events(&txn, stored.iter().map(|order| (OrderEventKind::Created, *order)))?;
             txn.commit()?;
             let mut index = index.lock().unwrap_or_else(|e| e.into_inner());
             for order in stored {
                 index.add(order);
             }
+            index.add_events(&events);
             Ok(outcomes)
         })
         .await
@@ -657,12 +690,16 @@ impl RecordStore for RedbRecords {
                 }
             }
             let ended = outcomes.iter().flatten().filter_map(|outcome| outcome.as_ref().ok());
-            append_events(&txn, ended.filter_map(|order| Some((OrderEventKind::of_hold_end(order.status)?, order))))?;
+            let events = append_events(
+                &txn,
+                ended.filter_map(|order| Some((OrderEventKind::of_hold_end(order.status)?, order))),
+            )?;
             txn.commit()?;
             let mut index = index.lock().unwrap_or_else(|e| e.into_inner());
             for hold in &ended_ids {
                 index.holds.remove(hold);
             }
+            index.add_events(&events);
             Ok(outcomes)
         })
         .await
@@ -724,7 +761,17 @@ impl RecordStore for RedbRecords {
     }
 
     async fn order_events(&self, after: u64, sale: Option<&SaleId>, limit: usize) -> Result<EventsPage, StoreError> {
-        let sale = sale.cloned();
+        // One sale's: its sequences from the in-memory index, read before the table (the index
+        // is updated after each commit, so the table then holds every event it names), and the
+        // read goes on after the newest indexed event.
+        let one_sale: Option<(Vec<u64>, u64)> = sale.map(|sale| {
+            let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            let sequences = index.events_by_sale.get(sale).map_or_else(Vec::new, |all| {
+                let from = all.partition_point(|s| *s <= after);
+                all[from..].iter().take(limit).copied().collect()
+            });
+            (sequences, index.events_indexed)
+        });
         self.blocking(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(ORDER_EVENTS)?;
@@ -734,15 +781,25 @@ impl RecordStore for RedbRecords {
                 scanned: after,
                 events: Vec::new(),
             };
+            if let Some((sequences, indexed)) = one_sale {
+                for sequence in &sequences {
+                    // One pruned meanwhile is skipped; the cursor check then refuses the gap.
+                    if let Some(value) = table.get(sequence)? {
+                        page.events.push(decode_event(*sequence, value.value())?);
+                    }
+                }
+                page.scanned = match sequences.last() {
+                    Some(last) if sequences.len() == limit => *last,
+                    _ => indexed.max(after),
+                };
+                return Ok(page);
+            }
             for entry in table.range((Bound::Excluded(after), Bound::Unbounded))?.take(EVENTS_SCAN) {
                 let (sequence, value) = entry?;
-                let event = decode_event(sequence.value(), value.value())?;
-                page.scanned = event.sequence;
-                if sale.as_ref().is_none_or(|s| *s == event.order.sale_id) {
-                    page.events.push(event);
-                    if page.events.len() == limit {
-                        break;
-                    }
+                page.scanned = sequence.value();
+                page.events.push(decode_event(sequence.value(), value.value())?);
+                if page.events.len() == limit {
+                    break;
                 }
             }
             Ok(page)
