@@ -142,10 +142,11 @@ pub struct RehearseArgs {
     /// With `--waitlist`: how many late buyers line up.
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub late_buyers: usize,
-    /// Run the rush twice on fresh sales: alone, then with a consumer of the order feed attached
-    /// (WatchOrders of the sale with the admin token, as a fulfillment system). Reports both
-    /// throughputs, the feed's delivery lag, and checks it delivered every acknowledged order
-    /// once.
+    /// Run the rush four times on fresh sales of the same server: alone, with a consumer of the
+    /// order feed attached (WatchOrders of the sale with the admin token, as a fulfillment
+    /// system, on a thread of its own), again with it, alone again (so that neither kind runs
+    /// only on the fuller server). Reports both mean throughputs and their ratio, the feed's
+    /// delivery lag, and checks it delivered every acknowledged order once.
     #[arg(long, conflicts_with_all = ["abandon", "sign_in_storm", "hold_seconds"])]
     pub order_feed: bool,
 }

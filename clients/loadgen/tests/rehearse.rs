@@ -224,7 +224,7 @@ async fn a_sign_in_storm_is_measured_against_the_same_rush_without_it() {
     assert!(number("storm_sign_ins") + number("storm_busy") > 0.0, "the storm called the server");
 }
 
-/// The order feed followed during a rush: the same rush alone then with the consumer; the
+/// The order feed followed during a rush: the same rush alone and with the consumer; the
 /// consumer got every acknowledged order once (a verdict check), and its lag is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rush_with_the_order_feed_followed_delivers_every_order_once() {

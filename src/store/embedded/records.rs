@@ -31,8 +31,8 @@ use redb::{Database, ReadableTable, TableDefinition};
 use super::format::{decode_event, encode_event, event_sale, Stored};
 use crate::domain::{
     ended_hold, hold_counters, judge_hold, judge_order, CommitOutcome, Email, EndReason, EventsPage, IdempotencyKey,
-    OrderEventKind, OrderId, OrderRecord, OrderStatus, ProductId, ProductRecord, SaleId, SaleRecord, SaleStatus,
-    UnixMillis, UserId, UserRecord, WaitlistEntry,
+    OrderEvent, OrderEventKind, OrderId, OrderRecord, OrderStatus, ProductId, ProductRecord, SaleId, SaleRecord,
+    SaleStatus, UnixMillis, UserId, UserRecord, WaitlistEntry,
 };
 use crate::store::{HoldChange, HoldOutcome, OrderFilter, RecordStore, StoreError};
 
@@ -45,6 +45,8 @@ const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
 const WAITLIST: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("waitlist");
 /// Order events by sequence.
 const ORDER_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("order_events");
+/// The newest events kept in memory for followers near the head (~0.5 s of a rush).
+const EVENTS_TAIL: usize = 16_384;
 /// Most events one pruning transaction deletes.
 const PRUNE_CHUNK: usize = 10_000;
 /// Most events one `order_events` call looks at (a one-sale feed skips other sales' events).
@@ -79,6 +81,12 @@ struct OrderIndex {
     events_by_sale: HashMap<SaleId, Vec<u64>>,
     /// The newest event in `events_by_sale`: every event up to it is there.
     events_indexed: u64,
+    /// The oldest event kept, as the table holds it.
+    events_oldest: Option<u64>,
+    /// The newest events (at most [`EVENTS_TAIL`]), without a gap up to `events_indexed`:
+    /// followers near the head, which is where they are during a rush, read them here, with no
+    /// read transaction, decoding or blocking-pool hop.
+    tail: std::collections::VecDeque<OrderEvent>,
 }
 
 impl OrderIndex {
@@ -91,10 +99,24 @@ impl OrderIndex {
         }
     }
 
-    fn add_events(&mut self, events: &[(SaleId, u64)]) {
+    /// Indexes stored events by sale (at open).
+    fn index_events(&mut self, events: &[(SaleId, u64)]) {
         for (sale, sequence) in events {
             self.events_by_sale.entry(sale.clone()).or_default().push(*sequence);
             self.events_indexed = self.events_indexed.max(*sequence);
+            self.events_oldest.get_or_insert(*sequence);
+        }
+    }
+
+    /// Indexes events just committed (in sequence order: their writer holds `order_writer`) and
+    /// keeps them in the tail.
+    fn add_events(&mut self, events: Vec<OrderEvent>) {
+        for event in events {
+            self.index_events(&[(event.order.sale_id.clone(), event.sequence)]);
+            if self.tail.len() == EVENTS_TAIL {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(event);
         }
     }
 
@@ -105,6 +127,39 @@ impl OrderIndex {
             sequences.drain(..gone);
         }
         self.events_by_sale.retain(|_, sequences| !sequences.is_empty());
+        while self.tail.front().is_some_and(|e| e.sequence < first_kept) {
+            self.tail.pop_front();
+        }
+        self.events_oldest = self.events_oldest.map(|oldest| oldest.max(first_kept));
+    }
+
+    /// The events after `after` (of one sale, or all), when the tail holds every one of them.
+    fn tail_events(&self, after: u64, sale: Option<&SaleId>, limit: usize) -> Option<EventsPage> {
+        let front = self.tail.front()?.sequence;
+        if after + 1 < front {
+            return None;
+        }
+        let at = |sequence: u64| self.tail.get((sequence - front) as usize).cloned();
+        let events: Vec<OrderEvent> = match sale {
+            None => {
+                let skip = (after + 1 - front) as usize;
+                if skip >= self.tail.len() {
+                    Vec::new()
+                } else {
+                    self.tail.range(skip..).take(limit).cloned().collect()
+                }
+            }
+            Some(sale) => {
+                let all = self.events_by_sale.get(sale).map_or(&[][..], Vec::as_slice);
+                let from = all.partition_point(|s| *s <= after);
+                all[from..].iter().take(limit).filter_map(|s| at(*s)).collect()
+            }
+        };
+        let scanned = match events.last() {
+            Some(last) if events.len() == limit => last.sequence,
+            _ => self.events_indexed.max(after),
+        };
+        Some(EventsPage { events, oldest: self.events_oldest, head: self.events_indexed, scanned })
     }
 
     /// The (buyer, sale, idempotency key) an order is found by.
@@ -164,7 +219,7 @@ impl RedbRecords {
             let (sequence, value) = entry?;
             events.push((event_sale(sequence.value(), value.value())?, sequence.value()));
         }
-        index.add_events(&events);
+        index.index_events(&events);
         Ok(Self { db: Arc::new(db), index: Arc::new(Mutex::new(index)), order_writer: Arc::default() })
     }
 
@@ -268,18 +323,18 @@ impl RedbRecords {
 }
 
 /// Appends events after the table's last, in the order given, in the caller's write transaction
-/// (one at a time: the numbering follows commit order). Returns each event's sale and sequence,
-/// for the in-memory index once the transaction committed.
+/// (one at a time: the numbering follows commit order). Returns them, for the in-memory index
+/// once the transaction committed.
 fn append_events<'a>(
     txn: &redb::WriteTransaction,
     events: impl Iterator<Item = (OrderEventKind, &'a OrderRecord)>,
-) -> Result<Vec<(SaleId, u64)>, StoreError> {
+) -> Result<Vec<OrderEvent>, StoreError> {
     let mut table = txn.open_table(ORDER_EVENTS)?;
     let first = table.last()?.map_or(0, |(sequence, _)| sequence.value()) + 1;
     let mut appended = Vec::new();
     for (sequence, (kind, order)) in (first..).zip(events) {
         table.insert(sequence, encode_event(kind, order)?.as_slice())?;
-        appended.push((order.sale_id.clone(), sequence));
+        appended.push(OrderEvent { sequence, kind, order: order.clone() });
     }
     Ok(appended)
 }
@@ -551,7 +606,7 @@ impl RecordStore for RedbRecords {
             for order in stored {
                 index.add(order);
             }
-            index.add_events(&events);
+            index.add_events(events);
             Ok(outcomes)
         })
         .await
@@ -699,7 +754,7 @@ impl RecordStore for RedbRecords {
             for hold in &ended_ids {
                 index.holds.remove(hold);
             }
-            index.add_events(&events);
+            index.add_events(events);
             Ok(outcomes)
         })
         .await
@@ -764,6 +819,9 @@ impl RecordStore for RedbRecords {
         // One sale's: its sequences from the in-memory index, read before the table (the index
         // is updated after each commit, so the table then holds every event it names), and the
         // read goes on after the newest indexed event.
+        if let Some(page) = self.index.lock().unwrap_or_else(|e| e.into_inner()).tail_events(after, sale, limit) {
+            return Ok(page);
+        }
         let one_sale: Option<(Vec<u64>, u64)> = sale.map(|sale| {
             let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
             let sequences = index.events_by_sale.get(sale).map_or_else(Vec::new, |all| {
