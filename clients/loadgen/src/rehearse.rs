@@ -363,14 +363,23 @@ pub async fn run(args: RehearseArgs) -> anyhow::Result<Report> {
         // Four rushes on fresh sales of the same server, alone, fed, fed, alone (ABBA): a later
         // rush meets a server holding more orders (larger indexes to grow), so each kind runs
         // once early and once late, and the ratio compares their sums.
-        let mut scratch = Figures::default();
-        let (first_alone, a1) = rehearse_once(&session, &scenario, &args, &mut scratch, false).await?;
+        let (mut alone1, mut fed2, mut alone2) = (Figures::default(), Figures::default(), Figures::default());
+        let (first_alone, a1) = rehearse_once(&session, &scenario, &args, &mut alone1, false).await?;
         println!("\nthe same rush again, with a consumer of the order feed attached:");
         let (first_fed, f1) = rehearse_once(&session, &scenario, &args, &mut figures, true).await?;
         println!("\nand again with the consumer:");
-        let (mut fed, f2) = rehearse_once(&session, &scenario, &args, &mut scratch, true).await?;
+        let (mut fed, f2) = rehearse_once(&session, &scenario, &args, &mut fed2, true).await?;
         println!("\nand alone again:");
-        let (last_alone, a2) = rehearse_once(&session, &scenario, &args, &mut scratch, false).await?;
+        let (last_alone, a2) = rehearse_once(&session, &scenario, &args, &mut alone2, false).await?;
+        // The server's CPU per purchase, each kind's mean: what the feed costs the server, apart
+        // from what the consumer (here on the same cores) costs the machine.
+        let cpu = |f: &Figures| f.get("server_cpu_us_per_attempt").and_then(|v| v.parse::<f64>().ok());
+        if let (Some(c1), Some(c2), Some(c3), Some(c4)) = (cpu(&alone1), cpu(&figures), cpu(&fed2), cpu(&alone2)) {
+            let (alone_cpu, fed_cpu) = ((c1 + c4) / 2.0, (c2 + c3) / 2.0);
+            println!("server CPU per purchase: {alone_cpu:.1} µs alone, {fed_cpu:.1} µs with the feed followed");
+            figures.add("alone_server_cpu_us_per_attempt", format!("{alone_cpu:.1}"));
+            figures.add("fed_server_cpu_us_per_attempt", format!("{fed_cpu:.1}"));
+        }
         let (alone_rate, fed_rate) = ((a1 + a2) / 2.0, (f1 + f2) / 2.0);
         let ratio = fed_rate / alone_rate.max(f64::MIN_POSITIVE);
         println!("throughput (alone, fed, fed, alone): {a1:.0}, {f1:.0}, {f2:.0}, {a2:.0} acknowledged purchases/s: {alone_rate:.0}/s alone, {fed_rate:.0}/s with the order feed followed: {ratio:.2}×");
