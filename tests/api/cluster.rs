@@ -291,15 +291,13 @@ async fn buy(
         .map(tonic::Response::into_inner)
 }
 
+/// Every page of the buyer's orders in the sale.
 async fn my_orders(node: &Channel, token: &str, sale_id: &str) -> Vec<pb::Order> {
-    within(
-        PurchaseServiceClient::new(node.clone())
-            .list_my_orders(authed(pb::ListMyOrdersRequest { sale_id: sale_id.into(), ..Default::default() }, token)),
-    )
-    .await
-    .expect("list my orders")
-    .into_inner()
-    .orders
+    let client = flashsale_client::Client::from_channel(node.clone()).with_token(token).expect("a token");
+    tokio::time::timeout(CALL_TIMEOUT, client.my_orders(sale_id))
+        .await
+        .expect("ListMyOrders answered in time")
+        .expect("list my orders")
 }
 
 // ---- the rush ----------------------------------------------------------------------------------
