@@ -108,6 +108,8 @@ async fn write_loop(
     let mut replies = Vec::with_capacity(MAX_BATCH);
     let mut holds = Vec::new();
     let mut hold_replies = Vec::new();
+    // Whether this round wrote a batch (order events for the feed's followers).
+    let mut wrote = false;
     loop {
         let received = tokio::select! {
             received = queue.recv_many(&mut jobs, MAX_BATCH) => received,
@@ -131,17 +133,19 @@ async fn write_loop(
                     hold_replies.push(reply);
                 }
                 Job::EndSale { sale, reason, at, reply } => {
-                    flush(&*records, &mut orders, &mut replies).await;
-                    flush_holds(&*records, &mut holds, &mut hold_replies).await;
+                    wrote |= flush(&*records, &mut orders, &mut replies).await;
+                    wrote |= flush_holds(&*records, &mut holds, &mut hold_replies).await;
                     // The caller may have gone (client cancelled): nothing to tell then.
                     let _ = reply.send(records.end_sale(&sale, reason, at).await);
                 }
             }
         }
-        flush(&*records, &mut orders, &mut replies).await;
-        flush_holds(&*records, &mut holds, &mut hold_replies).await;
-        // Followers re-read (a failed batch wrote nothing: they find nothing new).
-        written.send_modify(|writes| *writes += 1);
+        wrote |= flush(&*records, &mut orders, &mut replies).await;
+        wrote |= flush_holds(&*records, &mut holds, &mut hold_replies).await;
+        if std::mem::take(&mut wrote) {
+            // The order feed's followers on this node re-read.
+            written.send_modify(|writes| *writes += 1);
+        }
     }
 }
 
@@ -149,16 +153,17 @@ async fn flush_holds(
     records: &dyn RecordStore,
     holds: &mut Vec<HoldChange>,
     replies: &mut Vec<Reply<Option<HoldOutcome>>>,
-) {
+) -> bool {
     if holds.is_empty() {
-        return;
+        return false;
     }
     metrics::histogram!("flashsale_commit_batch_hold_ends").record(holds.len() as f64);
-    match records.end_holds(holds).await {
+    let wrote = match records.end_holds(holds).await {
         Ok(outcomes) => {
             for (reply, outcome) in replies.drain(..).zip(outcomes) {
                 let _ = reply.send(Ok(outcome));
             }
+            true
         }
         Err(error) => {
             tracing::error!(error = ?error, holds = holds.len(), "a batch of hold ends failed; nothing of it was written");
@@ -166,21 +171,29 @@ async fn flush_holds(
             for reply in replies.drain(..) {
                 let _ = reply.send(Err(StoreError::Unavailable(Box::new(SharedError(shared.clone())))));
             }
+            false
         }
-    }
+    };
     holds.clear();
+    wrote
 }
 
-async fn flush(records: &dyn RecordStore, orders: &mut Vec<OrderRecord>, replies: &mut Vec<Reply<CommitOutcome>>) {
+/// Commits the waiting orders and answers each; true when the batch was written.
+async fn flush(
+    records: &dyn RecordStore,
+    orders: &mut Vec<OrderRecord>,
+    replies: &mut Vec<Reply<CommitOutcome>>,
+) -> bool {
     if orders.is_empty() {
-        return;
+        return false;
     }
     metrics::histogram!("flashsale_commit_batch_orders").record(orders.len() as f64);
-    match records.commit_orders(orders).await {
+    let wrote = match records.commit_orders(orders).await {
         Ok(outcomes) => {
             for (reply, outcome) in replies.drain(..).zip(outcomes) {
                 let _ = reply.send(Ok(outcome));
             }
+            true
         }
         Err(error) => {
             tracing::error!(error = ?error, orders = orders.len(), "order batch failed; nothing of it was written");
@@ -188,9 +201,11 @@ async fn flush(records: &dyn RecordStore, orders: &mut Vec<OrderRecord>, replies
             for reply in replies.drain(..) {
                 let _ = reply.send(Err(StoreError::Unavailable(Box::new(SharedError(shared.clone())))));
             }
+            false
         }
-    }
+    };
     orders.clear();
+    wrote
 }
 
 /// One batch failure reported to every purchase of the batch.

@@ -7,7 +7,7 @@
 //! ([`crate::paging`]).
 //!
 //! The feed reads the record's order events from a consumer's cursor. It is woken when this
-//! node's committer writes (so its own events reach followers at once) and polls every
+//! node's committer writes (after letting commits gather for [`FEED_GATHER`]) and polls every
 //! [`FEED_POLL`] for other nodes' writes.
 
 use std::collections::VecDeque;

@@ -257,7 +257,10 @@ async fn a_rush_with_the_order_feed_followed_delivers_every_order_once() {
         |name: &str| -> f64 { report.figures.get(name).unwrap_or_else(|| panic!("no {name} figure")).parse().unwrap() };
     assert_eq!(number("order_feed_events"), 300.0, "one purchase per buyer, each delivered");
     assert!(number("order_feed_ratio") > 0.0 && number("alone_purchases_per_sec") > 0.0);
-    assert!(number("order_feed_lag_p99_ms") >= number("order_feed_lag_p50_ms"));
+    // Both lags are reported (from the order's creation and from the buyer's acknowledgement).
+    for name in ["order_feed_lag_p99_ms", "order_feed_after_ack_p99_ms"] {
+        assert!(number(name).is_finite(), "{name}");
+    }
 }
 
 /// A drop with holds: a few winners pay, the rest cancel or let their holds expire, late buyers

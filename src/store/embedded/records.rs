@@ -49,8 +49,6 @@ const ORDER_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("order_ev
 const EVENTS_TAIL: usize = 16_384;
 /// Most events one pruning transaction deletes.
 const PRUNE_CHUNK: usize = 10_000;
-/// Most events one `order_events` call looks at (a one-sale feed skips other sales' events).
-const EVENTS_SCAN: usize = 8192;
 /// The on-disk by-sale index of earlier versions, deleted at open (now kept in memory).
 const OBSOLETE_ORDERS_BY_SALE: TableDefinition<(&str, &str), ()> = TableDefinition::new("orders_by_sale");
 
@@ -99,20 +97,18 @@ impl OrderIndex {
         }
     }
 
-    /// Indexes stored events by sale (at open).
-    fn index_events(&mut self, events: &[(SaleId, u64)]) {
-        for (sale, sequence) in events {
-            self.events_by_sale.entry(sale.clone()).or_default().push(*sequence);
-            self.events_indexed = self.events_indexed.max(*sequence);
-            self.events_oldest.get_or_insert(*sequence);
-        }
+    /// Indexes a stored event by sale (events come in sequence order).
+    fn index_event(&mut self, sale: &SaleId, sequence: u64) {
+        self.events_by_sale.entry(sale.clone()).or_default().push(sequence);
+        self.events_indexed = self.events_indexed.max(sequence);
+        self.events_oldest.get_or_insert(sequence);
     }
 
     /// Indexes events just committed (in sequence order: their writer holds `order_writer`) and
     /// keeps them in the tail.
     fn add_events(&mut self, events: Vec<OrderEvent>) {
         for event in events {
-            self.index_events(&[(event.order.sale_id.clone(), event.sequence)]);
+            self.index_event(&event.order.sale_id, event.sequence);
             if self.tail.len() == EVENTS_TAIL {
                 self.tail.pop_front();
             }
@@ -133,6 +129,13 @@ impl OrderIndex {
         self.events_oldest = self.events_oldest.map(|oldest| oldest.max(first_kept));
     }
 
+    /// At most `limit` of a sale's event sequences above `after`.
+    fn sale_events(&self, sale: &SaleId, after: u64, limit: usize) -> &[u64] {
+        let all = self.events_by_sale.get(sale).map_or(&[][..], Vec::as_slice);
+        let from = all.partition_point(|s| *s <= after);
+        &all[from..(from + limit).min(all.len())]
+    }
+
     /// The events after `after` (of one sale, or all), when the tail holds every one of them.
     fn tail_events(&self, after: u64, sale: Option<&SaleId>, limit: usize) -> Option<EventsPage> {
         let front = self.tail.front()?.sequence;
@@ -149,11 +152,7 @@ impl OrderIndex {
                     self.tail.range(skip..).take(limit).cloned().collect()
                 }
             }
-            Some(sale) => {
-                let all = self.events_by_sale.get(sale).map_or(&[][..], Vec::as_slice);
-                let from = all.partition_point(|s| *s <= after);
-                all[from..].iter().take(limit).filter_map(|s| at(*s)).collect()
-            }
+            Some(sale) => self.sale_events(sale, after, limit).iter().filter_map(|s| at(*s)).collect(),
         };
         let scanned = match events.last() {
             Some(last) if events.len() == limit => last.sequence,
@@ -214,12 +213,10 @@ impl RedbRecords {
             let order = OrderRecord::decode(key.value(), value.value())?;
             index.add(&order);
         }
-        let mut events = Vec::new();
         for entry in txn.open_table(ORDER_EVENTS)?.iter()? {
             let (sequence, value) = entry?;
-            events.push((event_sale(sequence.value(), value.value())?, sequence.value()));
+            index.index_event(&event_sale(sequence.value(), value.value())?, sequence.value());
         }
-        index.index_events(&events);
         Ok(Self { db: Arc::new(db), index: Arc::new(Mutex::new(index)), order_writer: Arc::default() })
     }
 
@@ -227,32 +224,25 @@ impl RedbRecords {
     /// by id.
     fn index_chunk(&self, filter: &OrderFilter, after: Option<&OrderId>, size: usize) -> Vec<OrderId> {
         let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        match (&filter.sale, &filter.buyer) {
+        let above = |ids: &mut dyn Iterator<Item = &OrderId>| -> Vec<OrderId> {
+            ids.filter(|id| after.is_none_or(|a| *id > a)).cloned().collect()
+        };
+        let mut ids = match (&filter.sale, &filter.buyer) {
+            // A sale's ids are kept in order: a range of them.
+            (Some(sale), None) => {
+                let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+                return index
+                    .by_sale
+                    .get(sale)
+                    .map_or_else(Vec::new, |ids| ids.range((from, Bound::Unbounded)).take(size).cloned().collect());
+            }
             // A buyer's orders are few: their list, even when a sale is named too.
-            (_, Some(buyer)) => {
-                let mut ids: Vec<OrderId> = index
-                    .by_buyer
-                    .get(buyer)
-                    .map(|ids| ids.iter().filter(|id| after.is_none_or(|a| *id > a)).cloned().collect())
-                    .unwrap_or_default();
-                ids.sort_unstable();
-                ids.truncate(size);
-                ids
-            }
-            (Some(sale), None) => index
-                .by_sale
-                .get(sale)
-                .map(|ids| ids.range((from, Bound::Unbounded)).take(size).cloned().collect())
-                .unwrap_or_default(),
-            (None, None) => {
-                let mut ids: Vec<OrderId> =
-                    index.by_key.values().filter(|id| after.is_none_or(|a| *id > a)).cloned().collect();
-                ids.sort_unstable();
-                ids.truncate(size);
-                ids
-            }
-        }
+            (_, Some(buyer)) => index.by_buyer.get(buyer).map_or_else(Vec::new, |ids| above(&mut ids.iter())),
+            (None, None) => above(&mut index.by_key.values()),
+        };
+        ids.sort_unstable();
+        ids.truncate(size);
+        ids
     }
 
     /// Deletes at most `limit` events that happened before `before`, oldest first, never the
@@ -816,20 +806,17 @@ impl RecordStore for RedbRecords {
     }
 
     async fn order_events(&self, after: u64, sale: Option<&SaleId>, limit: usize) -> Result<EventsPage, StoreError> {
-        // One sale's: its sequences from the in-memory index, read before the table (the index
-        // is updated after each commit, so the table then holds every event it names), and the
-        // read goes on after the newest indexed event.
-        if let Some(page) = self.index.lock().unwrap_or_else(|e| e.into_inner()).tail_events(after, sale, limit) {
-            return Ok(page);
-        }
-        let one_sale: Option<(Vec<u64>, u64)> = sale.map(|sale| {
+        // Near the head, from the tail in memory. Otherwise one sale's: its sequences from the
+        // in-memory index, read before the table (the index is updated after each commit, so the
+        // table then holds every event it names), and the read goes on after the newest indexed
+        // event.
+        let one_sale: Option<(Vec<u64>, u64)> = {
             let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-            let sequences = index.events_by_sale.get(sale).map_or_else(Vec::new, |all| {
-                let from = all.partition_point(|s| *s <= after);
-                all[from..].iter().take(limit).copied().collect()
-            });
-            (sequences, index.events_indexed)
-        });
+            if let Some(page) = index.tail_events(after, sale, limit) {
+                return Ok(page);
+            }
+            sale.map(|sale| (index.sale_events(sale, after, limit).to_vec(), index.events_indexed))
+        };
         self.blocking(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(ORDER_EVENTS)?;
@@ -852,13 +839,10 @@ impl RecordStore for RedbRecords {
                 };
                 return Ok(page);
             }
-            for entry in table.range((Bound::Excluded(after), Bound::Unbounded))?.take(EVENTS_SCAN) {
+            for entry in table.range((Bound::Excluded(after), Bound::Unbounded))?.take(limit) {
                 let (sequence, value) = entry?;
                 page.scanned = sequence.value();
                 page.events.push(decode_event(sequence.value(), value.value())?);
-                if page.events.len() == limit {
-                    break;
-                }
             }
             Ok(page)
         })
