@@ -82,6 +82,7 @@ pub struct JwtKeys {
     decoding: DecodingKey,
     validation: Validation,
     pages: crate::paging::PageTokens,
+    admissions: crate::admission::Admissions,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -102,12 +103,18 @@ impl JwtKeys {
             decoding: DecodingKey::from_secret(secret),
             validation,
             pages: crate::paging::PageTokens::new(secret),
+            admissions: crate::admission::Admissions::new(secret),
         }
     }
 
     /// The listings' page tokens, signed with a key derived from the same secret.
     pub fn pages(&self) -> &crate::paging::PageTokens {
         &self.pages
+    }
+
+    /// The waiting rooms' admission passes and shuffle seeds, keyed from the same secret.
+    pub fn admissions(&self) -> &crate::admission::Admissions {
+        &self.admissions
     }
 
     /// Signs a token for `sub` valid for `ttl` from `now`; returns it with its expiry.

@@ -10,8 +10,8 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::store::embedded::{MemoryHot, RedbRecords};
-use crate::store::{ChangeSink, HotStore, RecordStore};
+use crate::store::embedded::{MemoryHot, MemoryQueue, RedbRecords};
+use crate::store::{ChangeSink, HotStore, QueueStore, RecordStore};
 
 /// The two backends the service runs on, and where other nodes' changes come from.
 pub struct Backends {
@@ -19,6 +19,8 @@ pub struct Backends {
     pub records: Arc<dyn RecordStore>,
     /// The hot path.
     pub hot: Arc<dyn HotStore>,
+    /// The waiting rooms (with the hot state: in process, or in Redis).
+    pub queue: Arc<dyn QueueStore>,
     /// Set when the hot state is shared with other nodes (Redis): their changes arrive here, and
     /// the node reconciles the shared state with the record.
     pub shared: Option<ChangeSource>,
@@ -67,16 +69,17 @@ impl Backends {
                 Arc::new(records)
             }
         };
-        let (hot, shared): (Arc<dyn HotStore>, _) = match &settings.redis_uri {
+        let (hot, queue, shared): (Arc<dyn HotStore>, Arc<dyn QueueStore>, _) = match &settings.redis_uri {
             Some(uri) => {
                 let hot = crate::store::redis::connect(uri, &settings.redis_key_prefix)
                     .await
                     .context("opening the Redis hot store (REDIS_URI)")?;
                 tracing::info!(prefix = %settings.redis_key_prefix, "hot path: Redis");
-                (Arc::new(hot), Some(ChangeSource::redis(uri, &settings.redis_key_prefix)))
+                let hot = Arc::new(hot);
+                (hot.clone(), hot, Some(ChangeSource::redis(uri, &settings.redis_key_prefix)))
             }
-            None => (Arc::new(MemoryHot::default()), None),
+            None => (Arc::new(MemoryHot::default()), Arc::new(MemoryQueue::default()), None),
         };
-        Ok(Self { records, hot, shared })
+        Ok(Self { records, hot, queue, shared })
     }
 }

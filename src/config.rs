@@ -133,6 +133,10 @@ pub struct SettingsArgs {
     /// A consumer away for longer must list the orders again (CURSOR_EXPIRED).
     #[arg(long, env = "ORDER_EVENTS_RETENTION_HOURS", default_value_t = 168)]
     pub order_events_retention_hours: u64,
+    /// How long a buyer whose waiting-room streams all dropped keeps their place, in seconds:
+    /// when their turn comes after that, they are passed over.
+    #[arg(long, env = "QUEUE_GRACE_SECONDS", default_value_t = 30)]
+    pub queue_grace_seconds: u64,
     /// CPU password hashing (Register, Login) may use, in cores (fractions allowed); default: a
     /// quarter of the cores, at least 0.5.
     #[arg(long, env = "AUTH_CORES", value_parser = parse_cores)]
@@ -234,6 +238,8 @@ pub struct Settings {
     pub orphan_after: Duration,
     /// How long order events are kept; `None`: for ever.
     pub order_events_retention: Option<Duration>,
+    /// How long a waiting-room buyer with no open stream keeps their place.
+    pub queue_grace: Duration,
 }
 
 impl Default for Settings {
@@ -258,6 +264,7 @@ impl Default for Settings {
             reconcile_interval: Duration::from_secs(10),
             orphan_after: Duration::from_secs(30),
             order_events_retention: Some(Duration::from_secs(7 * 86_400)),
+            queue_grace: Duration::from_secs(30),
         }
     }
 }
@@ -291,6 +298,7 @@ impl From<SettingsArgs> for Settings {
                 0 => None,
                 hours => Some(Duration::from_secs(hours.saturating_mul(3600))),
             },
+            queue_grace: Duration::from_secs(args.queue_grace_seconds.clamp(1, 86_400)),
         }
     }
 }

@@ -255,7 +255,9 @@ fn publish_if_newer(latest: &watch::Sender<Arc<Published>>, view: SaleView, at: 
         if published.is_last() {
             return false; // nothing follows the last state
         }
+        // The waiting room's counters change without a new version of the sale.
         let newer = view.version > published.view.version
+            || (view.version == published.view.version && view.line != published.view.line)
             || (view.status == SaleStatus::Ended && published.view.status != SaleStatus::Ended);
         if newer {
             *published = Arc::new(Published::new(view, at));
@@ -295,6 +297,7 @@ mod tests {
                 end: UnixMillis(1),
                 unit_price: Money::parse(1, "EUR").unwrap(),
                 hold_seconds: 0,
+                queue: None,
             },
             status,
             end_reason: None,
@@ -307,6 +310,7 @@ mod tests {
             leaderboard: Vec::new(),
             total_buyers: 0,
             created_at: UnixMillis(0),
+            line: None,
         }
     }
 

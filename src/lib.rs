@@ -39,6 +39,7 @@
 //! feed interval (`grpc/feeds.rs`). The answer, or the refusal mapped by `grpc/error.rs` with
 //! its ErrorInfo, goes back to the caller if it is still there.
 
+pub mod admission;
 pub mod auth;
 pub mod backends;
 pub mod clock;

@@ -174,6 +174,8 @@ pub struct SaleView {
     pub total_buyers: u64,
     /// When the sale was created.
     pub created_at: UnixMillis,
+    /// The waiting room's counters (a sale with one; the hot stores leave it to the service).
+    pub line: Option<super::LineCounts>,
 }
 
 /// The units a sale shows as remaining: while it is open, what a new purchase may take (`live`:

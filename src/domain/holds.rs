@@ -286,6 +286,7 @@ mod tests {
 
     fn rules(hold_seconds: u32) -> SaleRules {
         SaleRules {
+            queue: None,
             allocated: 4,
             per_user_limit: 2,
             max_per_purchase: 2,

@@ -8,6 +8,7 @@ mod events;
 mod holds;
 mod ids;
 mod leaderboard;
+mod queue;
 mod sale;
 mod values;
 
@@ -22,6 +23,9 @@ pub use holds::{
 };
 pub use ids::{OrderId, ProductId, SaleId, UserId};
 pub use leaderboard::{BuyerStanding, Leaderboard, LeaderboardEntry};
+pub use queue::{
+    refill, shuffle_score, AdmitAsk, Line, LineCounts, Place, QueueRules, DEFAULT_ADMISSION_SECONDS, PREQUEUE_SPAN,
+};
 pub use sale::{check_purchase, BuyerSnapshot, EndReason, PurchaseRefusal, SaleRules, SaleStatus, Transition};
 pub use values::{Currency, DisplayName, Email, IdempotencyKey, Money, Password, Quantity, Role, UnixMillis};
 

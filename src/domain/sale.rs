@@ -74,6 +74,8 @@ pub struct SaleRules {
     /// How long a new order is HELD for payment before it expires; 0: orders are CONFIRMED at
     /// once (no holds, no waitlist).
     pub hold_seconds: u32,
+    /// The sale's waiting room; `None`: buyers purchase directly.
+    pub queue: Option<super::QueueRules>,
 }
 
 /// Why a purchase was refused. Each maps to one error reason of the API.
@@ -217,6 +219,7 @@ mod tests {
             end: UnixMillis(200),
             unit_price: Money::parse(500, "USD").unwrap(),
             hold_seconds: 0,
+            queue: None,
         }
     }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::domain::{DisplayName, FieldViolation, ProductId, Role, SaleId, SaleRules, UnixMillis};
+use crate::domain::{DisplayName, FieldViolation, ProductId, QueueRules, Role, SaleId, SaleRules, UnixMillis};
 use crate::pb;
 use crate::service::{App, NewSale};
 
@@ -51,8 +51,19 @@ impl TryFrom<pb::CreateSaleRequest> for NewSale {
             None => Some(UnixMillis(0)),
         };
         let end = v.check(millis("end_time", req.end_time.as_ref()));
-        let parsed = (|| Some((product_id?, unit_price?, start?, end?)))();
-        let (product_id, unit_price, start, end) = v.finish(parsed)?;
+        let queue = match req.queue {
+            None => Some(None),
+            Some(q) => v
+                .check(QueueRules::parse(
+                    q.prequeue_seconds,
+                    q.admit_per_second,
+                    q.max_active_buyers,
+                    q.admission_seconds,
+                ))
+                .map(Some),
+        };
+        let parsed = (|| Some((product_id?, unit_price?, start?, end?, queue?)))();
+        let (product_id, unit_price, start, end, queue) = v.finish(parsed)?;
         Ok(NewSale {
             product_id,
             rules: SaleRules {
@@ -63,6 +74,7 @@ impl TryFrom<pb::CreateSaleRequest> for NewSale {
                 end,
                 unit_price,
                 hold_seconds: req.hold_seconds,
+                queue,
             },
             start_now,
         })

@@ -4,7 +4,8 @@
 use prost_types::Timestamp;
 
 use crate::domain::{
-    EndReason, FieldViolation, Money, OrderRecord, OrderStatus, ProductRecord, SaleStatus, SaleView, UnixMillis,
+    EndReason, FieldViolation, Money, OrderRecord, OrderStatus, ProductRecord, QueueRules, SaleStatus, SaleView,
+    UnixMillis,
 };
 use crate::pb;
 use crate::service::ServiceError;
@@ -111,7 +112,45 @@ impl From<&SaleView> for pb::Sale {
             held: v.held,
             confirmed: v.sold - v.held,
             waitlist_length: v.waitlist,
+            queue: v.rules.queue.map(pb_queue),
+            queue_waiting: v.line.map_or(0, |l| l.waiting()),
+            queue_admitted: v.line.map_or(0, |l| l.admitted),
         }
+    }
+}
+
+/// A waiting room's options.
+pub fn pb_queue(q: QueueRules) -> pb::QueueOptions {
+    pb::QueueOptions {
+        prequeue_seconds: q.prequeue_seconds,
+        admit_per_second: q.admit_per_second,
+        max_active_buyers: q.max_active_buyers,
+        admission_seconds: q.admission_seconds,
+    }
+}
+
+/// An EnterQueue message.
+pub fn queue_update(u: &crate::service::QueueUpdate) -> pb::QueueUpdate {
+    use crate::service::QueueState;
+    let state = match u.state {
+        QueueState::Waiting => pb::QueueState::Waiting,
+        QueueState::Admitted => pb::QueueState::Admitted,
+        QueueState::Expired => pb::QueueState::Expired,
+        QueueState::Closed => pb::QueueState::Closed,
+    };
+    pb::QueueUpdate {
+        sale_id: u.sale.to_string(),
+        state: state.into(),
+        position: u.position,
+        ahead: u.ahead,
+        estimated_wait: u.estimated_wait.and_then(|d| prost_types::Duration::try_from(d).ok()),
+        admission_pass: u.pass.as_ref().map(|(pass, _)| pass.clone()).unwrap_or_default(),
+        admission_expires_at: u.pass.as_ref().map(|(_, at)| timestamp(*at)),
+        waiting: u.waiting,
+        admitted: u.admitted,
+        server_time: Some(timestamp(u.server_time)),
+        starts_at: Some(timestamp(u.starts_at)),
+        prequeue: u.prequeue,
     }
 }
 
@@ -137,6 +176,9 @@ pub fn snapshot(v: &SaleView, server_time: UnixMillis) -> pb::SaleSnapshot {
         held: v.held,
         confirmed: v.sold - v.held,
         waitlist_length: v.waitlist,
+        queue: v.rules.queue.map(pb_queue),
+        queue_waiting: v.line.map_or(0, |l| l.waiting()),
+        queue_admitted: v.line.map_or(0, |l| l.admitted),
     }
 }
 

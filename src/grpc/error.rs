@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::admission::PassProblem;
 use crate::domain::PurchaseRefusal;
 use crate::pb::ErrorReason;
 use crate::service::ServiceError;
@@ -45,6 +46,10 @@ pub fn reason_of(error: &ServiceError) -> ErrorReason {
         ServiceError::PageTokenInvalid(_) => ErrorReason::PageTokenInvalid,
         ServiceError::CursorExpired { .. } => ErrorReason::CursorExpired,
         ServiceError::CursorUnknown { .. } => ErrorReason::CursorUnknown,
+        ServiceError::Admission(PassProblem::Missing) => ErrorReason::AdmissionRequired,
+        ServiceError::Admission(PassProblem::Expired { .. }) => ErrorReason::AdmissionExpired,
+        ServiceError::Admission(_) => ErrorReason::AdmissionInvalid,
+        ServiceError::QueueNotOpen { .. } => ErrorReason::QueueNotOpen,
         ServiceError::RateLimited { .. } => ErrorReason::RateLimited,
         ServiceError::SignInBusy { .. } => ErrorReason::SignInBusy,
         ServiceError::Unavailable(_) => ErrorReason::BackendUnavailable,
@@ -136,6 +141,21 @@ impl From<ServiceError> for Status {
             ServiceError::CursorUnknown { head } => {
                 metadata.insert("head_sequence".into(), head.to_string());
                 Code::InvalidArgument
+            }
+            ServiceError::Admission(PassProblem::Missing) => Code::PermissionDenied,
+            ServiceError::Admission(PassProblem::Expired { at }) => {
+                metadata.insert("expired_at".into(), super::convert::timestamp(*at).to_string());
+                Code::PermissionDenied
+            }
+            ServiceError::Admission(problem) => {
+                metadata.insert("problem".into(), problem.as_str().into());
+                Code::PermissionDenied
+            }
+            ServiceError::QueueNotOpen { opens_at } => {
+                if let Some(at) = opens_at {
+                    metadata.insert("opens_at".into(), super::convert::timestamp(*at).to_string());
+                }
+                Code::FailedPrecondition
             }
             ServiceError::RateLimited { retry_after } => {
                 details.set_retry_info(Some(*retry_after));

@@ -170,6 +170,7 @@ mod tests {
                 end: UnixMillis(1_893_456_900_000),
                 unit_price: Money::parse(1999, "EUR").unwrap(),
                 hold_seconds: 0,
+                queue: None,
             },
             status: SaleStatus::Ended,
             end_reason: Some(EndReason::SoldOut),
@@ -187,6 +188,7 @@ mod tests {
             }],
             total_buyers: 250,
             created_at: UnixMillis(1_893_455_000_000),
+            line: None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Caller;
@@ -15,7 +15,7 @@ use crate::feeds::Feed;
 use crate::pb;
 use crate::service::{App, ServiceError};
 
-use super::convert::{page_ask, pb_status, timestamp, Violations};
+use super::convert::{page_ask, pb_status, queue_update, timestamp, Violations};
 use super::error::reason_of;
 use super::{require_buyer, require_payer, RateLimits};
 
@@ -52,7 +52,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
             let key = v.check(IdempotencyKey::parse(&req.idempotency_key));
             v.require(req.quantity >= 1, "quantity", "must be at least 1");
             let (sale_id, key) = v.finish((|| Some((sale_id?, key?)))())?;
-            self.app.purchase(&caller, sale_id, req.quantity, key).await
+            self.app.purchase_with_pass(&caller, sale_id, req.quantity, key, &req.admission_pass).await
         }
         .await;
         let outcome = match &result {
@@ -133,6 +133,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         let sale = v.check(SaleId::parse(&req.sale_id));
         v.require(req.quantity >= 1, "quantity", "must be at least 1");
         let sale = v.finish(sale)?;
+        self.app.check_admission(&caller, &sale, &req.admission_pass).await?;
         let place = self.app.join_waitlist(&caller, sale, req.quantity).await?;
         Ok(Response::new(pb::JoinWaitlistResponse { place: Some(place.into()) }))
     }
@@ -145,6 +146,18 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         let sale = sale_id(&request.get_ref().sale_id)?;
         let left = self.app.leave_waitlist(&caller, &sale).await?;
         Ok(Response::new(pb::LeaveWaitlistResponse { left }))
+    }
+
+    type EnterQueueStream = Pin<Box<dyn Stream<Item = Result<pb::QueueUpdate, Status>> + Send>>;
+
+    async fn enter_queue(
+        &self,
+        request: Request<pb::EnterQueueRequest>,
+    ) -> Result<Response<Self::EnterQueueStream>, Status> {
+        let caller = require_buyer(&request)?;
+        let sale = sale_id(&request.get_ref().sale_id)?;
+        let updates = self.app.enter_queue(&caller, &sale).await?;
+        Ok(Response::new(Box::pin(updates.map(|update| Ok(queue_update(&update))))))
     }
 
     type WatchMyOrdersStream = Pin<Box<dyn Stream<Item = Result<pb::MyOrdersUpdate, Status>> + Send>>;

@@ -169,10 +169,10 @@ impl App {
     /// A sale with live counters.
     pub async fn sale_view(&self, id: &SaleId) -> Result<SaleView, ServiceError> {
         if let Some(view) = self.hot.view(id).await? {
-            return Ok(view);
+            return self.with_line(view).await;
         }
         let sale = self.records.get_sale(id).await?.ok_or(ServiceError::SaleNotFound)?;
-        Ok(view_of_record(&sale))
+        self.with_line(view_of_record(&sale)).await
     }
 
     /// Subscribes to a sale's live state (feeds).
@@ -202,5 +202,6 @@ pub(super) fn view_of_record(sale: &SaleRecord) -> SaleView {
         leaderboard: Vec::new(),
         total_buyers: 0,
         created_at: sale.created_at,
+        line: None,
     }
 }

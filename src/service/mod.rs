@@ -13,6 +13,7 @@ mod committer;
 mod holds;
 mod orders;
 mod purchase;
+mod queue;
 mod reconcile;
 mod scheduler;
 mod users;
@@ -40,13 +41,14 @@ use crate::domain::{
 use crate::feeds::{FeedHub, SaleSource};
 use crate::passwords::{PasswordPool, PoolError};
 use crate::retry::Backoff;
-use crate::store::{ChangeSink, HotError, HotStore, RecordStore, StoreError};
+use crate::store::{ChangeSink, HotError, HotStore, QueueStore, RecordStore, StoreError};
 
 pub use admin::NewSale;
 use committer::Committer;
 pub use holds::HoldAnswer;
 pub use orders::{OrderFeed, Page, PageAsk};
 pub use purchase::Purchased;
+pub use queue::{QueueState, QueueUpdate};
 pub use users::Session;
 
 /// Every way a use case can fail, as clients will be told (see `grpc::error`).
@@ -127,6 +129,15 @@ pub enum ServiceError {
         /// The newest sequence written.
         head: u64,
     },
+    /// A sale with a waiting room refused a purchase's admission pass.
+    #[error("{0}")]
+    Admission(crate::admission::PassProblem),
+    /// EnterQueue before the room opens (`None`: the sale has no waiting room).
+    #[error("{}", match .opens_at { Some(_) => "the waiting room is not open yet", None => "this sale has no waiting room: purchase directly" })]
+    QueueNotOpen {
+        /// When it opens.
+        opens_at: Option<crate::domain::UnixMillis>,
+    },
     /// A backend is down or the server is stopping; safe to retry with the same key.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -188,6 +199,12 @@ impl From<HotError> for ServiceError {
 pub struct App {
     records: Arc<dyn RecordStore>,
     hot: Arc<dyn HotStore>,
+    /// The waiting rooms' lines.
+    queue: Arc<dyn QueueStore>,
+    /// This node's rooms (see `queue.rs`).
+    rooms: queue::Rooms,
+    /// How long a waiting-room buyer with no open stream keeps their place.
+    queue_grace: Duration,
     committer: Committer,
     feeds: FeedHub,
     clock: Arc<dyn Clock>,
@@ -251,7 +268,7 @@ impl App {
         clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
-        let Backends { records, hot, shared } = backends;
+        let Backends { records, hot, queue, shared } = backends;
         let tasks = TaskTracker::new();
         let passwords = PasswordPool::start(settings.password_pool).context("starting the password hashing threads")?;
         let app = Arc::new_cyclic(|me: &Weak<App>| Self {
@@ -259,6 +276,9 @@ impl App {
             feeds: FeedHub::new(me.clone(), clock.clone(), settings.feed_interval, shutdown.clone(), tasks.clone()),
             records,
             hot,
+            queue,
+            rooms: Default::default(),
+            queue_grace: settings.queue_grace,
             clock,
             keys,
             passwords,
@@ -534,17 +554,18 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 impl SaleSource for App {
     async fn current(&self, sale: &SaleId) -> Result<Option<SaleView>, ServiceError> {
         if let Some(view) = self.hot.view(sale).await? {
-            return Ok(Some(view));
+            return Ok(Some(self.with_line(view).await?));
         }
         match self.load_sale(sale).await {
             Err(ServiceError::SaleNotFound) => return Ok(None),
             other => other?,
         }
-        self.hot
+        let view = self
+            .hot
             .view(sale)
             .await?
-            .map(Some)
-            .ok_or_else(|| ServiceError::Unavailable("the sale's hot state is being rebuilt".into()))
+            .ok_or_else(|| ServiceError::Unavailable("the sale's hot state is being rebuilt".into()))?;
+        Ok(Some(self.with_line(view).await?))
     }
 }
 

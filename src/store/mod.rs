@@ -9,6 +9,9 @@
 //!   sold count past its allocation or that arrives after the sale ended, whatever the hot state
 //!   believes.
 //!
+//! - [`QueueStore`]: the waiting rooms of sales with `queue` on (one line per sale, shared by
+//!   every node in Redis), see [`crate::domain::Line`].
+//!
 //! [`embedded`] implements both in one process: the hot state in memory, the record in redb.
 //! [`redis`] (one Lua script per step of a purchase, keys hash-tagged per sale) and [`mongo`]
 //! (multi-document transactions) are the production backends shared by many nodes.
@@ -20,9 +23,9 @@ pub mod redis;
 use async_trait::async_trait;
 
 use crate::domain::{
-    CommitOutcome, Email, EndReason, EventsPage, HoldEnd, HoldRefusal, IdempotencyKey, OrderId, OrderRecord,
-    OrderStatus, ProductId, ProductRecord, PurchaseRefusal, SaleId, SaleRecord, SaleRules, SaleStatus, SaleView,
-    UnixMillis, UserId, UserRecord, WaitlistEntry, WaitlistPlace,
+    AdmitAsk, CommitOutcome, Email, EndReason, EventsPage, HoldEnd, HoldRefusal, IdempotencyKey, LineCounts, OrderId,
+    OrderRecord, OrderStatus, Place, ProductId, ProductRecord, PurchaseRefusal, SaleId, SaleRecord, SaleRules,
+    SaleStatus, SaleView, UnixMillis, UserId, UserRecord, WaitlistEntry, WaitlistPlace,
 };
 
 /// What ending a hold did in the record: the order after the change, or why nothing changed
@@ -360,6 +363,36 @@ pub trait HotStore: Send + Sync + 'static {
     /// sale's line has buyers already. The units on sale then go to the line first (as they did
     /// before the hot state was lost: a line waits only when nothing is on sale).
     async fn restore_line(&self, sale: &SaleId, line: &[WaitlistEntry], now: UnixMillis) -> Result<Handed, HotError>;
+}
+
+/// A buyer entering a waiting room.
+#[derive(Debug, Clone)]
+pub struct EnterAsk {
+    /// The buyer.
+    pub buyer: UserId,
+    /// When.
+    pub now: UnixMillis,
+    /// Their shuffle key when they arrive before the start (the pre-queue); `None` after it.
+    pub prequeue_score: Option<u64>,
+}
+
+/// The waiting rooms. Every method is one atomic step on the line (a mutex in process, one
+/// script in Redis), so any number of nodes may call any of them at once.
+#[async_trait]
+pub trait QueueStore: Send + Sync + 'static {
+    /// The buyer enters (or re-enters) the sale's room: see [`crate::domain::Line::enter`].
+    async fn enter(&self, sale: &SaleId, ask: &EnterAsk) -> Result<Place, HotError>;
+    /// One admission round: see [`crate::domain::Line::admit`]. Rounds of several nodes share
+    /// the bucket and the cap, so the room admits at its rate however many nodes run rounds.
+    async fn admit(&self, sale: &SaleId, ask: &AdmitAsk) -> Result<LineCounts, HotError>;
+    /// These buyers (their streams are open on this node) were seen at `now`.
+    async fn touch(&self, sale: &SaleId, buyers: &[UserId], now: UnixMillis) -> Result<(), HotError>;
+    /// The buyer's admission stops counting against the cap (they bought).
+    async fn done(&self, sale: &SaleId, buyer: &UserId) -> Result<(), HotError>;
+    /// The room's counters (zero for a room nobody entered).
+    async fn counts(&self, sale: &SaleId) -> Result<LineCounts, HotError>;
+    /// The sale ended: its room may go (Redis keeps it an hour, for late readers).
+    async fn close(&self, sale: &SaleId) -> Result<(), HotError>;
 }
 
 /// Told of the changes other nodes make to a shared hot state (Redis pub/sub).

@@ -62,6 +62,7 @@ impl InProcess {
         let product = self.app.create_product("Gated".into(), String::new(), allocated).await.unwrap();
         let now = SystemClock.now();
         let rules = SaleRules {
+            queue: None,
             allocated,
             per_user_limit: 0,
             max_per_purchase: 1,
@@ -205,7 +206,12 @@ async fn a_retry_of_an_abandoned_key_is_answered_within_the_bound() {
         let (app_channel, token, sale) = (app.channel.clone(), token.clone(), sale.id.clone());
         tokio::spawn(async move {
             let mut client = flashsale_client::pb::purchase_service_client::PurchaseServiceClient::new(app_channel);
-            let request = pb::PurchaseRequest { sale_id: sale, quantity: 1, idempotency_key: "stuck".into() };
+            let request = pb::PurchaseRequest {
+                admission_pass: String::new(),
+                sale_id: sale,
+                quantity: 1,
+                idempotency_key: "stuck".into(),
+            };
             client.purchase(authed(request, &token)).await
         })
     };
@@ -263,7 +269,12 @@ async fn half_the_callers_give_up_and_the_sale_still_sells_exactly_its_allocatio
                     let mode = [GiveUp::Deadline, GiveUp::DropCall, GiveUp::CloseConnection][rng.random_range(0..3)];
                     (mode, Duration::from_micros(rng.random_range(0..=20_000)))
                 };
-                let request = pb::PurchaseRequest { sale_id, quantity: 1, idempotency_key: format!("imp-{i}") };
+                let request = pb::PurchaseRequest {
+                    admission_pass: String::new(),
+                    sale_id,
+                    quantity: 1,
+                    idempotency_key: format!("imp-{i}"),
+                };
                 let mut request = authed(request, &token);
                 match mode {
                     GiveUp::Deadline => {

@@ -81,6 +81,7 @@ async fn a_purchase_needs_a_token() {
     let status = refusal(
         app.purchase()
             .purchase(tonic::Request::new(pb::PurchaseRequest {
+                admission_pass: String::new(),
                 sale_id: sale.id.clone(),
                 quantity: 1,
                 idempotency_key: "anonymous".into(),
@@ -153,6 +154,7 @@ async fn call_every_admin_method(app: &TestApp, token: &str) -> Vec<(&'static st
     let product =
         pb::CreateProductRequest { name: "Forbidden".into(), description: String::new(), initial_inventory: 5 };
     let sale = pb::CreateSaleRequest {
+        queue: None,
         product_id: id.clone(),
         allocated: 1,
         unit_price: Some(pb::Money { amount_minor: 100, currency: "USD".into() }),
@@ -277,6 +279,7 @@ async fn the_bearer_scheme_is_case_insensitive_and_required() {
     let token = app.buyer_token("schemer", "Schemer");
     let with_header = |value: String, key: &str| {
         let mut request = tonic::Request::new(pb::PurchaseRequest {
+            admission_pass: String::new(),
             sale_id: sale.id.clone(),
             quantity: 1,
             idempotency_key: key.into(),

@@ -239,6 +239,7 @@ impl Shop {
         admin
             .create_sale(authed(
                 pb::CreateSaleRequest {
+                    queue: None,
                     product_id: product.id,
                     allocated,
                     unit_price: Some(pb::Money { amount_minor: 2500, currency: "EUR".into() }),
@@ -285,7 +286,12 @@ async fn buy(
     quantity: u32,
     key: &str,
 ) -> Result<pb::PurchaseResponse, Status> {
-    let request = pb::PurchaseRequest { sale_id: sale_id.into(), quantity, idempotency_key: key.into() };
+    let request = pb::PurchaseRequest {
+        admission_pass: String::new(),
+        sale_id: sale_id.into(),
+        quantity,
+        idempotency_key: key.into(),
+    };
     within(PurchaseServiceClient::new(node.clone()).purchase(authed(request, token)))
         .await
         .map(tonic::Response::into_inner)
@@ -1420,6 +1426,7 @@ async fn holds_expiring_on_two_nodes_at_once_give_each_unit_back_once() {
     let sale = admin
         .create_sale(authed(
             pb::CreateSaleRequest {
+                queue: None,
                 product_id: product.id.clone(),
                 allocated: UNITS as i64,
                 unit_price: Some(pb::Money { amount_minor: 2500, currency: "EUR".into() }),
@@ -1446,7 +1453,10 @@ async fn holds_expiring_on_two_nodes_at_once_give_each_unit_back_once() {
     for i in 0..WAITERS {
         let token = shop.buyer(&format!("waiter-{i}"));
         let place = PurchaseServiceClient::new(node(i))
-            .join_waitlist(authed(pb::JoinWaitlistRequest { sale_id: sale.id.clone(), quantity: 1 }, &token))
+            .join_waitlist(authed(
+                pb::JoinWaitlistRequest { admission_pass: String::new(), sale_id: sale.id.clone(), quantity: 1 },
+                &token,
+            ))
             .await
             .expect("join the line")
             .into_inner()

@@ -115,6 +115,7 @@ async fn acknowledged_orders_survive_kill_9() {
     let sale = admin_api
         .create_sale(authed(
             pb::CreateSaleRequest {
+                queue: None,
                 product_id: product.id.clone(),
                 allocated: ALLOCATED,
                 unit_price: Some(pb::Money { amount_minor: 4999, currency: "USD".into() }),
@@ -183,8 +184,12 @@ async fn acknowledged_orders_survive_kill_9() {
                 }
                 for (n, &quantity) in plan(buyer).iter().enumerate() {
                     let key = format!("{}-purchase-{n}", buyer_id(buyer));
-                    let request =
-                        pb::PurchaseRequest { sale_id: sale_id.clone(), quantity, idempotency_key: key.clone() };
+                    let request = pb::PurchaseRequest {
+                        admission_pass: String::new(),
+                        sale_id: sale_id.clone(),
+                        quantity,
+                        idempotency_key: key.clone(),
+                    };
                     let outcome = purchase.purchase(authed(request, &tokens[buyer])).await;
                     let order_id = match outcome {
                         Ok(response) => {
@@ -282,8 +287,12 @@ async fn acknowledged_orders_survive_kill_9() {
         let token = tokens[attempt.buyer].clone();
         let sale_id = sale.id.clone();
         async move {
-            let request =
-                pb::PurchaseRequest { sale_id, quantity: attempt.quantity, idempotency_key: attempt.key.clone() };
+            let request = pb::PurchaseRequest {
+                admission_pass: String::new(),
+                sale_id,
+                quantity: attempt.quantity,
+                idempotency_key: attempt.key.clone(),
+            };
             let response = purchase
                 .purchase(authed(request, &token))
                 .await
@@ -301,6 +310,7 @@ async fn acknowledged_orders_survive_kill_9() {
     // were either stored (replayed) or not (made now), never twice.
     for attempt in &in_flight {
         let request = pb::PurchaseRequest {
+            admission_pass: String::new(),
             sale_id: sale.id.clone(),
             quantity: attempt.quantity,
             idempotency_key: attempt.key.clone(),
@@ -365,7 +375,12 @@ async fn acknowledged_orders_survive_kill_9() {
         .collect();
     assert!(!full.is_empty(), "some buyers should have reached the limit before the kill");
     for buyer in full {
-        let request = pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: 1, idempotency_key: "one-more".into() };
+        let request = pb::PurchaseRequest {
+            admission_pass: String::new(),
+            sale_id: sale.id.clone(),
+            quantity: 1,
+            idempotency_key: "one-more".into(),
+        };
         let refused = purchase
             .clone()
             .purchase(authed(request, &tokens[buyer]))
@@ -380,8 +395,12 @@ async fn acknowledged_orders_survive_kill_9() {
 
     // And the sale keeps selling.
     let newcomer = &tokens[BUYERS];
-    let request =
-        pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: 2, idempotency_key: "after-restart".into() };
+    let request = pb::PurchaseRequest {
+        admission_pass: String::new(),
+        sale_id: sale.id.clone(),
+        quantity: 2,
+        idempotency_key: "after-restart".into(),
+    };
     let response = purchase.clone().purchase(authed(request, newcomer)).await.expect("the sale sells after a restart");
     let response = response.into_inner();
     assert!(!response.replayed);

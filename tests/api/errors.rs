@@ -29,6 +29,7 @@ fn hours_from_now(app: &TestApp, hours: i64) -> prost_types::Timestamp {
 /// A sale request for `product_id` that is valid as it stands.
 fn sale_request(app: &TestApp, product_id: &str, allocated: i64) -> pb::CreateSaleRequest {
     pb::CreateSaleRequest {
+        queue: None,
         product_id: product_id.into(),
         allocated,
         unit_price: Some(pb::Money { amount_minor: 500, currency: "USD".into() }),
@@ -108,7 +109,12 @@ async fn admin_fields_are_validated() {
 async fn missing_and_invalid_tokens_are_unauthenticated() {
     let app = spawn_app().await;
     let sale = app.active_sale(10, 0, 1).await;
-    let request = || pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: 1, idempotency_key: "k".into() };
+    let request = || pb::PurchaseRequest {
+        admission_pass: String::new(),
+        sale_id: sale.id.clone(),
+        quantity: 1,
+        idempotency_key: "k".into(),
+    };
 
     let status = refusal(app.purchase().purchase(tonic::Request::new(request())).await);
     assert_refused(&status, Code::Unauthenticated, "TOKEN_MISSING");

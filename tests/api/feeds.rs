@@ -202,7 +202,12 @@ async fn stalled_watchers_do_not_block_a_rush() {
         rush.spawn(async move {
             purchase
                 .purchase(crate::helpers::authed(
-                    pb::PurchaseRequest { sale_id, quantity: 1, idempotency_key: format!("rush-{i}") },
+                    pb::PurchaseRequest {
+                        admission_pass: String::new(),
+                        sale_id,
+                        quantity: 1,
+                        idempotency_key: format!("rush-{i}"),
+                    },
                     &token,
                 ))
                 .await

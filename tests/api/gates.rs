@@ -92,6 +92,7 @@ impl Gates {
         Backends {
             records: Arc::new(GatedRecords { inner: backends.records, gates: self.clone() }),
             hot: Arc::new(GatedHot { inner: backends.hot, gates: self.clone() }),
+            queue: backends.queue,
             shared: backends.shared,
         }
     }

@@ -238,6 +238,7 @@ impl TestApp {
     pub async fn active_sale(&self, allocated: i64, per_user_limit: u32, max_per_purchase: u32) -> pb::Sale {
         let product = self.create_product(allocated).await;
         self.create_sale(pb::CreateSaleRequest {
+            queue: None,
             product_id: product.id,
             allocated,
             unit_price: Some(pb::Money { amount_minor: 1999, currency: "USD".into() }),
@@ -274,7 +275,12 @@ impl TestApp {
     ) -> Result<pb::PurchaseResponse, tonic::Status> {
         self.purchase()
             .purchase(authed(
-                pb::PurchaseRequest { sale_id: sale_id.into(), quantity, idempotency_key: key.into() },
+                pb::PurchaseRequest {
+                    admission_pass: String::new(),
+                    sale_id: sale_id.into(),
+                    quantity,
+                    idempotency_key: key.into(),
+                },
                 token,
             ))
             .await

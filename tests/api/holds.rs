@@ -28,6 +28,7 @@ impl TestApp {
     pub(crate) async fn hold_sale(&self, allocated: i64, per_user_limit: u32, max_per_purchase: u32) -> pb::Sale {
         let product = self.create_product(allocated + 5).await;
         self.create_sale(pb::CreateSaleRequest {
+            queue: None,
             product_id: product.id,
             allocated,
             unit_price: Some(pb::Money { amount_minor: 2500, currency: "EUR".into() }),
@@ -70,7 +71,10 @@ impl TestApp {
 
     async fn join(&self, token: &str, sale_id: &str, quantity: u32) -> Result<pb::WaitlistPlace, tonic::Status> {
         self.purchase()
-            .join_waitlist(authed(pb::JoinWaitlistRequest { sale_id: sale_id.into(), quantity }, token))
+            .join_waitlist(authed(
+                pb::JoinWaitlistRequest { admission_pass: String::new(), sale_id: sale_id.into(), quantity },
+                token,
+            ))
             .await
             .map(|r| r.into_inner().place.expect("a place"))
     }
@@ -228,6 +232,7 @@ async fn confirms_racing_the_expiry_end_each_hold_once() {
     let product = app.create_product(HOLDS as i64).await;
     let sale = app
         .create_sale(pb::CreateSaleRequest {
+            queue: None,
             product_id: product.id.clone(),
             allocated: HOLDS as i64,
             unit_price: Some(pb::Money { amount_minor: 100, currency: "EUR".into() }),
@@ -467,6 +472,7 @@ async fn a_sale_that_ends_with_holds_outstanding_returns_each_unit_once() {
     let product = app.create_product(10).await;
     let sale = app
         .create_sale(pb::CreateSaleRequest {
+            queue: None,
             product_id: product.id.clone(),
             allocated: 5,
             unit_price: Some(pb::Money { amount_minor: 100, currency: "EUR".into() }),

@@ -369,6 +369,7 @@ fn price() -> Money {
 
 fn rules(allocated: i64, per_user_limit: u32, max_per_purchase: u32) -> SaleRules {
     SaleRules {
+        queue: None,
         allocated,
         per_user_limit,
         max_per_purchase,

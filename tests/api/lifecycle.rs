@@ -25,6 +25,7 @@ fn at(offset: Duration) -> Option<prost_types::Timestamp> {
 /// A sale of `allocated` units of `product_id` open during [T0 + start, T0 + end).
 fn scheduled(product_id: &str, allocated: i64, start: Duration, end: Duration) -> pb::CreateSaleRequest {
     pb::CreateSaleRequest {
+        queue: None,
         product_id: product_id.into(),
         allocated,
         unit_price: Some(pb::Money { amount_minor: 500, currency: "EUR".into() }),

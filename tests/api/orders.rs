@@ -29,8 +29,12 @@ async fn buy_each(
     futures::stream::iter(tokens.into_iter().enumerate())
         .map(|(i, token)| {
             let mut purchase = purchase.clone();
-            let request =
-                pb::PurchaseRequest { sale_id: sale.clone(), quantity: 1, idempotency_key: format!("{tag}-{i}") };
+            let request = pb::PurchaseRequest {
+                admission_pass: String::new(),
+                sale_id: sale.clone(),
+                quantity: 1,
+                idempotency_key: format!("{tag}-{i}"),
+            };
             async move {
                 purchase.purchase(authed(request, &token)).await.expect("a purchase").into_inner().order.unwrap().id
             }
@@ -296,7 +300,12 @@ async fn the_fulfillment_role_reads_orders_and_nothing_else() {
         assert_refused(&status, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
         assert_eq!(error_metadata(&status, "role").as_deref(), Some("fulfillment"));
     };
-    let purchase = pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: 1, idempotency_key: "w".into() };
+    let purchase = pb::PurchaseRequest {
+        admission_pass: String::new(),
+        sale_id: sale.id.clone(),
+        quantity: 1,
+        idempotency_key: "w".into(),
+    };
     refused(refusal(app.purchase().purchase(authed(purchase, &warehouse)).await));
     refused(refusal(
         app.purchase().get_order(authed(pb::GetOrderRequest { order_id: order.id.clone() }, &warehouse)).await,

@@ -226,6 +226,7 @@ async fn orders_belong_to_the_token_subject() {
     let product = app.create_product(20).await;
     let euro_sale = app
         .create_sale(pb::CreateSaleRequest {
+            queue: None,
             product_id: product.id,
             allocated: 20,
             unit_price: Some(pb::Money { amount_minor: 250, currency: "EUR".into() }),

@@ -48,6 +48,7 @@ fn sale(product: &ProductRecord, allocated: i64, status: SaleStatus) -> SaleReco
         id: SaleId::generate(),
         product_id: product.id.clone(),
         rules: SaleRules {
+            queue: None,
             allocated,
             per_user_limit: 4,
             max_per_purchase: 3,

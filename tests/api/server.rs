@@ -253,7 +253,12 @@ async fn a_purchase_under_way_at_shutdown_is_durable_and_answered() {
     let buying = {
         let (channel, token, sale_id) = (app.channel.clone(), token.clone(), sale.id.clone());
         tokio::spawn(async move {
-            let request = pb::PurchaseRequest { sale_id, quantity: 1, idempotency_key: "k".into() };
+            let request = pb::PurchaseRequest {
+                admission_pass: String::new(),
+                sale_id,
+                quantity: 1,
+                idempotency_key: "k".into(),
+            };
             flashsale_client::pb::purchase_service_client::PurchaseServiceClient::new(channel)
                 .purchase(authed(request, &token))
                 .await

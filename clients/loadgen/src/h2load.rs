@@ -56,7 +56,12 @@ async fn sold_out(args: PrepareH2loadArgs) -> anyhow::Result<()> {
         .pool
         .purchase()
         .purchase(authed(
-            pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: 1, idempotency_key: "first".into() },
+            pb::PurchaseRequest {
+                admission_pass: String::new(),
+                sale_id: sale.id.clone(),
+                quantity: 1,
+                idempotency_key: "first".into(),
+            },
             &first,
         ))
         .await
@@ -67,7 +72,12 @@ async fn sold_out(args: PrepareH2loadArgs) -> anyhow::Result<()> {
         "the one-unit sale did not end after its only unit was sold"
     );
     let token = mint(keys, &format!("h2load-{tag}-late"), "Late", Role::Buyer)?;
-    let request = pb::PurchaseRequest { sale_id: sale.id.clone(), quantity: 1, idempotency_key: "late".into() };
+    let request = pb::PurchaseRequest {
+        admission_pass: String::new(),
+        sale_id: sale.id.clone(),
+        quantity: 1,
+        idempotency_key: "late".into(),
+    };
     write(&args.body, &frame(&request))?;
     eprintln!("sold-out sale {} ({:?}); body {}", sale.id, sale.end_reason(), args.body.display());
     println!("authorization: Bearer {token}");
@@ -80,7 +90,12 @@ mod tests {
 
     #[test]
     fn frames_carry_the_length() {
-        let request = pb::PurchaseRequest { sale_id: "s".into(), quantity: 1, idempotency_key: "k".into() };
+        let request = pb::PurchaseRequest {
+            admission_pass: String::new(),
+            sale_id: "s".into(),
+            quantity: 1,
+            idempotency_key: "k".into(),
+        };
         let body = frame(&request);
         assert_eq!(body[0], 0);
         assert_eq!(u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize, body.len() - 5);

@@ -94,7 +94,10 @@ pub async fn settle(
         let joined_place = session
             .pool
             .purchase()
-            .join_waitlist(authed(pb::JoinWaitlistRequest { sale_id: sale.id.clone(), quantity: 1 }, &buyer.bearer))
+            .join_waitlist(authed(
+                pb::JoinWaitlistRequest { admission_pass: String::new(), sale_id: sale.id.clone(), quantity: 1 },
+                &buyer.bearer,
+            ))
             .await;
         match joined_place {
             Ok(place) => joined.push((i, place.into_inner().place.map_or(0, |p| p.position))),

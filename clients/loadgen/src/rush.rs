@@ -281,7 +281,12 @@ async fn attempt(pool: &Pool, plan: &RushPlan, j: usize, epoch: Instant) -> Atte
     let quantity = plan.quantities[j];
     let key = format!("{}-{j}", plan.key_prefix);
     let start = epoch.elapsed();
-    let request = pb::PurchaseRequest { sale_id: plan.sale_id.clone(), quantity, idempotency_key: key.clone() };
+    let request = pb::PurchaseRequest {
+        admission_pass: String::new(),
+        sale_id: plan.sale_id.clone(),
+        quantity,
+        idempotency_key: key.clone(),
+    };
     let record = |calls, outcome, gave_up, comes_back| AttemptRecord {
         buyer: buyer_index as u32,
         quantity,
@@ -388,6 +393,7 @@ async fn retry_abandoned(pool: &Pool, plan: &RushPlan, records: &mut [AttemptRec
             let record = &records[i];
             let bearer = &plan.buyers[record.buyer as usize].bearer;
             let request = pb::PurchaseRequest {
+                admission_pass: String::new(),
                 sale_id: plan.sale_id.clone(),
                 quantity: record.quantity,
                 idempotency_key: record.key.clone(),
@@ -416,8 +422,12 @@ async fn until_sold_out(pool: &Pool, plan: &RushPlan, epoch: Instant) -> Vec<Att
         let mut records = Vec::new();
         for n in 0.. {
             let key = format!("{}-more-{b}-{n}", plan.key_prefix);
-            let request =
-                pb::PurchaseRequest { sale_id: plan.sale_id.clone(), quantity: 1, idempotency_key: key.clone() };
+            let request = pb::PurchaseRequest {
+                admission_pass: String::new(),
+                sale_id: plan.sale_id.clone(),
+                quantity: 1,
+                idempotency_key: key.clone(),
+            };
             let start = epoch.elapsed();
             let (outcome, calls, _) = patient(pool, plan, &plan.buyers[b].bearer, request).await;
             let done = !matches!(outcome, Outcome::Acked { .. });

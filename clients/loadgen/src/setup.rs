@@ -84,6 +84,7 @@ pub async fn create_sale(session: &Session, spec: &SaleSpec, tag: &str) -> anyho
         .admin()
         .create_sale(authed(
             pb::CreateSaleRequest {
+                queue: None,
                 product_id: product.id,
                 allocated: spec.units,
                 unit_price: Some(pb::Money { amount_minor: 1999, currency: "USD".into() }),

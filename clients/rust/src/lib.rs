@@ -236,7 +236,18 @@ impl Client {
     /// never buys twice — waiting as RetryInfo says or with a growing pause, up to the retry
     /// policy's attempts; any other refusal is returned at once.
     pub async fn buy(&self, sale_id: &str, quantity: u32, key: &str) -> Result<Bought, Error> {
-        let message = pb::PurchaseRequest { sale_id: sale_id.into(), quantity, idempotency_key: key.into() };
+        self.buy_admitted(sale_id, quantity, key, "").await
+    }
+
+    /// [`Client::buy`] in a sale with a waiting room, with the admission pass
+    /// ([`Client::wait_for_admission`]).
+    pub async fn buy_admitted(&self, sale_id: &str, quantity: u32, key: &str, pass: &str) -> Result<Bought, Error> {
+        let message = pb::PurchaseRequest {
+            sale_id: sale_id.into(),
+            quantity,
+            idempotency_key: key.into(),
+            admission_pass: pass.into(),
+        };
         let mut pause = self.retry.first_pause;
         let mut attempt = 1;
         loop {
@@ -261,6 +272,34 @@ impl Client {
     }
 
     /// The caller's orders, in one sale when `sale_id` is not empty: every page.
+    /// Enters a sale's waiting room: the stream of the caller's place.
+    pub async fn enter_queue(&self, sale_id: &str) -> Result<tonic::Streaming<pb::QueueUpdate>, Error> {
+        let request = self.request(pb::EnterQueueRequest { sale_id: sale_id.into() });
+        Ok(self.purchases().enter_queue(request).await?.into_inner())
+    }
+
+    /// Waits in a sale's waiting room until admitted, and returns the admission (its pass in
+    /// `admission_pass`); `None` when the room closed or the admission expired first, or the
+    /// stream ended. A dropped stream is entered again (the place is kept).
+    pub async fn wait_for_admission(&self, sale_id: &str) -> Result<Option<pb::QueueUpdate>, Error> {
+        loop {
+            let mut updates = self.enter_queue(sale_id).await?;
+            loop {
+                match updates.message().await {
+                    Ok(Some(update)) => match pb::QueueState::try_from(update.state) {
+                        Ok(pb::QueueState::Admitted) => return Ok(Some(update)),
+                        Ok(pb::QueueState::Closed | pb::QueueState::Expired) => return Ok(None),
+                        _ => {}
+                    },
+                    Ok(None) => return Ok(None),
+                    Err(status) if Refusal::from(status.clone()).retryable() => break,
+                    Err(status) => return Err(status.into()),
+                }
+            }
+            tokio::time::sleep(self.retry.first_pause).await;
+        }
+    }
+
     pub async fn my_orders(&self, sale_id: &str) -> Result<Vec<pb::Order>, Error> {
         let mut orders = Vec::new();
         let mut page_token = String::new();

@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `users` | `id`, `email`, `display_name`, `role`, `password_hash`, `created_at` |
 //! | `products` | `id`, `name`, `description`, `inventory`, `created_at` |
-//! | `sales` | `id`, `product_id`, `allocated`, `per_user_limit`, `max_per_purchase`, `start`, `end`, `price_minor`, `currency`, `hold_seconds`, `sold` (units in HELD or CONFIRMED orders), `held`, `status`, `end_reason`, `ended_at`, `created_at`, `generation` |
+//! | `sales` | `id`, `product_id`, `allocated`, `per_user_limit`, `max_per_purchase`, `start`, `end`, `price_minor`, `currency`, `hold_seconds`, `queue` (absent without a waiting room, else an object: `prequeue_seconds`, `admit_per_second`, `max_active_buyers`, `admission_seconds`), `sold` (units in HELD or CONFIRMED orders), `held`, `status`, `end_reason`, `ended_at`, `created_at`, `generation` |
 //! | `waitlist` (key: sale id, buyer id) | `order_id` (the hold it becomes), `buyer_id`, `buyer_name`, `quantity`, `joined_at` |
 //! | `orders` | `id`, `sale_id`, `buyer_id`, `buyer_name`, `quantity`, `price_minor`, `currency`, `idempotency_key`, `created_at`, `status` (`HELD` \| `CONFIRMED` \| `CANCELLED` \| `EXPIRED`), `expires_at`, `payment_reference`, `settled_at` |
 //! | `order_events` (key: sequence, u64) | `kind` (`CREATED` \| `CONFIRMED` \| `CANCELLED` \| `EXPIRED`), `order` (the order as the change left it, as `orders` stores it) |
@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     DisplayName, Email, EndReason, IdempotencyKey, Money, OrderEvent, OrderEventKind, OrderId, OrderRecord,
-    OrderStatus, ProductId, ProductRecord, Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId,
-    UserRecord, WaitlistEntry,
+    OrderStatus, ProductId, ProductRecord, QueueRules, Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis,
+    UserId, UserRecord, WaitlistEntry,
 };
 use crate::store::StoreError;
 
@@ -226,6 +226,9 @@ struct SaleV2 {
     /// Absent in format 1.
     #[serde(default)]
     hold_seconds: u32,
+    /// Absent without a waiting room (and in sales written before waiting rooms existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    queue: Option<QueueV2>,
     sold: i64,
     /// Absent in format 1.
     #[serde(default)]
@@ -235,6 +238,15 @@ struct SaleV2 {
     ended_at: Option<i64>,
     created_at: i64,
     generation: u64,
+}
+
+/// A sale's waiting room.
+#[derive(Serialize, Deserialize)]
+struct QueueV2 {
+    prequeue_seconds: u32,
+    admit_per_second: u32,
+    max_active_buyers: u32,
+    admission_seconds: u32,
 }
 
 /// Format 0: `rules` nested, variants as Rust names, no generation.
@@ -310,6 +322,12 @@ impl Stored for SaleRecord {
             price_minor: rules.unit_price.amount_minor,
             currency: rules.unit_price.currency.as_str().to_owned(),
             hold_seconds: rules.hold_seconds,
+            queue: rules.queue.map(|q| QueueV2 {
+                prequeue_seconds: q.prequeue_seconds,
+                admit_per_second: q.admit_per_second,
+                max_active_buyers: q.max_active_buyers,
+                admission_seconds: q.admission_seconds,
+            }),
             sold: self.sold,
             held: self.held,
             status: self.status.as_str().to_owned(),
@@ -335,6 +353,7 @@ impl Stored for SaleRecord {
                     end: UnixMillis(d.rules.end),
                     unit_price: d.rules.unit_price.read(&r)?,
                     hold_seconds: 0,
+                    queue: None,
                 },
                 sold: d.sold,
                 held: 0,
@@ -357,6 +376,18 @@ impl Stored for SaleRecord {
                 end: UnixMillis(d.end),
                 unit_price: r.money(d.price_minor, &d.currency)?,
                 hold_seconds: d.hold_seconds,
+                queue: match d.queue {
+                    None => None,
+                    Some(q) => Some(r.parse(
+                        "queue",
+                        QueueRules::parse(
+                            q.prequeue_seconds,
+                            q.admit_per_second,
+                            q.max_active_buyers,
+                            q.admission_seconds,
+                        ),
+                    )?),
+                },
             },
             sold: d.sold,
             held: d.held,
@@ -586,6 +617,7 @@ mod tests {
             id: SaleId::parse("s-1").unwrap(),
             product_id: ProductId::parse("p-1").unwrap(),
             rules: SaleRules {
+                queue: None,
                 allocated: 10,
                 per_user_limit: 3,
                 max_per_purchase: 2,

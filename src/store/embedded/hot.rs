@@ -327,6 +327,7 @@ impl HotStore for MemoryHot {
             leaderboard: state.board.top(LEADERBOARD_MAX),
             total_buyers: state.board.len() as u64,
             created_at: state.created_at,
+            line: None,
         }))
     }
 

@@ -4,7 +4,9 @@
 
 mod format;
 mod hot;
+mod queue;
 mod records;
 
 pub use hot::MemoryHot;
+pub use queue::MemoryQueue;
 pub use records::RedbRecords;

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::domain::WaitlistEntry;
 use crate::domain::{
     Currency, DisplayName, Email, EndReason, IdempotencyKey, Money, OrderEvent, OrderEventKind, OrderId, OrderRecord,
-    OrderStatus, ProductId, ProductRecord, Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis, UserId,
-    UserRecord,
+    OrderStatus, ProductId, ProductRecord, QueueRules, Role, SaleId, SaleRecord, SaleRules, SaleStatus, UnixMillis,
+    UserId, UserRecord,
 };
 use crate::store::StoreError;
 
@@ -147,6 +147,9 @@ pub(super) struct SaleDoc {
     /// Absent in sales stored before holds existed: 0 (no holds).
     #[serde(default)]
     hold_seconds: i64,
+    /// The waiting room; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    queue: Option<QueueDoc>,
     /// Units in HELD or CONFIRMED orders.
     pub(super) sold: i64,
     /// Of `sold`, units in HELD orders; absent before holds existed: 0.
@@ -161,6 +164,15 @@ pub(super) struct SaleDoc {
     /// Absent in sales stored before generations existed: 0.
     #[serde(default)]
     generation: i64,
+}
+
+/// A sale's waiting room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct QueueDoc {
+    prequeue_seconds: i64,
+    admit_per_second: i64,
+    max_active_buyers: i64,
+    admission_seconds: i64,
 }
 
 impl SaleDoc {
@@ -187,6 +199,12 @@ impl From<&SaleRecord> for SaleDoc {
             end_at: sale.rules.end.0,
             unit_price: MoneyDoc::new(sale.rules.unit_price),
             hold_seconds: i64::from(sale.rules.hold_seconds),
+            queue: sale.rules.queue.map(|q| QueueDoc {
+                prequeue_seconds: i64::from(q.prequeue_seconds),
+                admit_per_second: i64::from(q.admit_per_second),
+                max_active_buyers: i64::from(q.max_active_buyers),
+                admission_seconds: i64::from(q.admission_seconds),
+            }),
             sold: sale.sold,
             held: sale.held,
             status: sale.status.as_str().to_owned(),
@@ -219,6 +237,18 @@ impl TryFrom<SaleDoc> for SaleRecord {
                 end: UnixMillis(doc.end_at),
                 unit_price: doc.unit_price.parse("sales", id)?,
                 hold_seconds: count("hold_seconds", doc.hold_seconds)?,
+                queue: match &doc.queue {
+                    None => None,
+                    Some(q) => Some(
+                        QueueRules::parse(
+                            count("queue.prequeue_seconds", q.prequeue_seconds)?,
+                            count("queue.admit_per_second", q.admit_per_second)?,
+                            count("queue.max_active_buyers", q.max_active_buyers)?,
+                            count("queue.admission_seconds", q.admission_seconds)?,
+                        )
+                        .map_err(|e| corrupt("sales", id, "queue", e))?,
+                    ),
+                },
             },
             sold: doc.sold,
             held: doc.held,
@@ -406,6 +436,7 @@ mod tests {
             id: SaleId::generate(),
             product_id: ProductId::generate(),
             rules: SaleRules {
+                queue: None,
                 allocated: 10,
                 per_user_limit: 2,
                 max_per_purchase: 1,

@@ -24,7 +24,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P{sale:ID}:meta` | hash | the layout's `format` (1), rules (`product_id`, `allocated`, `per_user_limit`, `max_per_purchase`, `start`, `end`, `price`, `currency`, `hold_seconds`), creation time (`created_at`), lifecycle (`status`, `end_reason`, `ended_at`) and counters (`remaining`, `sold` (held or confirmed), `held`, `in_flight`, `spare` (units given back, kept for the head of the line), `line_seq`, `version`); its presence means the sale is loaded. Fields added with holds may be absent in a sale loaded before them: they read as 0 |
+//! | `P{sale:ID}:meta` | hash | the layout's `format` (1), rules (`product_id`, `allocated`, `per_user_limit`, `max_per_purchase`, `start`, `end`, `price`, `currency`, `hold_seconds`, `queue`: the waiting room's four options, comma-separated, empty without one), creation time (`created_at`), lifecycle (`status`, `end_reason`, `ended_at`) and counters (`remaining`, `sold` (held or confirmed), `held`, `in_flight`, `spare` (units given back, kept for the head of the line), `line_seq`, `version`); its presence means the sale is loaded. Fields added with holds may be absent in a sale loaded before them: they read as 0 |
 //! | `P{sale:ID}:units` | hash | buyer id → units held or in flight (the per-user limit) |
 //! | `P{sale:ID}:keys` | hash | `buyer:idempotency key` → the order it made (JSON: id, buyer, name, quantity, key, time) |
 //! | `P{sale:ID}:pending` | hash | order id → the order (JSON), for reservations not yet confirmed or released: what reconciliation with the record looks at |
@@ -44,6 +44,7 @@
 mod changes;
 mod keys;
 mod order;
+mod queue;
 mod replies;
 
 use std::sync::{Arc, LazyLock};
@@ -299,6 +300,7 @@ impl HotStore for RedisHot {
             ("price", rules.unit_price.amount_minor.to_string()),
             ("currency", rules.unit_price.currency.as_str().to_owned()),
             ("hold_seconds", rules.hold_seconds.to_string()),
+            ("queue", replies::queue_field(rules.queue)),
             ("held", tally.held.to_string()),
             ("spare", "0".to_owned()),
             ("status", sale.status.as_str().to_owned()),
@@ -501,6 +503,7 @@ impl HotStore for RedisHot {
             leaderboard,
             total_buyers: u64::try_from(int(&buyers)?).map_err(|_| malformed("buyers"))?,
             created_at: UnixMillis(meta.int("created_at")?),
+            line: None,
         }))
     }
 

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use ::redis::{RedisError, Value};
 
 use crate::domain::{
-    check_join, check_purchase, BuyerSnapshot, EndReason, LineSnapshot, Money, PurchaseRefusal, SaleRules, SaleStatus,
-    UnixMillis,
+    check_join, check_purchase, BuyerSnapshot, EndReason, LineSnapshot, Money, PurchaseRefusal, QueueRules, SaleRules,
+    SaleStatus, UnixMillis,
 };
 use crate::store::{HotError, ReserveRequest};
 
@@ -182,7 +182,7 @@ pub(super) fn expect_ok(items: &[Value]) -> Result<(), HotError> {
 }
 
 /// The meta fields `view` reads, in order.
-pub(super) const VIEW_FIELDS: [&str; 19] = [
+pub(super) const VIEW_FIELDS: [&str; 20] = [
     "format",
     "product_id",
     "created_at",
@@ -202,10 +202,11 @@ pub(super) const VIEW_FIELDS: [&str; 19] = [
     "in_flight",
     "hold_seconds",
     "held",
+    "queue",
 ];
 
 /// The meta fields `open_sales` reads, in order (the rules and the status).
-pub(super) const RULE_FIELDS: [&str; 10] = [
+pub(super) const RULE_FIELDS: [&str; 11] = [
     "allocated",
     "per_user_limit",
     "max_per_purchase",
@@ -216,7 +217,23 @@ pub(super) const RULE_FIELDS: [&str; 10] = [
     "status",
     "product_id",
     "hold_seconds",
+    "queue",
 ];
+
+/// The meta field `queue`: `prequeue_seconds,admit_per_second,max_active_buyers,admission_seconds`
+/// (empty without a waiting room).
+pub(super) fn queue_field(queue: Option<QueueRules>) -> String {
+    queue.map_or_else(String::new, |q| {
+        format!("{},{},{},{}", q.prequeue_seconds, q.admit_per_second, q.max_active_buyers, q.admission_seconds)
+    })
+}
+
+fn parse_queue(raw: &str) -> Result<QueueRules, HotError> {
+    let bad = || malformed(format!("queue: expected four counts, got {raw:?}"));
+    let numbers: Vec<u32> = raw.split(',').map(|n| n.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    let [prequeue, rate, cap, admission] = numbers[..] else { return Err(bad()) };
+    QueueRules::parse(prequeue, rate, cap, admission).map_err(|e| malformed(format!("queue: {e}")))
+}
 
 /// Meta fields read by name from an HMGET reply.
 pub(super) struct Meta<'a>(HashMap<&'a str, &'a Value>);
@@ -268,6 +285,11 @@ impl<'a> Meta<'a> {
             hold_seconds: self
                 .optional_int("hold_seconds")?
                 .map_or(Ok(0), |n| u32::try_from(n).map_err(|_| malformed("hold_seconds out of range")))?,
+            // Absent (or empty) without a waiting room, and in replies that do not read it.
+            queue: match self.optional("queue")?.filter(|q| !q.is_empty()) {
+                None => None,
+                Some(raw) => Some(parse_queue(&raw)?),
+            },
         })
     }
 
