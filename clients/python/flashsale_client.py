@@ -28,6 +28,13 @@ Sales with holds (a purchase is HELD until paid) and their waitlist:
     python flashsale_client.py join SALE 1                      # wait for units given back
     python flashsale_client.py leave SALE
     python flashsale_client.py follow SALE                      # my orders and place, live
+
+Sales with a waiting room (Purchase and JoinWaitlist need an admission pass):
+
+    python flashsale_client.py queue SALE                       # my place, live; then the pass
+    python flashsale_client.py queue SALE --buy --quantity 2    # ... then buys with it
+    python flashsale_client.py buy SALE 2 --pass PASS           # (join takes --pass too)
+
 The shop's orders (an admin or fulfillment token):
     python flashsale_client.py follow-orders [--sale SALE] --cursor-file CURSOR
         # one line per order event; resumes after the sequence kept in CURSOR, and keeps it there
@@ -40,12 +47,14 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import math
 import os
 import sys
 import time
 import uuid
 from datetime import datetime, timezone
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +80,9 @@ from flashsale.v1 import (  # noqa: E402
 )
 
 DEFAULT_SERVER = "localhost:50051"
+# How a stream breaks when its connection does (a server restarting, a proxy dropping it): the
+# follow-style calls (follow_orders, wait_for_admission) open it again after a pause.
+STREAM_BROKEN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 
 
 @dataclass(eq=False)
@@ -125,6 +137,33 @@ class FlashsaleError(Exception):
                 detail.Unpack(retry)
                 result.retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
         return result
+
+
+@dataclass(eq=False)
+class QueueEnded(FlashsaleError):
+    """`wait_for_admission` ended without an admission: the waiting room CLOSED (the sale ended:
+    sold out, time up or by an admin; nobody will be admitted) or the admission EXPIRED before
+    it was returned (entering again takes a new place at the back). The stream itself ended
+    normally, so `reason` is None; `state` says which, `update` is the stream's last message."""
+
+    update: purchase_pb2.QueueUpdate | None = None
+
+    @property
+    def state(self) -> str:
+        """"CLOSED" or "EXPIRED"."""
+        state = self.update.state if self.update is not None else purchase_pb2.QUEUE_STATE_UNSPECIFIED
+        return purchase_pb2.QueueState.Name(state).removeprefix("QUEUE_STATE_")
+
+    def __str__(self) -> str:
+        return f"{self.state}: {self.message}"
+
+    @classmethod
+    def of(cls, update: purchase_pb2.QueueUpdate) -> QueueEnded:
+        if update.state == purchase_pb2.QUEUE_STATE_CLOSED:
+            message = "the sale ended (sold out, time up or by an admin): nobody will be admitted"
+        else:
+            message = "the admission expired: enter the waiting room again for a new place at the back"
+        return cls(grpc.StatusCode.FAILED_PRECONDITION, message, update=update)
 
 
 def new_idempotency_key() -> str:
@@ -205,10 +244,15 @@ class Client:
         quantity: int,
         idempotency_key: str | None = None,
         *,
+        admission_pass: str | None = None,
         attempts: int = 5,
         backoff: float = 0.1,
     ) -> purchase_pb2.PurchaseResponse:
         """Buys `quantity` units, all or nothing, and returns the durable order.
+
+        A sale with a waiting room also needs `admission_pass` (see `wait_for_admission`):
+        without one it fails with ADMISSION_REQUIRED; ADMISSION_INVALID / ADMISSION_EXPIRED
+        when it is not this buyer's for this sale, or is over.
 
         Every attempt carries the same idempotency key (a new one unless given), so retrying
         cannot buy twice: a retry of a purchase that did go through returns the same order with
@@ -220,6 +264,7 @@ class Client:
             sale_id=sale_id,
             quantity=quantity,
             idempotency_key=idempotency_key or new_idempotency_key(),
+            admission_pass=admission_pass or "",
         )
         for attempt in range(1, attempts + 1):
             try:
@@ -246,14 +291,68 @@ class Client:
         """Cancels a HELD order; its units go back (to the waitlist first)."""
         return self._call(self.purchases.CancelOrder, purchase_pb2.CancelOrderRequest(order_id=order_id))
 
-    def join_waitlist(self, sale_id: str, quantity: int) -> common_pb2.WaitlistPlace:
-        """Waits in the sale's line for units given back; joining again keeps the place."""
-        request = purchase_pb2.JoinWaitlistRequest(sale_id=sale_id, quantity=quantity)
+    def join_waitlist(
+        self, sale_id: str, quantity: int, *, admission_pass: str | None = None
+    ) -> common_pb2.WaitlistPlace:
+        """Waits in the sale's line for units given back; joining again keeps the place. A sale
+        with a waiting room needs `admission_pass`, as `buy` does."""
+        request = purchase_pb2.JoinWaitlistRequest(
+            sale_id=sale_id, quantity=quantity, admission_pass=admission_pass or ""
+        )
         return self._call(self.purchases.JoinWaitlist, request).place
 
     def leave_waitlist(self, sale_id: str) -> bool:
         """Leaves the sale's line; False when not in it."""
         return self._call(self.purchases.LeaveWaitlist, purchase_pb2.LeaveWaitlistRequest(sale_id=sale_id)).left
+
+    def enter_queue(self, sale_id: str) -> Iterator[purchase_pb2.QueueUpdate]:
+        """Enters the sale's waiting room and yields the caller's place: at once, then on each
+        change. WAITING (`position`, `ahead`, `estimated_wait`; `prequeue` before the start),
+        then ADMITTED (`admission_pass`, `admission_expires_at`), then EXPIRED; or CLOSED when
+        the sale ended. Entering again (another stream) resumes the same place or admission.
+        Errors: SALE_NOT_FOUND, QUEUE_NOT_OPEN (too early, or the sale has no waiting room).
+        Closing the iterator early cancels the stream."""
+        stream = self.purchases.EnterQueue(
+            purchase_pb2.EnterQueueRequest(sale_id=sale_id), metadata=self.metadata()
+        )
+        try:
+            yield from stream
+        except grpc.RpcError as error:
+            raise FlashsaleError.from_rpc_error(error) from error
+        finally:
+            stream.cancel()
+
+    def wait_for_admission(
+        self,
+        sale_id: str,
+        on_update: Callable[[purchase_pb2.QueueUpdate], None] | None = None,
+        *,
+        retry_pause: float = 1.0,
+    ) -> purchase_pb2.QueueUpdate:
+        """Waits in the sale's waiting room until admitted and returns the ADMITTED update: its
+        `admission_pass` is what `buy` and `join_waitlist` need, until `admission_expires_at`.
+
+        `on_update` is called with every update (the place as it changes), the last one too.
+        When the stream breaks (UNAVAILABLE: a server restarting; or a connection reset), or
+        ends without a verdict (the server stopping), the room is entered again after
+        `retry_pause` seconds: the place is kept (for the server's grace time, 30 s by
+        default). Raises `QueueEnded` on CLOSED (the sale ended) or EXPIRED, and
+        `FlashsaleError` for any other error (SALE_NOT_FOUND, QUEUE_NOT_OPEN...)."""
+        while True:
+            try:
+                with closing(self.enter_queue(sale_id)) as updates:  # closing cancels the stream
+                    for update in updates:
+                        if on_update is not None:
+                            on_update(update)
+                        if update.state == purchase_pb2.QUEUE_STATE_ADMITTED:
+                            return update
+                        if update.state in (purchase_pb2.QUEUE_STATE_CLOSED, purchase_pb2.QUEUE_STATE_EXPIRED):
+                            raise QueueEnded.of(update)
+                # The stream ended without a verdict (the server is stopping): enter again.
+            except FlashsaleError as error:
+                if isinstance(error, QueueEnded) or error.code not in STREAM_BROKEN:
+                    raise
+            self._sleep(retry_pause)
 
     def watch_my_orders(self, sale_id: str) -> Iterator[purchase_pb2.MyOrdersUpdate]:
         """The caller's orders in the sale and place in its line: at once, then on each change.
@@ -318,8 +417,7 @@ class Client:
                     write_cursor(cursor_file, cursor)
                 return  # the server is stopping
             except FlashsaleError as error:
-                if error.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL,
-                                      grpc.StatusCode.UNKNOWN):
+                if error.code not in STREAM_BROKEN:
                     raise
                 self._sleep(retry_pause)
 
@@ -374,10 +472,13 @@ def format_snapshot(snapshot: feeds_pb2.SaleSnapshot) -> str:
     status = common_pb2.SaleStatus.Name(snapshot.status).removeprefix("SALE_STATUS_")
     if snapshot.status == common_pb2.SALE_STATUS_ENDED:
         status += f" ({common_pb2.EndReason.Name(snapshot.end_reason).removeprefix('END_REASON_')})"
-    return (
+    line = (
         f"v{snapshot.version} {status} sold {snapshot.sold}/{snapshot.allocated} "
         f"remaining {snapshot.remaining}"
     )
+    if snapshot.HasField("queue"):
+        line += f" (waiting room: {snapshot.queue_waiting} waiting, {snapshot.queue_admitted} admitted)"
+    return line
 
 
 def format_order(order: common_pb2.Order, now: datetime | None = None) -> str:
@@ -398,6 +499,44 @@ def format_place(place: common_pb2.WaitlistPlace) -> str:
     """E.g. "in line: 3 of 7, for 1 unit"."""
     units = "unit" if place.quantity == 1 else "units"
     return f"in line: {place.position} of {place.length}, for {place.quantity} {units}"
+
+
+def format_seconds(seconds: float) -> str:
+    """E.g. "under 1 s", "42 s", "3 min"."""
+    if seconds < 1:
+        return "under 1 s"
+    if seconds < 120:
+        return f"{math.ceil(seconds)} s"
+    return f"{round(seconds / 60)} min"
+
+
+def format_queue_update(update: purchase_pb2.QueueUpdate) -> str:
+    """One line: where the caller stands in a waiting room, then the room's counts."""
+    counts = f"; {update.waiting} waiting, {update.admitted} admitted"
+    now = update.server_time.ToDatetime(tzinfo=timezone.utc)
+    if update.state == purchase_pb2.QUEUE_STATE_WAITING and update.prequeue:
+        left = (update.starts_at.ToDatetime(tzinfo=timezone.utc) - now).total_seconds()
+        return (f"pre-queue: the order is drawn at random at the start, in {format_seconds(max(0.0, left))} "
+                f"(entering earlier gives no edge){counts}")
+    if update.state == purchase_pb2.QUEUE_STATE_WAITING:
+        line = f"waiting: position {update.position} ({update.ahead} ahead)"
+        if update.HasField("estimated_wait"):
+            line += f", estimated wait {format_seconds(update.estimated_wait.ToTimedelta().total_seconds())}"
+        return line + counts
+    if update.state == purchase_pb2.QUEUE_STATE_ADMITTED:
+        expires = update.admission_expires_at.ToDatetime(tzinfo=timezone.utc)
+        left = max(0, int((expires - now).total_seconds()))
+        return f"admitted until {expires:%Y-%m-%dT%H:%M:%SZ} ({left} s left){counts}"
+    if update.state == purchase_pb2.QUEUE_STATE_EXPIRED:
+        return "expired: the admission is over; entering again takes a new place at the back"
+    if update.state == purchase_pb2.QUEUE_STATE_CLOSED:
+        return "closed: the sale ended; nobody will be admitted"
+    return purchase_pb2.QueueState.Name(update.state)
+
+
+def _print_bought(response: purchase_pb2.PurchaseResponse) -> None:
+    replayed = " (replayed: bought before with this key; nothing changed)"
+    print(format_order(response.order) + (replayed if response.replayed else ""))
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -422,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", default=os.environ.get("FLASHSALE_SERVER", DEFAULT_SERVER),
                         help="host:port of the gRPC API (env FLASHSALE_SERVER; default %(default)s)")
     parser.add_argument("--token", default=os.environ.get("FLASHSALE_TOKEN"),
-                        help="token for buy and orders (env FLASHSALE_TOKEN), as printed by login")
+                        help="token for buy, orders, queue... (env FLASHSALE_TOKEN), as printed by login")
     commands = parser.add_subparsers(dest="command", required=True)
 
     register = commands.add_parser("register", help="create a buyer account; prints its token")
@@ -441,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     buy.add_argument("sale_id")
     buy.add_argument("quantity", type=int)
     buy.add_argument("--key", help="idempotency key (default: a new one); reuse it to retry")
+    buy.add_argument("--pass", dest="admission_pass",
+                     help="admission pass (as printed by queue), for a sale with a waiting room")
 
     orders = commands.add_parser("orders", help="list my orders")
     orders.add_argument("sale_id", nargs="?", default="")
@@ -456,9 +597,18 @@ def main(argv: list[str] | None = None) -> int:
     join = commands.add_parser("join", help="wait in the sale's line for units given back")
     join.add_argument("sale_id")
     join.add_argument("quantity", type=int)
+    join.add_argument("--pass", dest="admission_pass",
+                      help="admission pass (as printed by queue), for a sale with a waiting room")
 
     leave = commands.add_parser("leave", help="leave the sale's line")
     leave.add_argument("sale_id")
+
+    queue = commands.add_parser(
+        "queue", help="wait in a sale's waiting room, printing my place; then the admission pass")
+    queue.add_argument("sale_id")
+    queue.add_argument("--buy", action="store_true", help="once admitted, buy with the pass; prints the order")
+    queue.add_argument("--quantity", type=int, help="units to buy with --buy (default 1)")
+    queue.add_argument("--key", help="idempotency key of the --buy purchase (default: a new one)")
 
     follow = commands.add_parser("follow", help="print my orders and place in a sale as they change")
     follow.add_argument("sale_id")
@@ -471,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     follow_orders.add_argument("--max-events", type=int, default=0, help="stop after this many (0: never)")
 
     args = parser.parse_args(argv)
+    if args.command == "queue" and not args.buy and (args.quantity is not None or args.key):
+        parser.error("queue: --quantity and --key go with --buy")
     with Client(args.server, args.token) as client:
         try:
             if args.command == "register":
@@ -481,9 +633,8 @@ def main(argv: list[str] | None = None) -> int:
                 for snapshot in client.watch(args.sale_id):
                     print(format_snapshot(snapshot), flush=True)
             elif args.command == "buy":
-                response = client.buy(args.sale_id, args.quantity, args.key)
-                replayed = " (replayed: bought before with this key; nothing changed)"
-                print(format_order(response.order) + (replayed if response.replayed else ""))
+                _print_bought(client.buy(args.sale_id, args.quantity, args.key,
+                                         admission_pass=args.admission_pass))
             elif args.command == "orders":
                 for order in client.orders(args.sale_id):
                     print(format_order(order))
@@ -494,9 +645,19 @@ def main(argv: list[str] | None = None) -> int:
                 response = client.cancel(args.order_id)
                 print(format_order(response.order) + (" (replayed)" if response.replayed else ""))
             elif args.command == "join":
-                print(format_place(client.join_waitlist(args.sale_id, args.quantity)))
+                place = client.join_waitlist(args.sale_id, args.quantity, admission_pass=args.admission_pass)
+                print(format_place(place))
             elif args.command == "leave":
                 print("left the line" if client.leave_waitlist(args.sale_id) else "was not in line")
+            elif args.command == "queue":
+                # The key is made once: every retry of the purchase (in buy) reuses it.
+                key = args.key or new_idempotency_key()
+                admitted = client.wait_for_admission(
+                    args.sale_id, lambda update: print(format_queue_update(update), flush=True))
+                print(admitted.admission_pass, flush=True)  # alone on its line: `| tail -n 1`
+                if args.buy:
+                    _print_bought(client.buy(args.sale_id, 1 if args.quantity is None else args.quantity, key,
+                                             admission_pass=admitted.admission_pass))
             elif args.command == "follow":
                 for update in client.watch_my_orders(args.sale_id):
                     now = update.server_time.ToDatetime(tzinfo=timezone.utc)

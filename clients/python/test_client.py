@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import closing, contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -15,17 +16,27 @@ import grpc
 import pytest
 
 import generate
-from flashsale_client import Client, FlashsaleError, format_order, format_place, format_snapshot
+from flashsale_client import (
+    Client,
+    FlashsaleError,
+    QueueEnded,
+    format_order,
+    format_place,
+    format_queue_update,
+    format_snapshot,
+)
 from flashsale_server import running_server
-from flashsale.v1 import admin_pb2, common_pb2
+from flashsale.v1 import admin_pb2, common_pb2, purchase_pb2
 
 HERE = Path(__file__).resolve().parent
 PASSWORD = "correct horse battery"
 WAIT_SECS = 15
 
 
-def new_sale(server, *, allocated=10, per_user_limit=3, max_per_purchase=2, price=1999, hold_seconds=0):
-    """An ACTIVE sale of a new product, made with an admin token; returns its id."""
+def new_sale(server, *, allocated=10, per_user_limit=3, max_per_purchase=2, price=1999, hold_seconds=0,
+             queue=None):
+    """An ACTIVE sale of a new product, made with an admin token; returns its id. `queue`: the
+    fields of a waiting room (common_pb2.QueueOptions), e.g. {"admit_per_second": 20}."""
     with Client(server.addr, server.token("admin")) as admin:
         product = admin.admin.CreateProduct(
             admin_pb2.CreateProductRequest(name="Sneaker", initial_inventory=allocated + 5),
@@ -38,6 +49,7 @@ def new_sale(server, *, allocated=10, per_user_limit=3, max_per_purchase=2, pric
             per_user_limit=per_user_limit,
             max_per_purchase=max_per_purchase,
             hold_seconds=hold_seconds,
+            queue=common_pb2.QueueOptions(**queue) if queue is not None else None,
         )
         request.end_time.FromDatetime(datetime.now(timezone.utc) + timedelta(hours=1))
         sale = admin.admin.CreateSale(request, metadata=admin.metadata(), timeout=10)
@@ -380,6 +392,199 @@ def test_follow_orders_resumes_from_its_cursor_file(server, tmp_path):
         assert [order.id for order in shop.sale_orders(sale_id)] == bought
         confirmed = shop.sale_orders(sale_id, status=common_pb2.ORDER_STATUS_CONFIRMED)
         assert len(confirmed) == 7 and confirmed[0].buyer_name == "Fo"
+
+
+WAITING, ADMITTED, CLOSED = (purchase_pb2.QUEUE_STATE_WAITING, purchase_pb2.QUEUE_STATE_ADMITTED,
+                             purchase_pb2.QUEUE_STATE_CLOSED)
+
+
+@contextmanager
+def deadline(client: Client, what: str):
+    """Fails the test when the block (following a stream of `client`) takes over WAIT_SECS: the
+    client's channel is closed then, which cancels its streams."""
+    expired = threading.Event()
+
+    def expire():
+        expired.set()
+        client.close()
+
+    timer = threading.Timer(WAIT_SECS, expire)
+    timer.start()
+    try:
+        yield
+    except FlashsaleError:
+        if expired.is_set():
+            pytest.fail(f"timed out waiting for {what}")
+        raise
+    finally:
+        timer.cancel()
+
+
+def queue_until(client: Client, sale_id: str, condition, what: str):
+    """Follows the client's place in the sale's waiting room until an update meets `condition`,
+    and returns it; the stream is closed then (the buyer keeps the place for the grace time)."""
+    with deadline(client, what), closing(client.enter_queue(sale_id)) as updates:
+        for update in updates:
+            if condition(update):
+                return update
+    pytest.fail(f"the stream ended before {what}")
+
+
+class BrokenStream:
+    """An EnterQueue stream whose connection drops after its first update."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __iter__(self):
+        yield next(self.stream)
+        raise LostResponse()
+
+    def cancel(self):
+        self.stream.cancel()
+
+
+def test_a_waiting_room_admits_buyers_with_passes(server):
+    sale_id = new_sale(server, allocated=10, per_user_limit=0, max_per_purchase=2,
+                       queue={"admit_per_second": 20})
+    assert admin_call(server, "GetSale", sale_id=sale_id).queue.admit_per_second == 20
+
+    # The command line waits for its turn, prints the pass, then buys with it.
+    eve = server.token("buyer", "py-q-eve", "Eve")
+    queued = run_cli(server, "queue", sale_id, "--buy", "--quantity", "2", token=eve).stdout.splitlines()
+    assert queued[-3].startswith("admitted until "), queued
+    eve_pass = queued[-2]
+    assert eve_pass.count(".") == 1 and " " not in eve_pass, queued
+    assert queued[-1].startswith("order ") and "2 x 19.99 USD = 39.98 USD" in queued[-1], queued
+    assert all(line.startswith("waiting: position ") for line in queued[:-3]), queued
+
+    with Client(server.addr, eve) as client:
+        # Without a pass: refused, for a purchase and for the waitlist alike.
+        with pytest.raises(FlashsaleError) as refused:
+            client.buy(sale_id, 1)
+        assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.PERMISSION_DENIED,
+                                                              "ADMISSION_REQUIRED")
+        with pytest.raises(FlashsaleError) as refused:
+            client.join_waitlist(sale_id, 1)
+        assert refused.value.reason == "ADMISSION_REQUIRED"
+        # The pass serves for more purchases until it expires.
+        assert client.buy(sale_id, 1, admission_pass=eve_pass).order.quantity == 1
+
+    slept = []
+    with Client(server.addr, server.token("buyer", "py-q-bob", "Bob"), sleep=slept.append) as bob:
+        # Eve's pass is hers.
+        with pytest.raises(FlashsaleError) as invalid:
+            bob.buy(sale_id, 1, admission_pass=eve_pass)
+        assert (invalid.value.reason, invalid.value.metadata) == ("ADMISSION_INVALID", {"problem": "OTHER_BUYER"})
+
+        # Bob's first stream breaks after its first update: he enters again after a pause.
+        real_enter = bob.purchases.EnterQueue
+        entered = []
+
+        def flaky_enter(request, **kwargs):
+            entered.append(request)
+            stream = real_enter(request, **kwargs)
+            return BrokenStream(stream) if len(entered) == 1 else stream
+
+        bob.purchases.EnterQueue = flaky_enter
+        seen = []
+        with deadline(bob, "Bob's admission"):
+            admitted = bob.wait_for_admission(sale_id, seen.append)
+        assert len(entered) == 2 and slept == [1.0], (entered, slept)
+        assert seen[0].state == WAITING and seen[-1] == admitted, seen
+        assert admitted.state == ADMITTED and admitted.sale_id == sale_id
+        assert admitted.admission_pass and admitted.admission_pass != eve_pass
+        assert admitted.admission_expires_at.ToDatetime() > admitted.server_time.ToDatetime()
+        assert format_queue_update(admitted).startswith("admitted until ")
+
+        bought = bob.buy(sale_id, 2, admission_pass=admitted.admission_pass)
+        assert bought.order.quantity == 2 and not bought.replayed
+        # The waitlist takes the pass too; past it, this sale has no line (no holds).
+        with pytest.raises(FlashsaleError) as no_line:
+            bob.join_waitlist(sale_id, 1, admission_pass=admitted.admission_pass)
+        assert no_line.value.reason == "WAITLIST_UNAVAILABLE"
+
+    # Without --buy the command line's last line is the pass alone, for `buy --pass`.
+    cy = server.token("buyer", "py-q-cy", "Cy")
+    queued = run_cli(server, "queue", sale_id, token=cy).stdout.splitlines()
+    assert queued[-2].startswith("admitted until "), queued
+    refused = run_cli(server, "buy", sale_id, "1", token=cy, check=False)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: ADMISSION_REQUIRED"), refused.stderr
+    bought = run_cli(server, "buy", sale_id, "1", "--pass", queued[-1], token=cy).stdout
+    assert bought.startswith("order ") and "1 x 19.99 USD" in bought, bought
+
+    # A sale without a waiting room has none to enter.
+    with Client(server.addr, cy) as client:
+        with pytest.raises(FlashsaleError) as not_open:
+            client.wait_for_admission(new_sale(server))
+        assert (not_open.value.reason, not_open.value.metadata) == ("QUEUE_NOT_OPEN", {})
+
+
+def test_entering_again_resumes_the_same_place(server):
+    # One buyer admitted at a time, for 10 minutes: the line moves only when a buyer buys.
+    sale_id = new_sale(server, allocated=10, per_user_limit=0, max_per_purchase=1,
+                       queue={"max_active_buyers": 1, "admission_seconds": 600})
+    token = lambda name: server.token("buyer", f"py-r-{name}", name.title())  # noqa: E731
+    with Client(server.addr, token("ann")) as ann, Client(server.addr, token("bob")) as bob, \
+            Client(server.addr, token("cy")) as cy:
+        with deadline(ann, "Ann's admission"):
+            ann_admitted = ann.wait_for_admission(sale_id)
+        assert ann_admitted.state == ADMITTED
+
+        # Ann's admission holds the only slot: Bob waits first, Cy behind him.
+        queue_until(bob, sale_id, lambda u: (u.state, u.position) == (WAITING, 1), "Bob at position 1")
+        queue_until(cy, sale_id, lambda u: (u.state, u.position, u.ahead) == (WAITING, 2, 1), "Cy at position 2")
+
+        # Their streams closed; entering again resumes the same places (a new place for Bob
+        # would be the 3rd, behind Cy, and nobody is admitted meanwhile).
+        again = queue_until(bob, sale_id, lambda u: (u.state, u.position, u.waiting) == (WAITING, 1, 2),
+                            "Bob back at position 1, 2 waiting")
+        assert again.ahead == 0
+        assert format_queue_update(again).startswith("waiting: position 1 (0 ahead)")
+        with deadline(ann, "Ann's admission again"):
+            ann_again = ann.wait_for_admission(sale_id)
+        assert ann_again.admission_pass == ann_admitted.admission_pass
+        assert ann_again.admission_expires_at == ann_admitted.admission_expires_at
+
+        # Ann buys: her admission stops counting, and Bob, at the head, is admitted.
+        ann.buy(sale_id, 1, admission_pass=ann_admitted.admission_pass)
+        with deadline(bob, "Bob's admission"):
+            bob_admitted = bob.wait_for_admission(sale_id)
+        assert bob_admitted.admission_pass != ann_admitted.admission_pass
+
+        # Cy waits at the head now (Bob holds the slot); the sale ends: the room tells him so.
+        cy_updates, outcome = [], {}
+
+        def cy_waits():
+            try:
+                outcome["admitted"] = cy.wait_for_admission(sale_id, cy_updates.append)
+            except BaseException as error:  # reported by the test, not lost in the thread
+                outcome["error"] = error
+
+        thread = threading.Thread(target=cy_waits, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: outcome or any(u.position == 1 for u in cy_updates), "Cy at position 1")
+            assert not outcome, outcome
+            admin_call(server, "EndSale", sale_id=sale_id)
+            thread.join(WAIT_SECS)
+            assert not thread.is_alive(), "the room did not close when the sale ended"
+        finally:
+            cy.close()  # ends the stream if an assertion failed before the sale ended
+            thread.join(WAIT_SECS)
+        error = outcome.get("error")
+        assert isinstance(error, QueueEnded) and error.state == "CLOSED", outcome
+        assert error.update == cy_updates[-1] and cy_updates[-1].state == CLOSED
+        assert str(error).startswith("CLOSED: the sale ended")
+
+    # Entering an ended sale's room: CLOSED at once, an error for the command line.
+    closed = run_cli(server, "queue", sale_id, token=token("dee"), check=False)
+    assert closed.returncode == 1 and closed.stderr.startswith("error: CLOSED: "), closed
+    assert closed.stdout.startswith("closed: the sale ended"), closed.stdout
+    with Client(server.addr) as watcher:
+        last = next(watcher.watch(sale_id))
+    assert last.queue.max_active_buyers == 1
+    assert "(waiting room: " in format_snapshot(last), format_snapshot(last)
 
 
 def test_generated_code_matches_the_protos():

@@ -160,6 +160,9 @@ pub struct AdmitAsk {
     pub open: bool,
     /// Most admissions in one round.
     pub batch: u32,
+    /// When admission opened (the sale's start): the bucket fills from then on, whenever the
+    /// first round runs.
+    pub since: UnixMillis,
 }
 
 /// The token bucket: tokens after refilling from `refill_at` to `now` at `rate` per second,
@@ -253,7 +256,7 @@ impl Line {
                 self.ranks.push(buyer);
             }
         }
-        let refill_at = *self.refill_at.get_or_insert(ask.now);
+        let refill_at = *self.refill_at.get_or_insert(ask.since.min(ask.now));
         if ask.rules.admit_per_second > 0 {
             self.tokens = refill(self.tokens, refill_at, ask.now, ask.rules.admit_per_second);
         }
@@ -325,7 +328,7 @@ mod tests {
     }
 
     fn ask(now: i64, rules: QueueRules) -> AdmitAsk {
-        AdmitAsk { now: UnixMillis(now), rules, grace_ms: 30_000, open: true, batch: 10_000 }
+        AdmitAsk { now: UnixMillis(now), rules, grace_ms: 30_000, open: true, batch: 10_000, since: UnixMillis(0) }
     }
 
     /// Admission order of `n` pre-queue arrivals (arriving in index order) under `seed`.

@@ -338,7 +338,14 @@ impl App {
                 }
             }
             let counts = if view.status == SaleStatus::Active && now >= view.rules.start {
-                let ask = AdmitAsk { now, rules: room.queue, grace_ms, open: view.remaining > 0, batch: ROUND_BATCH };
+                let ask = AdmitAsk {
+                    now,
+                    rules: room.queue,
+                    grace_ms,
+                    open: view.remaining > 0,
+                    batch: ROUND_BATCH,
+                    since: view.rules.start,
+                };
                 self.queue.admit(&room.sale, &ask).await
             } else {
                 self.queue.counts(&room.sale).await

@@ -18,6 +18,7 @@ mod lifecycle;
 mod mongo_support;
 mod orders;
 mod purchases;
+mod queue;
 mod record_contract;
 #[path = "../support/redis.rs"]
 mod redis_support;

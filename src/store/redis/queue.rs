@@ -97,6 +97,7 @@ impl QueueStore for RedisHot {
             if ask.open { "1" } else { "0" }.to_owned(),
             ask.batch.to_string(),
             change_channel(self.key_prefix(), sale),
+            ask.since.0.to_string(),
         ];
         counts(self.room(&ROOM.admit, sale, &args).await?)
     }

@@ -1,5 +1,6 @@
 -- One admission round. ARGV: now, admit_per_second, max_active_buyers, admission ms, grace ms,
--- open ('1': units on sale), most admissions, the sale's change channel. Replies counts().
+-- open ('1': units on sale), most admissions, the sale's change channel, when admission opened
+-- (the bucket fills from then). Replies counts().
 local now = tonumber(ARGV[1])
 local rate, cap = tonumber(ARGV[2]), tonumber(ARGV[3])
 local admission, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -8,7 +9,7 @@ local open, batch = ARGV[6] == '1', tonumber(ARGV[7])
 redis.call('HSET', KEYS[1], 'started', '1')
 local m = redis.call('HMGET', KEYS[1], 'tokens', 'refill_at', 'head')
 local tokens = tonumber(m[1] or '0')
-local refill_at = tonumber(m[2] or ARGV[1])
+local refill_at = tonumber(m[2] or math.min(tonumber(ARGV[9]), now))
 local head = tonumber(m[3] or '0')
 if rate > 0 then
     tokens = math.min(tokens + math.max(now - refill_at, 0) * rate / 1000, math.max(rate, 1))
