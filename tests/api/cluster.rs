@@ -1557,3 +1557,109 @@ async fn the_order_feed_resumes_on_either_node() {
         assert_eq!(listed.iter().map(|o| o.id.clone()).collect::<HashSet<_>>(), created);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_serve_one_waiting_room() {
+    const BUYERS: usize = 30;
+    let backends = Backends::shared();
+    let [a, b] = two_nodes(&backends, CALM_RECONCILE).await;
+    let nodes = [a.channel.clone(), b.channel.clone()];
+    let shop = Shop::new();
+    let product = AdminServiceClient::new(a.channel.clone())
+        .create_product(authed(
+            pb::CreateProductRequest {
+                name: "Queued sneaker".into(),
+                description: String::new(),
+                initial_inventory: 100,
+            },
+            &shop.admin,
+        ))
+        .await
+        .expect("create product")
+        .into_inner();
+    let sale = AdminServiceClient::new(a.channel.clone())
+        .create_sale(authed(
+            pb::CreateSaleRequest {
+                product_id: product.id,
+                allocated: 100,
+                unit_price: Some(pb::Money { amount_minor: 2500, currency: "EUR".into() }),
+                per_user_limit: 1,
+                max_per_purchase: 1,
+                start_time: None,
+                end_time: Some(timestamp(UnixMillis(SystemClock.now().0 + 3_600_000))),
+                hold_seconds: 0,
+                queue: Some(pb::QueueOptions {
+                    prequeue_seconds: 0,
+                    admit_per_second: 10,
+                    max_active_buyers: 0,
+                    admission_seconds: 600,
+                }),
+            },
+            &shop.admin,
+        ))
+        .await
+        .expect("create sale")
+        .into_inner();
+    let enter = |node: &Channel, token: &str| {
+        let (node, token, sale_id) = (node.clone(), token.to_owned(), sale.id.clone());
+        async move {
+            PurchaseServiceClient::new(node)
+                .enter_queue(authed(pb::EnterQueueRequest { sale_id }, &token))
+                .await
+                .expect("enter the room")
+                .into_inner()
+        }
+    };
+    // Buyers arrive one after the other, alternately on each node, and wait on that node.
+    let mut waiting = Vec::new();
+    for i in 0..BUYERS {
+        let token = shop.buyer(&format!("room-{i}"));
+        let mut updates = enter(&nodes[i % 2], &token).await;
+        waiting.push(tokio::spawn(async move {
+            let admitted = tokio::time::timeout(Duration::from_secs(60), async {
+                while let Some(update) = updates.message().await.expect("the room's stream") {
+                    if update.state == pb::QueueState::Admitted as i32 {
+                        return update;
+                    }
+                }
+                panic!("the stream ended before the admission")
+            })
+            .await
+            .expect("admitted within a minute");
+            (token, admitted)
+        }));
+    }
+    let mut admitted = Vec::new();
+    for task in waiting {
+        admitted.push(task.await.expect("a waiting buyer"));
+    }
+    // One line: admissions follow the arrival order across both nodes.
+    let tickets: Vec<u64> = admitted.iter().map(|(_, update)| crate::queue::ticket(&update.admission_pass)).collect();
+    assert_eq!(tickets, (0..BUYERS as u64).collect::<Vec<_>>(), "admitted in arrival order over both nodes");
+    for (i, (token, update)) in admitted.iter().enumerate() {
+        // The other node resumes the same admission, and takes the first node's pass.
+        let other = &nodes[(i + 1) % 2];
+        let mut again = enter(other, token).await;
+        let resumed = again.message().await.expect("a message").expect("an update");
+        assert_eq!(
+            (resumed.state, &resumed.admission_expires_at),
+            (pb::QueueState::Admitted as i32, &update.admission_expires_at)
+        );
+        let request = pb::PurchaseRequest {
+            sale_id: sale.id.clone(),
+            quantity: 1,
+            idempotency_key: "queued".into(),
+            admission_pass: update.admission_pass.clone(),
+        };
+        within(PurchaseServiceClient::new(other.clone()).purchase(authed(request, token)))
+            .await
+            .expect("a pass from one node buys on the other");
+    }
+    for node in &nodes {
+        poll_until("both nodes show every admission", Duration::from_secs(20), || async {
+            let sale = shop.get_sale(node, &sale.id).await.ok()?;
+            (sale.queue_admitted == BUYERS as u64 && sale.sold == BUYERS as i64).then_some(())
+        })
+        .await;
+    }
+}

@@ -83,7 +83,7 @@ fn state(update: &pb::QueueUpdate) -> pb::QueueState {
 
 /// The admission's rank, read from its pass (`<sale>\n<buyer>\n<expiry>\n<ticket>`, base64url,
 /// before the dot).
-fn ticket(pass: &str) -> u64 {
+pub(crate) fn ticket(pass: &str) -> u64 {
     let body = base64url_decode(pass.split('.').next().unwrap()).expect("base64url");
     String::from_utf8(body).unwrap().rsplit('\n').next().unwrap().parse().expect("a ticket")
 }
