@@ -149,6 +149,27 @@ pub struct RehearseArgs {
     /// delivery lag, and checks it delivered every acknowledged order once.
     #[arg(long, conflicts_with_all = ["abandon", "sign_in_storm", "hold_seconds"])]
     pub order_feed: bool,
+    /// Put the sale behind a waiting room: every buyer enters it (EnterQueue), waits to be
+    /// admitted and buys one unit with the pass. Some buyers first try to buy without a pass.
+    /// The verdict checks that no purchase succeeded without a pass, that admissions followed
+    /// the line and that they came at the set rate (within 10%); the figures add the line's
+    /// length, memory per waiting buyer and the server's CPU per update streamed.
+    #[arg(long, conflicts_with_all = ["abandon", "sign_in_storm", "hold_seconds", "order_feed"])]
+    pub queue: bool,
+    /// With `--queue`: admissions per second (0: none, then --max-active must be set).
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub admit_per_second: u32,
+    /// With `--queue`: most buyers admitted at once (0: no cap).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_active: u32,
+    /// With `--queue`: the sale starts this many seconds after its creation and the room opens
+    /// at once, so every buyer enters the pre-queue and is drawn at the start (0: the sale
+    /// starts at once and buyers line up in arrival order).
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub prequeue_seconds: u32,
+    /// With `--queue`: waiting-room streams per HTTP/2 connection.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub streams_per_connection: usize,
 }
 
 /// `loadgen flood`: far more attempts than units, quantity 1.

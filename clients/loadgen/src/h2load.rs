@@ -49,6 +49,8 @@ async fn sold_out(args: PrepareH2loadArgs) -> anyhow::Result<()> {
         max_per_purchase: 1,
         window: Duration::from_secs(24 * 3600),
         hold_seconds: 0,
+        queue: None,
+        start_in: Duration::ZERO,
     };
     let sale = setup::create_sale(&session, &spec, &tag).await?;
     let first = bearer(&mint(keys, &format!("h2load-{tag}-first"), "First", Role::Buyer)?)?;

@@ -25,6 +25,7 @@ pub mod flood;
 pub mod h2load;
 pub mod holds;
 pub mod orders;
+pub mod queue;
 pub mod rehearse;
 pub mod rush;
 pub mod setup;

@@ -89,6 +89,8 @@ pub async fn prepare(session: &Session, scenario: &Scenario) -> anyhow::Result<P
         max_per_purchase: scenario.max_qty,
         window: Duration::from_secs(scenario.options.sale_secs),
         hold_seconds: scenario.hold_seconds,
+        queue: None,
+        start_in: Duration::ZERO,
     };
     let sale = setup::create_sale(session, &spec, &tag).await?;
     println!(
@@ -357,7 +359,9 @@ pub async fn run(args: RehearseArgs) -> anyhow::Result<Report> {
     println!("server: {}", session.addr);
     let scenario = Scenario::from(&args);
     let mut figures = Figures::default();
-    let (verdict, sale) = if args.hold_seconds > 0 {
+    let (verdict, sale) = if args.queue {
+        crate::queue::rehearse(&session, &args, &mut figures).await?
+    } else if args.hold_seconds > 0 {
         rehearse_holds(&session, &scenario, &args, &mut figures).await?
     } else if args.order_feed {
         // Four rushes on fresh sales of the same server, alone, fed, fed, alone (ABBA): a later

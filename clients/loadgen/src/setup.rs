@@ -54,6 +54,10 @@ pub struct SaleSpec {
     pub window: Duration,
     /// Checkout holds (0: none).
     pub hold_seconds: u32,
+    /// A waiting room in front of the sale.
+    pub queue: Option<pb::QueueOptions>,
+    /// The sale starts this long after its creation (zero: at once).
+    pub start_in: Duration,
 }
 
 /// A short random tag that keeps this run's names (emails, ids, keys) apart from earlier runs.
@@ -84,13 +88,18 @@ pub async fn create_sale(session: &Session, spec: &SaleSpec, tag: &str) -> anyho
         .admin()
         .create_sale(authed(
             pb::CreateSaleRequest {
-                queue: None,
+                queue: spec.queue,
                 product_id: product.id,
                 allocated: spec.units,
                 unit_price: Some(pb::Money { amount_minor: 1999, currency: "USD".into() }),
                 per_user_limit: spec.per_user_limit,
                 max_per_purchase: spec.max_per_purchase,
-                start_time: None,
+                start_time: (!spec.start_in.is_zero()).then(|| {
+                    let start = (std::time::SystemTime::now() + spec.start_in)
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    prost_types::Timestamp { seconds: start.as_secs() as i64, nanos: start.subsec_nanos() as i32 }
+                }),
                 end_time: Some(prost_types::Timestamp {
                     seconds: end.as_secs() as i64,
                     nanos: end.subsec_nanos() as i32,

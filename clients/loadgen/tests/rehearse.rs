@@ -301,3 +301,37 @@ async fn a_drop_with_holds_hands_every_freed_unit_on_once() {
     assert_eq!(figure("confirmed") + figure("returned"), 40);
     assert_eq!((report.sale.allocated, report.sale.held), (40, 0));
 }
+
+/// A drop behind a waiting room whose buyers all wait in the pre-queue: the verdict (no
+/// purchase without a pass, every place admitted once and in line order, the set rate within
+/// 10%, the units to admitted buyers) passes, and the line's figures are reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_drop_admits_the_line_in_order_at_its_rate() {
+    let server = start_server().await;
+    let report = loadgen(
+        &server,
+        &[
+            "rehearse",
+            "--jwt-secret",
+            SECRET,
+            "--mint-tokens",
+            "--buyers",
+            "300",
+            "--units",
+            "250",
+            "--queue",
+            "--admit-per-second",
+            "100",
+            "--prequeue-seconds",
+            "2",
+        ],
+    )
+    .await;
+    assert!(report.verdict.passed(), "{}", report.verdict.render());
+    let rate_checked = report.verdict.checks.iter().any(|c| c.name.starts_with("admissions came at the set rate"));
+    assert!(rate_checked, "{}", report.verdict.render());
+    assert_eq!(report.sale.sold, 250);
+    for name in ["queue_admissions_per_sec", "queue_peak_waiting", "queue_updates"] {
+        assert!(report.figures.get(name).is_some(), "no {name} figure");
+    }
+}

@@ -61,7 +61,7 @@ function seconds(ms: number): string {
   return ms < 10_000 ? `${(Math.max(ms, 100) / 1000).toFixed(1)} s` : `${Math.ceil(ms / 1000)} s`;
 }
 
-/** A sentence for the buyer. `now` formats times (SALE_NOT_STARTED). */
+/** A sentence for the buyer. `now` formats times (SALE_NOT_STARTED, QUEUE_NOT_OPEN). */
 export function describe(f: Failure, now: () => number = Date.now): string {
   const m = f.metadata;
   switch (f.reason) {
@@ -136,6 +136,23 @@ export function describe(f: Failure, now: () => number = Date.now): string {
         : "This sale has no waitlist.";
     case "ROLE_NOT_ALLOWED":
       return "This account may not do that.";
+    case "ADMISSION_REQUIRED":
+      return "This sale has a waiting room: enter it and wait for your turn to buy.";
+    case "ADMISSION_INVALID":
+      return "Your turn to buy is not valid for this sale or this account: enter the waiting room again.";
+    case "ADMISSION_EXPIRED": {
+      const at = Date.parse(m.expired_at ?? "");
+      return `Your turn to buy is over${Number.isFinite(at) ? `: it expired at ${new Date(at).toLocaleTimeString()}` : ""}. Enter the waiting room again.`;
+    }
+    case "QUEUE_NOT_OPEN": {
+      const opens = Date.parse(m.opens_at ?? "");
+      if (!Number.isFinite(opens)) return "This sale has no waiting room: buy directly.";
+      const wait = opens - now();
+      const at = new Date(opens).toLocaleTimeString();
+      return wait > 0
+        ? `The waiting room is not open yet: it opens at ${at} (in ${wait < 60_000 ? seconds(wait) : countdown(wait)}).`
+        : `The waiting room is not open yet: it opens at ${at}.`;
+    }
   }
   if (f.code === Code.Unavailable || f.code === Code.Unknown) return `Cannot reach the service (${f.message || "network error"}).`;
   return f.message || `Request failed (${Code[f.code]}).`;

@@ -19,6 +19,8 @@ export interface FeedOptions<T> {
   /** The stream ends for good after this message (the sale ENDED). */
   isFinal: (message: T) => boolean;
   signal: AbortSignal;
+  /** Other failures that another attempt cannot fix (beyond NOT_FOUND, INVALID_ARGUMENT, ...). */
+  permanent?: (failure: Failure) => boolean;
   baseDelayMs?: number;
   maxDelayMs?: number;
 }
@@ -61,7 +63,7 @@ export async function runFeed<T>(o: FeedOptions<T>): Promise<void> {
     } catch (err) {
       if (o.signal.aborted) return;
       const failure = failureOf(err);
-      if (isPermanent(failure.code)) {
+      if (isPermanent(failure.code) || o.permanent?.(failure)) {
         o.onState({ kind: "failed", failure });
         return;
       }

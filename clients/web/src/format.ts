@@ -25,6 +25,14 @@ export class ServerClock {
   }
 }
 
+/** A rough duration: "less than a second", "about 12 s", "about 3 min", "about 2 h". */
+export function about(ms: number): string {
+  if (ms < 1000) return "less than a second";
+  if (ms < 90_000) return `about ${Math.round(ms / 1000)} s`;
+  if (ms < 90 * 60_000) return `about ${Math.round(ms / 60_000)} min`;
+  return `about ${Math.round(ms / 3600_000)} h`;
+}
+
 /** "2d 03:04:05", "1:02:03", "04:05" */
 export function countdown(ms: number): string {
   const total = Math.max(0, Math.ceil(ms / 1000));

@@ -1,17 +1,19 @@
 // The flashsale page: watch a sale live (status, countdown, remaining stock, leaderboard), log
-// in or register, and buy. Everything goes over grpc-web to the page's own origin (or `?api=`).
+// in or register, wait in the sale's waiting room if it has one, and buy. Everything goes over
+// grpc-web to the page's own origin (or `?api=`).
 
 import { Code } from "@connectrpc/connect";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { apiBaseUrl, createApi } from "./api.js";
 import { describe, failureOf, isSessionExpired, isTransient, type Failure } from "./errors.js";
 import { runFeed, type FeedState } from "./feed.js";
-import { ServerClock, countdown, idempotencyKey, millis, money } from "./format.js";
+import { ServerClock, about, countdown, idempotencyKey, millis, money } from "./format.js";
 import { EndReason, SaleStatus } from "./gen/flashsale/v1/common_pb.js";
 import { OrderStatus } from "./gen/flashsale/v1/common_pb.js";
 import type { Order, WaitlistPlace } from "./gen/flashsale/v1/common_pb.js";
 import type { LeaderboardSnapshot, SaleSnapshot } from "./gen/flashsale/v1/feeds_pb.js";
-import type { MyOrdersUpdate } from "./gen/flashsale/v1/purchase_pb.js";
+import { QueueState } from "./gen/flashsale/v1/purchase_pb.js";
+import type { MyOrdersUpdate, QueueUpdate } from "./gen/flashsale/v1/purchase_pb.js";
 
 // ---- DOM -------------------------------------------------------------------------------------
 
@@ -42,6 +44,9 @@ const ui = {
   price: $("price"),
   perUser: $("per-user"),
   perOrder: $("per-order"),
+  roomText: $("room-text"),
+  roomWaiting: $("room-waiting"),
+  roomAdmitted: $("room-admitted"),
   saleError: $("sale-error"),
   signedOut: $("signed-out"),
   signedIn: $("signed-in"),
@@ -56,6 +61,10 @@ const ui = {
   whoName: $("who-name"),
   whoEmail: $("who-email"),
   logout: $<HTMLButtonElement>("logout"),
+  queueBox: $("queue-box"),
+  queueText: $("queue-text"),
+  queueDetail: $("queue-detail"),
+  enterQueue: $<HTMLButtonElement>("enter-queue"),
   buyForm: $<HTMLFormElement>("buy-form"),
   quantity: $<HTMLInputElement>("quantity"),
   buy: $<HTMLButtonElement>("buy"),
@@ -108,6 +117,7 @@ function setSession(s: Session | null): void {
     // storage may be disabled: the session then lasts as long as the page
   }
   if (!s) place = undefined;
+  leaveQueue();
   renderSession();
   followMyOrders();
 }
@@ -131,6 +141,14 @@ let buying = false;
 let myOrders: Order[] = [];
 let place: WaitlistPlace | undefined;
 let following: AbortController | null = null;
+
+/**
+ * The signed-in buyer in the watched sale's waiting room (EnterQueue): the latest update, whose
+ * `admissionPass` goes with every Purchase and JoinWaitlist of the sale while ADMITTED.
+ */
+let queued: QueueUpdate | undefined;
+let queueFeed: FeedState = { kind: "done" };
+let queueing: AbortController | null = null;
 
 // ---- rendering -------------------------------------------------------------------------------
 
@@ -180,6 +198,7 @@ function renderSale(): void {
   renderCountdown();
   renderBuyable();
   renderWaitlist();
+  renderQueue();
 }
 
 /** The line: shown in a sale with holds once nothing is left but units may come back. */
@@ -187,7 +206,9 @@ function renderWaitlist(): void {
   const s = snapshot;
   // Not offered to a buyer who holds units of the sale themselves (they pay or cancel first).
   const holding = myOrders.some((o) => o.status === OrderStatus.HELD);
-  const open = !!s && s.holdSeconds > 0 && s.status === SaleStatus.ACTIVE && Number(s.remaining) === 0 && Number(s.held) > 0 && !holding;
+  // In a sale with a waiting room, only an admitted buyer may join (the line needs the pass too).
+  const open = !!s && s.holdSeconds > 0 && s.status === SaleStatus.ACTIVE && Number(s.remaining) === 0 && Number(s.held) > 0 && !holding
+    && (!s.queue || admissionPass() !== "");
   ui.waitlistBox.hidden = !session || !s || (!place && !open);
   ui.join.hidden = !!place;
   ui.leave.hidden = !place;
@@ -288,6 +309,7 @@ function renderSession(): void {
   renderBuyable();
   renderBoard();
   renderWaitlist();
+  renderQueue();
 }
 
 const orderStatusNames: Record<number, string> = {
@@ -369,6 +391,7 @@ function watch(id: string): void {
   ui.orders.tBodies[0].replaceChildren();
   myOrders = [];
   place = undefined;
+  leaveQueue();
   say("");
   const url = new URL(location.href);
   if (saleId) url.searchParams.set("sale", saleId);
@@ -489,7 +512,7 @@ function patchOrder(order: Order): void {
 async function joinWaitlist(): Promise<void> {
   const quantity = Math.max(1, Math.floor(Number(ui.quantity.value)) || 1);
   try {
-    place = (await api.purchase.joinWaitlist({ saleId, quantity })).place;
+    place = (await api.purchase.joinWaitlist({ saleId, quantity, admissionPass: admissionPass() })).place;
     say(place ? `You are in line: ${place.position} of ${place.length}.` : "You are in line.", "ok");
   } catch (err) {
     const f = failureOf(err);
@@ -508,6 +531,112 @@ async function leaveWaitlist(): Promise<void> {
     say(describe(failureOf(err), () => clock.now()), "error");
   }
   renderWaitlist();
+}
+
+// ---- the waiting room ------------------------------------------------------------------------
+
+/** The pass of the buyer's admission to a sale's room (the watched sale by default); "" when not admitted. */
+function admissionPass(forSale = saleId): string {
+  return queued?.state === QueueState.ADMITTED && queued.saleId === forSale ? queued.admissionPass : "";
+}
+
+/**
+ * Enters the watched sale's waiting room and follows the buyer's place. When the stream drops it
+ * enters again, which resumes the same place (or admission) on the server.
+ */
+function enterQueue(): void {
+  leaveQueue();
+  if (!session || !saleId) return;
+  const ctl = new AbortController();
+  queueing = ctl;
+  const id0 = saleId;
+  say("");
+  void runFeed<QueueUpdate>({
+    signal: ctl.signal,
+    open: (signal) => api.purchase.enterQueue({ saleId: id0 }, { signal }),
+    isFinal: (m) => m.state === QueueState.EXPIRED || m.state === QueueState.CLOSED,
+    permanent: (f) => f.reason === "QUEUE_NOT_OPEN" || isSessionExpired(f),
+    onMessage: (m) => {
+      if (ctl !== queueing) return;
+      clock.observe(m.serverTime);
+      queued = m;
+      renderQueue();
+      renderWaitlist();
+    },
+    onState: (state) => {
+      if (ctl !== queueing) return;
+      queueFeed = state;
+      if (state.kind === "failed") {
+        if (isSessionExpired(state.failure)) return sessionExpired();
+        say(describe(state.failure, () => clock.now()), "error");
+      }
+      renderQueue();
+    },
+  });
+}
+
+/** Stops following the room (the server keeps the place for a grace time). */
+function leaveQueue(): void {
+  queueing?.abort();
+  queueing = null;
+  queued = undefined;
+  queueFeed = { kind: "done" };
+}
+
+/** The room's counts in the sale card, and in the buy card the buyer's place, or the door. */
+function renderQueue(): void {
+  const s = snapshot;
+  const room = !!s?.queue;
+  ui.roomText.hidden = !room;
+  ui.roomWaiting.textContent = String(Number(s?.queueWaiting ?? 0n));
+  ui.roomAdmitted.textContent = String(Number(s?.queueAdmitted ?? 0n));
+  const ended = s?.status === SaleStatus.ENDED;
+  // With a room, the buy form waits for the buyer's turn (an ended sale shows it disabled).
+  ui.buyForm.hidden = room && !ended && admissionPass() === "";
+  ui.queueBox.hidden = !session || !s || !room;
+  if (!s || !room || !session) return;
+
+  const now = clock.now();
+  const q = queued?.saleId === saleId ? queued : undefined;
+  const inRoom = queueing !== null && queueFeed.kind !== "done" && queueFeed.kind !== "failed";
+  const counts = q ? `${Number(q.waiting)} waiting · ${Number(q.admitted)} admitted` : "";
+  let text: string;
+  let detail = counts;
+  let door: string | null = null; // the enter button's label; null hides it
+  if (ended || q?.state === QueueState.CLOSED) {
+    text = "The sale is closed: nobody else will be admitted.";
+    detail = "";
+  } else if (q?.state === QueueState.ADMITTED) {
+    const left = (millis(q.admissionExpiresAt) ?? now) - now;
+    text = left > 0 ? `It's your turn: buy within ${countdown(left)}.` : "Your turn is ending…";
+  } else if (q?.state === QueueState.EXPIRED) {
+    text = "Your turn to buy expired. Enter again to take a new place at the back of the line.";
+    door = "Enter again";
+  } else if (q?.state === QueueState.WAITING && q.prequeue) {
+    const start = millis(q.startsAt) ?? millis(s.startTime) ?? now;
+    text = start > now
+      ? `You are in the waiting room. The order of the line is drawn at random when the sale starts at ${when(new Date(start))} (in ${countdown(start - now)}).`
+      : "You are in the waiting room. The order of the line is being drawn…";
+  } else if (q?.state === QueueState.WAITING) {
+    text = `You are ${Number(q.position)} in line.`;
+    const wait = q.estimatedWait ? Number(q.estimatedWait.seconds) * 1000 + q.estimatedWait.nanos / 1e6 : undefined;
+    if (wait !== undefined) detail = `Estimated wait: ${about(wait)} · ${counts}`;
+  } else if (inRoom) {
+    text = "Entering the waiting room…";
+  } else {
+    const opensAt = (millis(s.startTime) ?? 0) - (s.queue?.prequeueSeconds ?? 0) * 1000;
+    door = "Enter the waiting room";
+    text = s.status === SaleStatus.SCHEDULED && opensAt > now
+      ? `This sale has a waiting room. It opens at ${when(new Date(opensAt))} (in ${countdown(opensAt - now)}).`
+      : "This sale has a waiting room: enter it and wait for your turn to buy.";
+  }
+  if (queueFeed.kind === "retrying") detail = `Connection lost: entering again in ${Math.ceil(queueFeed.inMs / 1000)} s (your place is kept).`;
+  ui.queueBox.dataset.state = q ? QueueState[q.state] : "";
+  ui.queueText.textContent = text;
+  ui.queueDetail.textContent = detail;
+  ui.queueDetail.hidden = !detail;
+  ui.enterQueue.hidden = door === null;
+  ui.enterQueue.textContent = door ?? "";
 }
 
 // ---- account ---------------------------------------------------------------------------------
@@ -593,6 +722,7 @@ async function purchase(attempt: { key: string; saleId: string; quantity: number
           saleId: attempt.saleId,
           quantity: attempt.quantity,
           idempotencyKey: attempt.key,
+          admissionPass: admissionPass(attempt.saleId),
         });
         const o = res.order;
         const what = `${o?.quantity ?? attempt.quantity} unit${(o?.quantity ?? attempt.quantity) === 1 ? "" : "s"} for ${money(o?.total)}`;
@@ -625,6 +755,11 @@ async function purchase(attempt: { key: string; saleId: string; quantity: number
         if (f.code === Code.ResourceExhausted && f.reason === "RATE_LIMITED") {
           say(describe(f), "warn");
           return;
+        }
+        if (f.reason.startsWith("ADMISSION_") && attempt.saleId === saleId) {
+          // The pass is no good any more: back to the room's door.
+          leaveQueue();
+          renderQueue();
         }
         say(describe(f, () => clock.now()), "error");
         return;
@@ -669,10 +804,12 @@ ui.retry.addEventListener("click", () => {
   if (pending && !buying) void purchase(pending);
 });
 ui.join.addEventListener("click", () => void joinWaitlist());
+ui.enterQueue.addEventListener("click", () => enterQueue());
 ui.leave.addEventListener("click", () => void leaveWaitlist());
 
 setInterval(() => {
   renderCountdown();
+  renderQueue();
   for (const cell of ui.orders.querySelectorAll<HTMLElement>("tbody tr[data-status=HELD] td.status .state")) {
     const order = myOrders.find((o) => o.id === cell.closest("tr")?.dataset.orderId);
     if (order) cell.textContent = orderStatusText(order);

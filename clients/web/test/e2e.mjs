@@ -26,7 +26,7 @@ import { chromium } from "playwright-core";
 
 import { AdminService } from "../src/gen/flashsale/v1/admin_pb.js";
 import { AuthService } from "../src/gen/flashsale/v1/auth_pb.js";
-import { PurchaseService } from "../src/gen/flashsale/v1/purchase_pb.js";
+import { PurchaseService, QueueState } from "../src/gen/flashsale/v1/purchase_pb.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(here, "../../..");
@@ -140,7 +140,7 @@ async function shot(page, name) {
 
 // ---- the test ----------------------------------------------------------------------------------
 
-describe("flashsale web page in headless Chromium", { timeout: 180_000 }, () => {
+describe("flashsale web page in headless Chromium", { timeout: 300_000 }, () => {
   let tmp, dataDir, log, server, addr, adminApi, ottoApi, context, page, sale;
   const pageErrors = [];
   const bea = { email: "bea@example.com", password: "correct horse battery", name: "Bea" };
@@ -375,6 +375,135 @@ describe("flashsale web page in headless Chromium", { timeout: 180_000 }, () => 
       .purchase.listMyOrders({ saleId: held.id });
     assert.deepEqual(mine.orders.map((o) => o.status), [3, 2], "cancelled, then confirmed");
     assert.match(mine.orders[1].paymentReference, /^test-/);
+  });
+
+  it("waits in a sale's waiting room, then buys when admitted", async () => {
+    // One buyer admitted at a time: Otto's admission keeps Bea in line until he buys with it.
+    const roomed = await adminApi.admin.createSale({
+      productId: sale.productId,
+      allocated: 3n,
+      unitPrice: { amountMinor: 900n, currency: "USD" },
+      perUserLimit: 2,
+      maxPerPurchase: 2,
+      endTime: timestampFromMs(Date.now() + 15 * 60_000),
+      queue: { maxActiveBuyers: 1 },
+    });
+    await assert.rejects(
+      ottoApi.purchase.purchase({ saleId: roomed.id, quantity: 1, idempotencyKey: "otto-q0" }),
+      /this sale has a waiting room/,
+    );
+    let ottoPass = "";
+    for await (const update of ottoApi.purchase.enterQueue({ saleId: roomed.id })) {
+      if (update.state === QueueState.ADMITTED) {
+        ottoPass = update.admissionPass;
+        break; // closes the stream; the admission counts until he buys or it expires
+      }
+    }
+    assert.ok(ottoPass, "Otto was admitted");
+
+    await page.fill("#sale-id", roomed.id);
+    await page.click("#sale-form button");
+    await waitText(page, "#allocated", /^3$/);
+    await page.waitForSelector("#room-text", { state: "visible", timeout: WAIT_MS });
+    await waitText(page, "#room-admitted", /^1$/);
+    await waitText(page, "#queue-text", /^This sale has a waiting room: enter it/);
+    assert.equal(await page.isVisible("#buy-form"), false, "the buy form waits for the buyer's turn");
+    await page.click("#enter-queue");
+    await waitText(page, "#queue-text", /^You are 1 in line\.$/);
+    await waitText(page, "#queue-detail", /1 waiting · 1 admitted$/);
+    await waitText(page, "#room-waiting", /^1$/);
+    assert.equal(await page.isVisible("#buy-form"), false);
+    await shot(page, "waiting-room.png");
+
+    // Otto buys with his pass: his admission stops counting, and Bea's turn comes.
+    await ottoApi.purchase.purchase({ saleId: roomed.id, quantity: 1, idempotencyKey: "otto-q1", admissionPass: ottoPass });
+    await waitText(page, "#queue-text", /^It's your turn: buy within 0[45]:[0-5]\d\.$/);
+    await page.waitForSelector("#buy-form", { state: "visible", timeout: WAIT_MS });
+    await shot(page, "admitted.png");
+    await waitText(page, "#room-admitted", /^2$/);
+    await waitText(page, "#room-waiting", /^0$/);
+    await page.fill("#quantity", "2");
+    await page.click("#buy");
+    await waitText(page, "#message", /^Order confirmed: 2 units for \$18\.00/);
+    await waitText(page, "#orders tbody", /\$18\.00/);
+    // That sold it out: the room closes.
+    await waitText(page, "#status", /^Ended · sold out$/);
+    await waitText(page, "#queue-text", /^The sale is closed/);
+    assert.equal(await page.isVisible("#enter-queue"), false);
+    const mine = await clients(addr, (await clients(addr).auth.login({ email: bea.email, password: bea.password })).accessToken)
+      .purchase.listMyOrders({ saleId: roomed.id });
+    assert.deepEqual(mine.orders.map((o) => o.quantity), [2]);
+  });
+
+  it("says when a waiting room is not open yet", async () => {
+    const later = await adminApi.admin.createSale({
+      productId: sale.productId,
+      allocated: 5n,
+      unitPrice: { amountMinor: 300n, currency: "USD" },
+      perUserLimit: 1,
+      maxPerPurchase: 1,
+      startTime: timestampFromMs(Date.now() + 10 * 60_000),
+      endTime: timestampFromMs(Date.now() + 20 * 60_000),
+      queue: { prequeueSeconds: 60, admitPerSecond: 5 },
+    });
+    await page.fill("#sale-id", later.id);
+    await page.click("#sale-form button");
+    await waitText(page, "#status", /^Scheduled$/);
+    await waitText(page, "#queue-text", /^This sale has a waiting room\. It opens at .+ \(in (0[89]:[0-5]\d|09:00)\)\.$/);
+    await page.click("#enter-queue");
+    await waitText(page, "#message", /^The waiting room is not open yet: it opens at .+ \(in (0[89]:[0-5]\d|09:00)\)\.$/);
+    assert.equal(await page.isVisible("#enter-queue"), true);
+    assert.equal(await page.isVisible("#buy-form"), false);
+  });
+
+  it("draws the pre-queue at the start, then admits", async () => {
+    // Starts a few seconds from now; the room opens long before. No timing is asserted: the
+    // page shows the pre-queue while the sale is scheduled, then the buyer's turn after it.
+    const soon = await adminApi.admin.createSale({
+      productId: sale.productId,
+      allocated: 5n,
+      unitPrice: { amountMinor: 700n, currency: "USD" },
+      perUserLimit: 2,
+      maxPerPurchase: 2,
+      startTime: timestampFromMs(Date.now() + 8_000),
+      endTime: timestampFromMs(Date.now() + 15 * 60_000),
+      queue: { prequeueSeconds: 600, admitPerSecond: 5 },
+    });
+    await page.fill("#sale-id", soon.id);
+    await page.click("#sale-form button");
+    await waitText(page, "#status", /^Scheduled$/);
+    await page.click("#enter-queue");
+    await waitText(page, "#queue-text", /^You are in the waiting room\. The order of the line is drawn at random when the sale starts at .+ \(in 00:0\d\)\.$/);
+    await waitText(page, "#room-waiting", /^1$/);
+    await shot(page, "prequeue.png");
+    await waitText(page, "#queue-text", /^It's your turn: buy within/, 30_000);
+    await waitText(page, "#status", /^Live$/);
+    await page.fill("#quantity", "1");
+    await page.click("#buy");
+    await waitText(page, "#message", /^Order confirmed: 1 unit for \$7\.00/);
+    await waitText(page, "#orders tbody", /\$7\.00/);
+  });
+
+  it("says when the admission expired, and enters again", async () => {
+    const brief = await adminApi.admin.createSale({
+      productId: sale.productId,
+      allocated: 5n,
+      unitPrice: { amountMinor: 100n, currency: "USD" },
+      perUserLimit: 1,
+      maxPerPurchase: 1,
+      endTime: timestampFromMs(Date.now() + 15 * 60_000),
+      queue: { admitPerSecond: 5, admissionSeconds: 1 },
+    });
+    await page.fill("#sale-id", brief.id);
+    await page.click("#sale-form button");
+    await waitText(page, "#status", /^Live$/);
+    await page.click("#enter-queue");
+    await waitText(page, "#queue-text", /^Your turn to buy expired\./, 30_000);
+    await waitText(page, "#enter-queue", /^Enter again$/);
+    assert.equal(await page.isVisible("#buy-form"), false);
+    await page.click("#enter-queue");
+    // A new place at the back, admitted again (and soon expired again).
+    await waitText(page, "#room-admitted", /^2$/, 30_000);
   });
 
   it("raised no error in the page", () => {
