@@ -2,7 +2,8 @@
 # Runs a whole sale with grpcurl against a running server, as the README's "Run a sale with
 # grpcurl" shows it, step by step: an admin token, a product, stock, a scheduled sale started by
 # hand, a watcher, a buyer who registers, logs in and buys, the sale's end; then a sale with
-# holds: a held order, a buyer waiting in line, a cancel that serves the line, a payment.
+# holds: a held order, a buyer waiting in line, a cancel that serves the line, a payment; the
+# shop's orders out; a sale behind a waiting room.
 # tests/walkthrough/ runs this script against a fresh server and checks what it prints.
 #
 # Usage: scripts/grpcurl-walkthrough.sh [ADDR]                     (default localhost:50051)
@@ -24,7 +25,7 @@ g() { "$GRPCURL" -plaintext "$@"; }
 field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
 WATCHED="$(mktemp)"
-trap 'rm -f "$WATCHED" "$WATCHED.held" "$WATCHED.line"' EXIT
+trap 'rm -f "$WATCHED" "$WATCHED.held" "$WATCHED.line" "$WATCHED.page" "$WATCHED.queue"' EXIT
 
 step "the services (server reflection)"
 g "$ADDR" list
@@ -148,6 +149,33 @@ g -H "$F" -max-time 3 -d "{\"sale_id\": \"$HOLD_SALE\", \"after_sequence\": 0}" 
 
 step "the same orders as CSV, for an operator"
 "$FLASHSALE" export --sale "$HOLD_SALE" --format csv --addr "http://$ADDR" --token "$FULFILLMENT"
+
+step "a sale behind a waiting room: buyers line up and are admitted one at a time"
+QUEUE_SALE=$(g -H "$A" -d @ "$ADDR" flashsale.v1.AdminService/CreateSale <<EOF | field id
+{"product_id": "$PRODUCT", "allocated": 2,
+ "unit_price": {"amount_minor": 1999, "currency": "USD"},
+ "max_per_purchase": 1, "end_time": "$END",
+ "queue": {"max_active_buyers": 1, "admission_seconds": 120}}
+EOF
+)
+echo "QUEUE_SALE=$QUEUE_SALE"
+
+step "buying without an admission pass is refused (PermissionDenied, ADMISSION_REQUIRED)"
+g -H "$B" -d "{\"sale_id\": \"$QUEUE_SALE\", \"quantity\": 1, \"idempotency_key\": \"ann-q\"}" \
+  "$ADDR" flashsale.v1.PurchaseService/Purchase 2>&1 || true
+
+step "the buyer enters the waiting room and is admitted, with a pass"
+g -H "$B" -max-time 3 -d "{\"sale_id\": \"$QUEUE_SALE\"}" \
+  "$ADDR" flashsale.v1.PurchaseService/EnterQueue | tee "$WATCHED.queue" || true  # cut after 3 s
+PASS=$(grep -o '"admissionPass": "[^"]*"' "$WATCHED.queue" | tail -n 1 | cut -d '"' -f 4)
+
+step "a second buyer waits behind the first: position 1"
+g -H "$W" -max-time 2 -d "{\"sale_id\": \"$QUEUE_SALE\"}" \
+  "$ADDR" flashsale.v1.PurchaseService/EnterQueue || true  # cut after 2 s
+
+step "with the pass, the purchase goes through"
+g -H "$B" -d "{\"sale_id\": \"$QUEUE_SALE\", \"quantity\": 1, \"idempotency_key\": \"ann-q\", \"admission_pass\": \"$PASS\"}" \
+  "$ADDR" flashsale.v1.PurchaseService/Purchase
 
 step "what the watcher saw; its stream ended after the ENDED snapshot"
 WATCH_STATUS=0

@@ -26,6 +26,7 @@ README = ROOT / "README.md"
 SECTION = "## Run a sale with grpcurl"
 HOLDS_SECTION = "## Holds, payment and the waitlist"
 ORDERS_SECTION = "## Orders out to the shop"
+QUEUE_SECTION = "## A fair waiting room"
 
 
 def grpcurl() -> Path:
@@ -173,6 +174,24 @@ def test_the_shop_pages_through_its_orders_and_follows_the_feed(walkthrough):
     assert "CANCELLED" in rows[1] and "CONFIRMED" in rows[2] and "psp-0001" in rows[2], rows
 
 
+def test_a_waiting_room_admits_one_buyer_at_a_time_with_a_pass(walkthrough):
+    refused = walkthrough.step("without an admission pass")
+    assert "Code: PermissionDenied" in refused and "ADMISSION_REQUIRED" in refused, refused
+
+    updates = json_values(walkthrough.step("enters the waiting room"))
+    assert updates, "EnterQueue printed nothing"
+    admitted = updates[-1]
+    assert admitted["state"] == "QUEUE_STATE_ADMITTED" and admitted["admissionPass"], updates
+    assert admitted["admissionExpiresAt"], admitted
+
+    behind = json_values(walkthrough.step("waits behind the first"))
+    assert behind and all(u["state"] == "QUEUE_STATE_WAITING" for u in behind), behind
+    assert behind[0]["position"] == "1", behind[0]
+
+    [bought] = json_values(walkthrough.step("with the pass"))
+    assert bought["order"]["quantity"] == 1 and bought["order"]["idempotencyKey"] == "ann-q", bought
+
+
 def command_lines(text: str) -> list[str]:
     """Lines of shell without a trailing comment (two spaces, `# `), blank or comment lines."""
     lines = (re.sub(r"\s{2,}# .*$", "", line).strip() for line in text.splitlines())
@@ -182,7 +201,7 @@ def command_lines(text: str) -> list[str]:
 def test_the_readme_shows_only_commands_the_script_runs():
     readme = README.read_text()
     script = command_lines(SCRIPT.read_text())
-    for section_title, at_least in [(SECTION, 15), (HOLDS_SECTION, 10), (ORDERS_SECTION, 6)]:
+    for section_title, at_least in [(SECTION, 15), (HOLDS_SECTION, 10), (ORDERS_SECTION, 6), (QUEUE_SECTION, 5)]:
         assert section_title in readme, f"README.md has no {section_title!r} section"
         section = readme.split(section_title, 1)[1].split("\n## ", 1)[0]
         blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
