@@ -26,8 +26,8 @@ use tokio::sync::{watch, Notify};
 use crate::admission::PassProblem;
 use crate::auth::Caller;
 use crate::domain::{
-    shuffle_score, AdmitAsk, IdempotencyKey, LineCounts, Place, QueueRules, SaleId, SaleStatus, SaleView, UnixMillis,
-    UserId,
+    shuffle_score, AdmitAsk, IdempotencyKey, LineCounts, Place, QueueRules, SaleId, SaleRules, SaleStatus, SaleView,
+    UnixMillis, UserId,
 };
 use crate::feeds::SaleSource;
 use crate::store::EnterAsk;
@@ -99,7 +99,6 @@ struct RoomState {
 /// A sale's room on this node.
 pub(super) struct Room {
     sale: SaleId,
-    queue: QueueRules,
     state: watch::Sender<RoomState>,
     /// Buyers with open streams here, and how many each.
     local: Mutex<HashMap<UserId, u32>>,
@@ -125,10 +124,16 @@ struct Presence {
     wake: Arc<Notify>,
     /// The rank this stream waits at in `room.waiters`.
     waiting_at: Option<u64>,
+    /// The room's counters as this stream last read them (a change since wakes it).
+    changes: watch::Receiver<RoomState>,
 }
 
 impl Presence {
+    /// Waits at `rank` for a round to pass it (`None`: waits at no rank).
     fn wait_at(&mut self, rank: Option<u64>) {
+        if self.waiting_at == rank {
+            return;
+        }
         let mut waiters = self.room.waiters.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = self.waiting_at.take() {
             waiters.remove(&(old, self.stream));
@@ -137,6 +142,15 @@ impl Presence {
             waiters.insert((rank, self.stream), self.wake.clone());
             self.waiting_at = Some(rank);
         }
+    }
+}
+
+impl Presence {
+    /// Whether a round passed `rank` since the stream waited there: the round takes passed
+    /// ranks out of the waiters as it wakes them (its counters reach the streams later).
+    fn passed(&self, rank: u64) -> bool {
+        self.waiting_at == Some(rank)
+            && !self.room.waiters.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&(rank, self.stream))
     }
 }
 
@@ -176,30 +190,36 @@ impl App {
         key: IdempotencyKey,
         pass: &str,
     ) -> Result<Purchased, ServiceError> {
-        let Some(queue) = self.queue_of(&sale).await? else { return self.purchase(caller, sale, quantity, key).await };
-        if let Err(problem) = self.keys.admissions().check(pass, &sale, &caller.user_id, self.clock.now()) {
-            if let PassProblem::Expired { .. } = problem {
-                if let Some(order) = self.records.order_by_key(&caller.user_id, &sale, &key).await? {
-                    if order.quantity == quantity {
-                        return Ok(Purchased { order, replayed: true });
-                    }
+        let queue = match self.check_admission(caller, &sale, pass).await {
+            Err(ServiceError::Admission(PassProblem::Expired { at })) => {
+                match self.records.order_by_key(&caller.user_id, &sale, &key).await? {
+                    Some(order) if order.quantity == quantity => return Ok(Purchased { order, replayed: true }),
+                    _ => return Err(ServiceError::Admission(PassProblem::Expired { at })),
                 }
             }
-            return Err(ServiceError::Admission(problem));
-        }
+            other => other?,
+        };
         let purchased = self.purchase(caller, sale.clone(), quantity, key).await?;
-        if !purchased.replayed && queue.max_active_buyers > 0 {
+        if !purchased.replayed && queue.is_some_and(|q| q.max_active_buyers > 0) {
             self.admission_used(&sale, &caller.user_id);
         }
         Ok(purchased)
     }
 
-    /// Checks the admission pass of a purchase or a waitlist join in a sale with a room.
-    pub async fn check_admission(&self, caller: &Caller, sale: &SaleId, pass: &str) -> Result<(), ServiceError> {
-        if self.queue_of(sale).await?.is_none() {
-            return Ok(());
+    /// Checks the admission pass of a purchase or a waitlist join: valid for the caller in this
+    /// sale when it has a room (returned), ignored when it has none.
+    pub async fn check_admission(
+        &self,
+        caller: &Caller,
+        sale: &SaleId,
+        pass: &str,
+    ) -> Result<Option<QueueRules>, ServiceError> {
+        let queue = self.queue_of(sale).await?;
+        if queue.is_some() {
+            let now = self.clock.now();
+            self.keys.admissions().check(pass, sale, &caller.user_id, now).map_err(ServiceError::Admission)?;
         }
-        self.keys.admissions().check(pass, sale, &caller.user_id, self.clock.now()).map_err(ServiceError::Admission)
+        Ok(queue)
     }
 
     /// A purchase with a pass succeeded: the admission stops counting against the room's cap.
@@ -242,34 +262,30 @@ impl App {
             return Err(ServiceError::QueueNotOpen { opens_at: Some(opens_at) });
         }
         let app = self.me.upgrade().ok_or_else(|| ServiceError::Unavailable("the server is stopping".into()))?;
-        let waiter = if view.status == SaleStatus::Ended {
-            Waiter { app, presence: None, caller: caller.user_id.clone(), view, place: None, last: None, done: false }
-        } else {
-            let presence = self.join_room(&view, queue, &caller.user_id);
-            let mut waiter = Waiter {
-                app,
-                presence: Some(presence),
-                caller: caller.user_id.clone(),
-                view,
-                place: None,
-                last: None,
-                done: false,
-            };
-            waiter.place = Some(waiter.enter().await?);
-            waiter
+        let mut waiter = Waiter {
+            app,
+            caller: caller.user_id.clone(),
+            sale: view.sale_id.clone(),
+            rules: view.rules,
+            room: None,
+            last: None,
+            done: false,
         };
+        if view.status != SaleStatus::Ended {
+            let presence = self.join_room(&view.sale_id, &caller.user_id);
+            waiter.room = Some((presence, waiter.enter().await?));
+        }
         Ok(futures::stream::unfold(waiter, Waiter::next))
     }
 
     /// Registers a buyer's stream in this node's room of the sale, starting the room if needed.
-    fn join_room(&self, view: &SaleView, queue: QueueRules, buyer: &UserId) -> Presence {
+    fn join_room(&self, sale: &SaleId, buyer: &UserId) -> Presence {
         let mut rooms = self.rooms.rooms.lock().unwrap_or_else(|e| e.into_inner());
         let room = rooms
-            .entry(view.sale_id.clone())
+            .entry(sale.clone())
             .or_insert_with(|| {
                 let room = Arc::new(Room {
-                    sale: view.sale_id.clone(),
-                    queue,
+                    sale: sale.clone(),
                     state: watch::Sender::new(RoomState::default()),
                     local: Mutex::default(),
                     waiters: Mutex::default(),
@@ -282,11 +298,12 @@ impl App {
             .clone();
         *room.local.lock().unwrap_or_else(|e| e.into_inner()).entry(buyer.clone()).or_default() += 1;
         Presence {
-            room,
             buyer: buyer.clone(),
             stream: self.rooms.next_stream.fetch_add(1, Ordering::Relaxed),
             wake: Arc::new(Notify::new()),
             waiting_at: None,
+            changes: room.state.subscribe(),
+            room,
         }
     }
 
@@ -325,7 +342,7 @@ impl App {
             let buyers: Vec<UserId> = room.local.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
             if buyers.is_empty() {
                 let since = *idle_since.get_or_insert(now.0);
-                if now.0 - since >= grace_ms && self.retire_room(&room) {
+                if now.0 - since >= grace_ms && self.retire_room(&room, false) {
                     return;
                 }
             } else {
@@ -337,10 +354,11 @@ impl App {
                     }
                 }
             }
+            let Some(queue) = view.rules.queue else { break };
             let counts = if view.status == SaleStatus::Active && now >= view.rules.start {
                 let ask = AdmitAsk {
                     now,
-                    rules: room.queue,
+                    rules: queue,
                     grace_ms,
                     open: view.remaining > 0,
                     batch: ROUND_BATCH,
@@ -390,16 +408,14 @@ impl App {
                 self.feeds.touch(&room.sale);
             }
         }
-        let mut rooms = self.rooms.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        if rooms.get(&room.sale).is_some_and(|r| Arc::ptr_eq(r, &room)) {
-            rooms.remove(&room.sale);
-        }
+        self.retire_room(&room, true);
     }
 
-    /// Takes an idle room out of this node's rooms, unless a stream joined it meanwhile.
-    fn retire_room(&self, room: &Arc<Room>) -> bool {
+    /// Takes a room out of this node's rooms, unless it is idle only (`ended` false) and a
+    /// stream joined it meanwhile; true when it went.
+    fn retire_room(&self, room: &Arc<Room>, ended: bool) -> bool {
         let mut rooms = self.rooms.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        if !room.local.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+        if !ended && !room.local.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
             return false;
         }
         if rooms.get(&room.sale).is_some_and(|r| Arc::ptr_eq(r, room)) {
@@ -412,13 +428,14 @@ impl App {
 /// One EnterQueue stream.
 struct Waiter {
     app: Arc<App>,
-    /// `None` for a sale that had ended when the stream began.
-    presence: Option<Presence>,
     caller: UserId,
-    view: SaleView,
-    place: Option<Place>,
-    /// The last update sent, and when.
-    last: Option<(QueueUpdate, tokio::time::Instant)>,
+    sale: SaleId,
+    rules: SaleRules,
+    /// The stream's presence in this node's room and the buyer's place; `None` for a sale that
+    /// had ended when the stream began.
+    room: Option<(Presence, Place)>,
+    /// The last update sent.
+    last: Option<QueueUpdate>,
     done: bool,
 }
 
@@ -426,15 +443,32 @@ impl Waiter {
     /// Enters (or re-enters) the line: the buyer's admission, place, or a new place.
     async fn enter(&self) -> Result<Place, ServiceError> {
         let now = self.app.clock.now();
-        let prequeue_score = (now < self.view.rules.start)
-            .then(|| shuffle_score(&self.app.keys.admissions().shuffle_seed(&self.view.sale_id), &self.caller));
+        let prequeue_score = (now < self.rules.start)
+            .then(|| shuffle_score(&self.app.keys.admissions().shuffle_seed(&self.sale), &self.caller));
         let ask = EnterAsk { buyer: self.caller.clone(), now, prequeue_score };
-        Ok(self.app.queue.enter(&self.view.sale_id, &ask).await?)
+        Ok(self.app.queue.enter(&self.sale, &ask).await?)
+    }
+
+    /// Learns the place again (the draw happened, or a round passed the rank): the stream then
+    /// waits at no rank until it knows its new one.
+    async fn enter_again(&mut self) {
+        match self.enter().await {
+            Ok(place) => {
+                if let Some((presence, known)) = &mut self.room {
+                    presence.wait_at(None);
+                    *known = place;
+                }
+            }
+            Err(error) => {
+                tracing::debug!(sale = %self.sale, error = ?error, "a waiting-room stream could not read its place; trying again");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
     }
 
     fn update(&self, state: QueueState, room: &RoomState) -> QueueUpdate {
         QueueUpdate {
-            sale: self.view.sale_id.clone(),
+            sale: self.sale.clone(),
             state,
             position: 0,
             ahead: 0,
@@ -443,7 +477,7 @@ impl Waiter {
             waiting: room.counts.waiting(),
             admitted: room.counts.admitted,
             server_time: self.app.clock.now(),
-            starts_at: self.view.rules.start,
+            starts_at: self.rules.start,
             prequeue: false,
         }
     }
@@ -458,36 +492,29 @@ impl Waiter {
             if self.done || self.app.is_stopping() {
                 return None;
             }
-            let Some(presence) = &self.presence else {
+            let Some((presence, place)) = &mut self.room else {
                 let closed = self.update(QueueState::Closed, &RoomState::default());
                 return self.finish(closed);
             };
-            let room = presence.room.clone();
-            let state = room.state.borrow().clone();
+            let (state, place) = (presence.changes.borrow_and_update().clone(), *place);
             if state.closed {
                 let closed = self.update(QueueState::Closed, &state);
                 return self.finish(closed);
             }
-            let mut changes = room.state.subscribe();
-            let wake = presence.wake.clone();
-            let place = self.place.expect("a live stream has entered");
             let (update, admitted_until) = match place {
+                Place::Admitted { expires, .. } if self.app.clock.now() >= expires => {
+                    let expired = self.update(QueueState::Expired, &state);
+                    return self.finish(expired);
+                }
                 Place::Admitted { expires, ticket } => {
-                    if self.app.clock.now() >= expires {
-                        let expired = self.update(QueueState::Expired, &state);
-                        return self.finish(expired);
-                    }
                     let mut update = self.update(QueueState::Admitted, &state);
-                    let pass = self.app.keys.admissions().issue(&self.view.sale_id, &self.caller, expires, ticket);
+                    let pass = self.app.keys.admissions().issue(&self.sale, &self.caller, expires, ticket);
                     update.pass = Some((pass, expires));
                     (update, Some(expires))
                 }
                 Place::PreQueue if state.counts.started => {
                     // The order is drawn: learn the rank.
-                    match self.enter().await {
-                        Ok(place) => self.place = Some(place),
-                        Err(error) => self.pause(error).await,
-                    }
+                    self.enter_again().await;
                     continue;
                 }
                 Place::PreQueue => {
@@ -495,66 +522,45 @@ impl Waiter {
                     update.prequeue = true;
                     (update, None)
                 }
-                Place::Waiting { rank } if rank < state.counts.head || presence_passed(&self.presence, rank) => {
+                Place::Waiting { rank } if rank < state.counts.head || presence.passed(rank) => {
                     // A round passed this rank: admitted, or passed over (then a new place).
-                    match self.enter().await {
-                        Ok(place) => self.place = Some(place),
-                        Err(error) => self.pause(error).await,
-                    }
-                    if let Some(presence) = &mut self.presence {
-                        presence.wait_at(None);
-                    }
+                    self.enter_again().await;
                     continue;
                 }
                 Place::Waiting { rank } => {
-                    if let Some(presence) = &mut self.presence {
-                        if presence.waiting_at != Some(rank) {
-                            presence.wait_at(Some(rank));
-                        }
-                    }
+                    presence.wait_at(Some(rank));
                     let position = rank - state.counts.head + 1;
                     let mut update = self.update(QueueState::Waiting, &state);
                     update.position = position;
                     update.ahead = position - 1;
-                    let configured = self.view.rules.queue.map_or(0, |q| q.admit_per_second);
+                    let configured = self.rules.queue.map_or(0, |q| q.admit_per_second);
                     let rate = state.rate.or((configured > 0).then_some(f64::from(configured)));
                     update.estimated_wait = rate.map(|r| Duration::from_secs_f64(update.ahead as f64 / r));
                     (update, None)
                 }
             };
-            let fresh = self.last.as_ref().is_none_or(|(last, _)| !same_place(last, &update));
-            if fresh {
-                self.last = Some((update.clone(), tokio::time::Instant::now()));
+            if self.last.as_ref().is_none_or(|last| !same_place(last, &update)) {
+                self.last = Some(update.clone());
                 return Some((update, self));
             }
             // Nothing new to say: wait for the room, this stream's turn, or the admission's end.
+            let app = self.app.clone();
+            let Some((presence, _)) = &mut self.room else { return None };
+            let wake = presence.wake.clone();
             let expiry = async {
                 match admitted_until {
-                    Some(at) => self.app.clock.sleep_until(at).await,
+                    Some(at) => app.clock.sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                _ = changes.changed() => {}
+                _ = presence.changes.changed() => {}
                 _ = wake.notified() => {}
                 _ = expiry => {}
-                _ = self.app.shutdown.cancelled() => return None,
+                _ = app.shutdown.cancelled() => return None,
             }
         }
     }
-
-    async fn pause(&self, error: ServiceError) {
-        tracing::debug!(sale = %self.view.sale_id, error = ?error, "a waiting-room stream could not read its place; trying again");
-        tokio::time::sleep(RETRY_PAUSE).await;
-    }
-}
-
-/// Whether a round passed `rank` since the stream registered there: the round takes passed
-/// ranks out of the waiters as it wakes them (its counters reach the streams later).
-fn presence_passed(presence: &Option<Presence>, rank: u64) -> bool {
-    let Some(presence) = presence else { return false };
-    presence.waiting_at == Some(rank)
-        && !presence.room.waiters.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&(rank, presence.stream))
 }
 
 /// Whether two updates say the same (the clock aside).
