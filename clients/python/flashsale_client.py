@@ -230,7 +230,12 @@ class Client:
         """The sale's snapshots: the full state at once, then each change (coalesced by the
         server). Ends after the snapshot that shows the sale ENDED; closing the iterator early
         cancels the stream."""
-        stream = self.feeds.WatchSale(feeds_pb2.WatchSaleRequest(sale_id=sale_id))
+        return self._stream(self.feeds.WatchSale, feeds_pb2.WatchSaleRequest(sale_id=sale_id), auth=False)
+
+    def _stream(self, method, request, *, auth: bool = True) -> Iterator:
+        """The messages of a server stream, opened at the first `next`; a failure raises
+        `FlashsaleError`, and closing the iterator early cancels the stream."""
+        stream = method(request, metadata=self.metadata()) if auth else method(request)
         try:
             yield from stream
         except grpc.RpcError as error:
@@ -312,15 +317,7 @@ class Client:
         the sale ended. Entering again (another stream) resumes the same place or admission.
         Errors: SALE_NOT_FOUND, QUEUE_NOT_OPEN (too early, or the sale has no waiting room).
         Closing the iterator early cancels the stream."""
-        stream = self.purchases.EnterQueue(
-            purchase_pb2.EnterQueueRequest(sale_id=sale_id), metadata=self.metadata()
-        )
-        try:
-            yield from stream
-        except grpc.RpcError as error:
-            raise FlashsaleError.from_rpc_error(error) from error
-        finally:
-            stream.cancel()
+        return self._stream(self.purchases.EnterQueue, purchase_pb2.EnterQueueRequest(sale_id=sale_id))
 
     def wait_for_admission(
         self,
@@ -357,15 +354,7 @@ class Client:
     def watch_my_orders(self, sale_id: str) -> Iterator[purchase_pb2.MyOrdersUpdate]:
         """The caller's orders in the sale and place in its line: at once, then on each change.
         Ends after the update with `last` set (the sale ended, nothing of the caller's held)."""
-        stream = self.purchases.WatchMyOrders(
-            purchase_pb2.WatchMyOrdersRequest(sale_id=sale_id), metadata=self.metadata()
-        )
-        try:
-            yield from stream
-        except grpc.RpcError as error:
-            raise FlashsaleError.from_rpc_error(error) from error
-        finally:
-            stream.cancel()
+        return self._stream(self.purchases.WatchMyOrders, purchase_pb2.WatchMyOrdersRequest(sale_id=sale_id))
 
     def orders(self, sale_id: str = "") -> list[common_pb2.Order]:
         """The caller's orders, oldest first; only those of `sale_id` when given (every page)."""
@@ -390,15 +379,8 @@ class Client:
     def order_events(self, after_sequence: int = 0, sale_id: str = "") -> Iterator[orders_pb2.OrderEvent]:
         """The order events after `after_sequence`, of one sale when given (admin or fulfillment
         token). The stream stays open for new events; it raises when the connection breaks."""
-        stream = self.shop_orders.WatchOrders(
-            orders_pb2.WatchOrdersRequest(after_sequence=after_sequence, sale_id=sale_id), metadata=self.metadata()
-        )
-        try:
-            yield from stream
-        except grpc.RpcError as error:
-            raise FlashsaleError.from_rpc_error(error) from error
-        finally:
-            stream.cancel()
+        request = orders_pb2.WatchOrdersRequest(after_sequence=after_sequence, sale_id=sale_id)
+        return self._stream(self.shop_orders.WatchOrders, request)
 
     def follow_orders(
         self, cursor_file: Path, sale_id: str = "", *, retry_pause: float = 1.0
