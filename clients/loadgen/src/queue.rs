@@ -50,8 +50,6 @@ struct Waited {
     admitted_by_server: Option<i64>,
     /// The purchase with the pass succeeded.
     bought: bool,
-    /// Refused SOLD_OUT (admitted after the last unit went).
-    sold_out: bool,
     /// Told CLOSED before their turn (the sale sold out or ended first).
     closed: bool,
     /// Anything else that went wrong.
@@ -149,10 +147,8 @@ async fn wait_and_buy(
                 waited.bought = true;
                 return waited;
             }
-            Err(status) if Refusal::from_status(&status).is_stock() => {
-                waited.sold_out = true;
-                return waited;
-            }
+            // Admitted after the last unit went: not bought, nothing wrong.
+            Err(status) if Refusal::from_status(&status).is_stock() => return waited,
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
