@@ -31,6 +31,8 @@ pub fn handle() -> PrometheusHandle {
             }
             metrics::describe_counter!("flashsale_purchases_total", "Purchase calls by outcome");
             metrics::describe_histogram!("flashsale_commit_batch_orders", "Orders per group-commit write");
+            metrics::describe_histogram!("flashsale_commit_seconds", "Seconds per group-commit write of orders");
+            metrics::describe_counter!("flashsale_errors_total", "Errors answered to clients, by reason");
             metrics::describe_gauge!("flashsale_watchers", "Open feed streams");
             metrics::describe_counter!("flashsale_sales_ended_total", "Sales ended, by reason");
             metrics::describe_gauge!("flashsale_units_in_flight", "Units of an open sale reserved and not yet settled");

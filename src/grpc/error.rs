@@ -60,6 +60,7 @@ pub fn reason_of(error: &ServiceError) -> ErrorReason {
 impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Self {
         let reason = reason_of(&error).as_str_name();
+        metrics::counter!("flashsale_errors_total", "reason" => reason).increment(1);
         let mut metadata = HashMap::new();
         let mut details = ErrorDetails::new();
         let code = match &error {

@@ -188,7 +188,10 @@ async fn flush(
         return false;
     }
     metrics::histogram!("flashsale_commit_batch_orders").record(orders.len() as f64);
-    let wrote = match records.commit_orders(orders).await {
+    let started = std::time::Instant::now();
+    let committed = records.commit_orders(orders).await;
+    metrics::histogram!("flashsale_commit_seconds").record(started.elapsed().as_secs_f64());
+    let wrote = match committed {
         Ok(outcomes) => {
             for (reply, outcome) in replies.drain(..).zip(outcomes) {
                 let _ = reply.send(Ok(outcome));
