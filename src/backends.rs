@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::store::embedded::{MemoryHot, MemoryQueue, RedbRecords};
+use crate::store::redis::Topology;
 use crate::store::{ChangeSink, HotStore, QueueStore, RecordStore};
 
 /// The two backends the service runs on, and where other nodes' changes come from.
@@ -31,12 +32,13 @@ pub struct Backends {
 pub struct ChangeSource {
     uri: String,
     prefix: String,
+    topology: Topology,
 }
 
 impl ChangeSource {
-    /// Redis at `uri`, keys under `prefix`.
-    pub fn redis(uri: &str, prefix: &str) -> Self {
-        Self { uri: uri.to_owned(), prefix: prefix.to_owned() }
+    /// Redis at `uri` (one instance, or a Cluster's seeds), keys under `prefix`.
+    pub fn redis(uri: &str, prefix: &str, topology: Topology) -> Self {
+        Self { uri: uri.to_owned(), prefix: prefix.to_owned(), topology }
     }
 
     /// Tells `sink` of every change another node makes, until `shutdown` (the caller spawns it).
@@ -45,7 +47,7 @@ impl ChangeSource {
         sink: Arc<dyn ChangeSink>,
         shutdown: CancellationToken,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        crate::store::redis::change_listener(&self.uri, &self.prefix, sink, shutdown)
+        crate::store::redis::change_listener(&self.uri, &self.prefix, self.topology, sink, shutdown)
     }
 }
 
@@ -71,12 +73,13 @@ impl Backends {
         };
         let (hot, queue, shared): (Arc<dyn HotStore>, Arc<dyn QueueStore>, _) = match &settings.redis_uri {
             Some(uri) => {
-                let hot = crate::store::redis::connect(uri, &settings.redis_key_prefix)
+                let topology = Topology::of(uri, settings.redis_cluster);
+                let hot = crate::store::redis::connect_to(uri, &settings.redis_key_prefix, topology)
                     .await
                     .context("opening the Redis hot store (REDIS_URI)")?;
-                tracing::info!(prefix = %settings.redis_key_prefix, "hot path: Redis");
+                tracing::info!(prefix = %settings.redis_key_prefix, ?topology, "hot path: Redis");
                 let hot = Arc::new(hot);
-                (hot.clone(), hot, Some(ChangeSource::redis(uri, &settings.redis_key_prefix)))
+                (hot.clone(), hot, Some(ChangeSource::redis(uri, &settings.redis_key_prefix, topology)))
             }
             None => (Arc::new(MemoryHot::default()), Arc::new(MemoryQueue::default()), None),
         };

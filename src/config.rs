@@ -119,6 +119,21 @@ pub struct SettingsArgs {
     /// Logins per second allowed per client address (0 = no limit).
     #[arg(long, env = "IP_LOGINS_PER_SEC", default_value_t = 20)]
     pub ip_logins_per_sec: u32,
+    /// Proxies whose forwarded client addresses are believed, comma-separated addresses or
+    /// CIDR blocks (e.g. `10.0.0.7,172.28.0.0/24`). From such a peer the client's address, for
+    /// the per-address limits, is the rightmost address of `x-forwarded-for` that is not a
+    /// trusted proxy, else Envoy's `x-envoy-external-address`; from any other peer both headers
+    /// are ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// PEM certificate chain: serve gRPC, grpc-web and the page over TLS (with `--tls-key`).
+    /// Without it the port speaks plain text (HTTP/2 and HTTP/1.1), as behind a proxy that
+    /// terminates TLS.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
@@ -156,9 +171,14 @@ pub struct SettingsArgs {
 /// Production backends; without them the embedded backend serves from `--data-dir`.
 #[derive(Debug, Clone, Args)]
 pub struct BackendArgs {
-    /// Redis for the hot path and feed fan-out between nodes, e.g. redis://127.0.0.1:6379.
+    /// Redis for the hot path and feed fan-out between nodes, e.g. redis://127.0.0.1:6379; or a
+    /// Redis Cluster, named by a comma-separated list of seed nodes
+    /// (redis://10.0.0.1:7000,redis://10.0.0.2:7000).
     #[arg(long, env = "REDIS_URI", hide_env_values = true)]
     pub redis_uri: Option<String>,
+    /// `--redis-uri` is a Redis Cluster even when it names one seed node.
+    #[arg(long, env = "REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// Prefix of every Redis key (several deployments may share one Redis).
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "flashsale:")]
     pub redis_key_prefix: String,
@@ -228,6 +248,12 @@ pub struct Settings {
     pub redis_uri: Option<String>,
     /// Prefix of every Redis key.
     pub redis_key_prefix: String,
+    /// `redis_uri` is a Redis Cluster (also implied by a list of seeds).
+    pub redis_cluster: bool,
+    /// Peers whose forwarded client addresses are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Certificate chain and key (PEM files) to serve over TLS; plain text when `None`.
+    pub tls: Option<TlsFiles>,
     /// MongoDB URI: the durable record goes to MongoDB when set.
     pub mongodb_uri: Option<String>,
     /// MongoDB database name.
@@ -259,6 +285,9 @@ impl Default for Settings {
             password_pool: crate::passwords::PoolSize::default_for_machine(),
             redis_uri: None,
             redis_key_prefix: "flashsale:".into(),
+            redis_cluster: false,
+            trusted_proxies: Vec::new(),
+            tls: None,
             mongodb_uri: None,
             mongodb_database: "flashsale".into(),
             reconcile_interval: Duration::from_secs(10),
@@ -290,6 +319,9 @@ impl From<SettingsArgs> for Settings {
             },
             redis_uri: args.backends.redis_uri,
             redis_key_prefix: args.backends.redis_key_prefix,
+            redis_cluster: args.backends.redis_cluster,
+            trusted_proxies: args.trusted_proxies,
+            tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsFiles { cert, key }),
             mongodb_uri: args.backends.mongodb_uri,
             mongodb_database: args.backends.mongodb_database,
             reconcile_interval: Duration::from_millis(args.backends.reconcile_interval_ms.max(100)),
@@ -309,4 +341,21 @@ fn parse_cores(raw: &str) -> Result<f64, String> {
         Ok(cores) if cores > 0.0 && cores <= 1024.0 => Ok(cores),
         _ => Err(format!("{raw:?} is not a number of cores in (0, 1024]")),
     }
+}
+
+/// The PEM files of a TLS identity.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain, the server's first.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
+/// A trusted proxy: an address (one host) or a CIDR block.
+fn parse_proxy(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is neither an IP address nor a CIDR block"))
 }

@@ -136,6 +136,11 @@ impl FeedHub {
         }
     }
 
+    /// The sales with a feed on this node.
+    pub fn sales(&self) -> Vec<SaleId> {
+        self.upstreams.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
     /// Marks a sale changed; its watchers see the change within one interval.
     pub fn touch(&self, sale: &SaleId) {
         if let Some(upstream) = self.upstreams.read().unwrap_or_else(|e| e.into_inner()).get(sale) {

@@ -235,6 +235,9 @@ pub struct App {
     /// what differed (hot sold, hot held, record sold, record held): the same difference again
     /// the next round is drift (std Mutex: reconciliation's bookkeeping).
     drift_suspects: std::sync::Mutex<std::collections::HashMap<SaleId, (i64, i64, i64, i64)>>,
+    /// Sales whose hot state this node is rebuilding after the record refused an oversell: one
+    /// rebuild at a time per sale, however many purchases were refused meanwhile.
+    rebuilding: std::sync::Mutex<std::collections::HashSet<SaleId>>,
 }
 
 /// `flashsale_settlements_total{outcome,by}`: reservations confirmed or released by the purchase
@@ -293,6 +296,7 @@ impl App {
             metrics: Settlements::register(),
             reported: Default::default(),
             drift_suspects: Default::default(),
+            rebuilding: Default::default(),
         });
         // Start-up work is not a request: nothing cancels it but the process ending, and after a
         // crash the next start does it again from the record.
@@ -319,12 +323,12 @@ impl App {
     /// 0 for sales reported before that are no longer open. Called when metrics are scraped:
     /// nothing on the purchase path.
     pub async fn report_live_metrics(&self) {
-        let open = match self.hot.open_sales().await {
+        let open = match self.records.open_sales().await {
             Ok(open) => open,
             Err(error) => return tracing::debug!(error = ?error, "no live metrics this time"),
         };
         let mut now_open = std::collections::HashSet::new();
-        for (sale, _, _) in open {
+        for sale in open.into_iter().map(|s| s.id) {
             if let Ok(Some(view)) = self.hot.view(&sale).await {
                 let gauges = [
                     view.in_flight as f64,
@@ -584,5 +588,9 @@ impl ChangeSink for NodeFeeds {
         if let Some(app) = self.0.upgrade() {
             app.feeds.touch_all();
         }
+    }
+
+    fn followed(&self) -> Vec<SaleId> {
+        self.0.upgrade().map(|app| app.feeds.sales()).unwrap_or_default()
     }
 }

@@ -204,6 +204,7 @@ impl App {
             }
             Ok(Err(CommitRefusal::WouldOversell)) => {
                 tracing::error!(sale = %order.sale_id, "hot state allowed a purchase the record refused as oversell");
+                self.heal_oversold(&order.sale_id);
                 Err(ServiceError::Purchase(PurchaseRefusal::SoldOut))
             }
             Ok(Err(CommitRefusal::Duplicate)) => {
@@ -216,6 +217,37 @@ impl App {
             }
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// The hot state counted units the record has sold: it lost writes (a Redis failover
+    /// promoted a replica that had not received them, or an old append-only file came back).
+    /// If the record has every unit confirmed the sale ends as sold out; otherwise the sale's hot
+    /// state is rebuilt from the record, now rather than when reconciliation next finds the sale
+    /// quiet (a rush may never leave it quiet). In a task of its own, so that no caller can stop
+    /// it between the drop and the rebuild; one at a time per sale on this node.
+    fn heal_oversold(self: &Arc<Self>, sale: &SaleId) {
+        if !self.rebuilding.lock().unwrap_or_else(|e| e.into_inner()).insert(sale.clone()) {
+            return;
+        }
+        let (app, sale) = (self.clone(), sale.clone());
+        self.tasks.spawn(async move {
+            let healed = async {
+                let record = app.records.get_sale(&sale).await?.ok_or(ServiceError::SaleNotFound)?;
+                if crate::domain::all_confirmed(record.rules.allocated, record.sold, record.held) {
+                    app.end_sold_out(&sale).await;
+                } else {
+                    tracing::warn!(%sale, sold = record.sold, "rebuilding the hot state from the record");
+                    app.hot.forget_sale(&sale).await?;
+                    app.load_sale(&sale).await?;
+                }
+                app.feeds.touch(&sale);
+                Ok::<_, ServiceError>(())
+            };
+            if let Err(error) = healed.await {
+                tracing::warn!(%sale, error = ?error, "could not heal the hot state now; reconciliation will");
+            }
+            app.rebuilding.lock().unwrap_or_else(|e| e.into_inner()).remove(&sale);
+        });
     }
 
     /// Confirms or releases a reservation; true when a confirm sold the last unit.

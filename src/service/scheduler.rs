@@ -16,8 +16,10 @@ const RESCAN: std::time::Duration = std::time::Duration::from_secs(5);
 pub(super) async fn run(app: Arc<App>) {
     loop {
         let now = app.clock.now();
-        let sales = match app.hot.open_sales().await {
-            Ok(sales) => sales,
+        // The record says which sales are open (a Redis Cluster has no key listing sales across
+        // slots); a status the hot state has not caught up with yet is the reconciliation's.
+        let sales = match app.records.open_sales().await {
+            Ok(sales) => sales.into_iter().map(|s| (s.id, s.rules, s.status)).collect(),
             Err(error) => {
                 tracing::warn!(error = ?error, "scheduler could not list sales");
                 Vec::new()

@@ -24,8 +24,8 @@ use async_trait::async_trait;
 
 use crate::domain::{
     AdmitAsk, CommitOutcome, Email, EndReason, EventsPage, HoldEnd, HoldRefusal, IdempotencyKey, LineCounts, OrderId,
-    OrderRecord, OrderStatus, Place, ProductId, ProductRecord, PurchaseRefusal, SaleId, SaleRecord, SaleRules,
-    SaleStatus, SaleView, UnixMillis, UserId, UserRecord, WaitlistEntry, WaitlistPlace,
+    OrderRecord, OrderStatus, Place, ProductId, ProductRecord, PurchaseRefusal, SaleId, SaleRecord, SaleStatus,
+    SaleView, UnixMillis, UserId, UserRecord, WaitlistEntry, WaitlistPlace,
 };
 
 /// What ending a hold did in the record: the order after the change, or why nothing changed
@@ -338,8 +338,6 @@ pub trait HotStore: Send + Sync + 'static {
     async fn set_status(&self, sale: &SaleRecord) -> Result<(), HotError>;
     /// The sale's live state with the top of its leaderboard.
     async fn view(&self, sale: &SaleId) -> Result<Option<SaleView>, HotError>;
-    /// Every loaded sale that is not ended: (id, rules, status), for the scheduler.
-    async fn open_sales(&self) -> Result<Vec<(SaleId, SaleRules, SaleStatus)>, HotError>;
     /// Reservations of a sale not yet confirmed or released, oldest first (reconciliation:
     /// one whose node died is either in the record, and is confirmed, or is released).
     async fn in_flight(&self, sale: &SaleId) -> Result<Vec<OrderRecord>, HotError>;
@@ -401,6 +399,9 @@ pub trait ChangeSink: Send + Sync + 'static {
     fn changed(&self, sale: SaleId);
     /// The subscription was (re)established: changes made while it was down were missed.
     fn resubscribed(&self);
+    /// The sales whose changes this node wants (on a Redis Cluster, where the listener
+    /// subscribes sale by sale): those its watchers follow.
+    fn followed(&self) -> Vec<SaleId>;
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use flashsale::backends::Backends;
 use flashsale::domain::{
     CommitOutcome, Email, EndReason, EventsPage, IdempotencyKey, OrderId, OrderRecord, ProductId, ProductRecord,
-    SaleId, SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, UserRecord, WaitlistEntry, WaitlistPlace,
+    SaleId, SaleRecord, SaleView, UnixMillis, UserId, UserRecord, WaitlistEntry, WaitlistPlace,
 };
 use flashsale::store::{
     Confirmed, Handed, HoldChange, HoldOutcome, HoldSettled, HotError, HotStore, JoinRequest, OrderFilter, RecordStore,
@@ -250,9 +250,6 @@ impl HotStore for GatedHot {
     }
     async fn view(&self, sale: &SaleId) -> Result<Option<SaleView>, HotError> {
         self.inner.view(sale).await
-    }
-    async fn open_sales(&self) -> Result<Vec<(SaleId, SaleRules, SaleStatus)>, HotError> {
-        self.inner.open_sales().await
     }
     async fn in_flight(&self, sale: &SaleId) -> Result<Vec<OrderRecord>, HotError> {
         self.inner.in_flight(sale).await

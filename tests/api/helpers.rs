@@ -98,9 +98,15 @@ pub fn production_backends() -> bool {
 /// Points `settings` at the process's shared redis-server and MongoDB test server, with a key
 /// prefix and a database no other app uses.
 pub fn use_shared_production_backends(settings: &mut Settings) {
-    let redis = tokio::task::block_in_place(crate::redis_support::shared_redis);
     let mongo = tokio::task::block_in_place(crate::mongo_support::shared);
-    settings.redis_uri = Some(redis.uri());
+    if crate::redis_support::on_cluster() {
+        let cluster = tokio::task::block_in_place(crate::redis_support::shared_cluster);
+        settings.redis_uri = Some(cluster.uri());
+        settings.redis_cluster = true;
+    } else {
+        let redis = tokio::task::block_in_place(crate::redis_support::shared_redis);
+        settings.redis_uri = Some(redis.uri());
+    }
     settings.redis_key_prefix = crate::redis_support::fresh_prefix();
     settings.mongodb_uri = Some(mongo.uri());
     settings.mongodb_database = crate::mongo_support::fresh_database("app");

@@ -1,5 +1,6 @@
-//! The `HotStore` contract: one suite, run against the in-process `MemoryHot` and against
-//! `RedisHot` on a real `redis-server` (started once per test process, a fresh key prefix per
+//! The `HotStore` contract: one suite, run against the in-process `MemoryHot`, against
+//! `RedisHot` on a real `redis-server` and against `RedisHot` on a real Redis Cluster of three
+//! masters and three replicas (each started once per test process, a fresh key prefix per
 //! test). Then what only Redis can get wrong: scripts flushed from the server, an outage and a
 //! restart, change notifications between nodes, the key layout.
 
@@ -15,11 +16,11 @@ use flashsale::domain::{
     SaleRecord, SaleRules, SaleStatus, SaleView, UnixMillis, UserId, WaitlistEntry, WaitlistPlace,
 };
 use flashsale::store::embedded::MemoryHot;
-use flashsale::store::redis::{connect, spawn_change_listener, RedisHot};
+use flashsale::store::redis::{change_listener, connect, connect_to, spawn_change_listener, RedisHot, Topology};
 use flashsale::store::{ChangeSink, HotError, HotStore, JoinRequest, Reservation, ReserveRequest, Settled};
 use tokio_util::sync::CancellationToken;
 
-use crate::redis_support::{fresh_prefix, shared_redis, RedisServer};
+use crate::redis_support::{fresh_prefix, shared_cluster, shared_redis, RedisServer};
 
 /// What a change listener told its sink.
 #[derive(Debug, PartialEq)]
@@ -28,10 +29,20 @@ enum Heard {
     Resubscribed,
 }
 
-/// A sink that passes on what it hears.
-struct Ears(tokio::sync::mpsc::UnboundedSender<Heard>);
+/// A sink that passes on what it hears; it follows the sales in its list.
+struct Ears(tokio::sync::mpsc::UnboundedSender<Heard>, std::sync::Mutex<Vec<SaleId>>);
+
+impl Ears {
+    fn follow(&self, sale: &SaleId) {
+        self.1.lock().unwrap().push(sale.clone());
+    }
+}
 
 impl ChangeSink for Ears {
+    fn followed(&self) -> Vec<SaleId> {
+        self.1.lock().unwrap().clone()
+    }
+
     fn changed(&self, sale: SaleId) {
         let _ = self.0.send(Heard::Changed(sale));
     }
@@ -43,11 +54,17 @@ impl ChangeSink for Ears {
 
 fn ears() -> (Arc<Ears>, tokio::sync::mpsc::UnboundedReceiver<Heard>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    (Arc::new(Ears(tx)), rx)
+    (Arc::new(Ears(tx, Default::default())), rx)
 }
 
 async fn redis_hot(prefix: &str) -> RedisHot {
     connect(&shared_redis().uri(), prefix).await.expect("connect to the test redis-server")
+}
+
+/// A store on the shared Redis Cluster.
+async fn cluster_hot(prefix: &str) -> RedisHot {
+    let cluster = tokio::task::block_in_place(shared_cluster);
+    connect_to(&cluster.uri(), prefix, Topology::Cluster).await.expect("connect to the test Redis Cluster")
 }
 
 /// A plain connection to the shared server, for poking at it.
@@ -63,6 +80,7 @@ async fn raw_connection() -> ::redis::aio::MultiplexedConnection {
 enum Backend {
     Memory,
     Redis,
+    Cluster,
 }
 
 impl Backend {
@@ -71,6 +89,7 @@ impl Backend {
         match self {
             Self::Memory => Arc::new(MemoryHot::default()),
             Self::Redis => Arc::new(redis_hot(&fresh_prefix()).await),
+            Self::Cluster => Arc::new(cluster_hot(&fresh_prefix()).await),
         }
     }
 }
@@ -94,6 +113,14 @@ macro_rules! contract_tests {
                 }
             )*
         }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Cluster).await;
+                }
+            )*
+        }
     };
 }
 
@@ -107,7 +134,7 @@ contract_tests!(
     leaderboard_ranks_units_then_first_purchase,
     load_sale_rebuilds_from_durable_orders_and_never_overwrites,
     concurrent_reserves_never_oversell_nor_exceed_the_limit,
-    status_changes_and_open_sales,
+    status_changes_start_and_end_sales,
     holds_are_sold_held_and_ranked_once_paid,
     the_line_opens_only_when_nothing_is_left_and_something_may_come_back,
     given_back_units_serve_the_line_in_order_then_go_on_sale,
@@ -801,7 +828,7 @@ async fn concurrent_reserves_never_oversell_nor_exceed_the_limit(backend: Backen
     assert_eq!(refusal(hot.as_ref(), &request(&sale, "someone", "k", 1, T0 + 3)).await, PurchaseRefusal::SoldOut);
 }
 
-async fn status_changes_and_open_sales(backend: Backend) {
+async fn status_changes_start_and_end_sales(backend: Backend) {
     let hot = backend.fresh().await;
     let hot = hot.as_ref();
     let mut scheduled = sale(rules(10, 0, 5), SaleStatus::Scheduled);
@@ -814,17 +841,10 @@ async fn status_changes_and_open_sales(backend: Backend) {
     for sale in [&scheduled, &active, &ended] {
         hot.load_sale(sale, &[]).await.unwrap();
     }
-    let open = |mut sales: Vec<(SaleId, SaleRules, SaleStatus)>| {
-        sales.sort_by(|a, b| a.0.cmp(&b.0));
-        sales
-    };
-    assert_eq!(
-        open(hot.open_sales().await.unwrap()),
-        open(vec![
-            (scheduled.id.clone(), scheduled.rules, SaleStatus::Scheduled),
-            (active.id.clone(), active.rules, SaleStatus::Active),
-        ])
-    );
+    for sale in [&scheduled, &active, &ended] {
+        let loaded = view(hot, sale).await;
+        assert_eq!((loaded.status, loaded.rules), (sale.status, sale.rules));
+    }
 
     // Starting early moves the start.
     let version = view(hot, &scheduled).await.version;
@@ -836,17 +856,14 @@ async fn status_changes_and_open_sales(backend: Backend) {
     assert!(started.version > version);
     reserve_new(hot, &request(&scheduled, "a", "k", 1, T0 - 1_000)).await;
 
-    // Ending takes a sale off the list; its view shows the unsold units given back.
+    // Ending stops the sale; its view shows the unsold units given back.
     buy(hot, &active, "a", "k1", 3, T0).await;
     reserve_new(hot, &request(&active, "b", "k1", 2, T0)).await; // in flight, never confirmed
     active.status = SaleStatus::Ended;
     active.end_reason = Some(EndReason::ByAdmin);
     active.ended_at = Some(UnixMillis(T0 + 7));
     hot.set_status(&active).await.unwrap();
-    let open_now = hot.open_sales().await.unwrap();
-    assert_eq!(open_now.len(), 1);
-    assert_eq!((open_now[0].0.clone(), open_now[0].2), (scheduled.id.clone(), SaleStatus::Active));
-    assert_eq!(open_now[0].1.start, UnixMillis(T0 - 5_000));
+    assert_eq!(refusal(hot, &request(&active, "c", "k1", 1, T0 + 8)).await, PurchaseRefusal::Ended { reason: EndReason::ByAdmin });
     let gone = view(hot, &active).await;
     assert_eq!(
         (gone.status, gone.end_reason, gone.ended_at, gone.sold, gone.remaining),
@@ -875,7 +892,9 @@ async fn redis_reloads_its_scripts_after_script_flush() {
 
     let mut raw = raw_connection().await;
     let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
-    let sha = ::redis::Script::new(include_str!("../../src/store/redis/reserve.lua")).get_hash().to_owned();
+    // As `Scripts::new` builds it for one instance.
+    let text = format!("local PUBLISH = 'PUBLISH'\n{}", include_str!("../../src/store/redis/reserve.lua"));
+    let sha = ::redis::Script::new(&text).get_hash().to_owned();
     let cached: Vec<bool> = ::redis::cmd("SCRIPT").arg("EXISTS").arg(&sha).query_async(&mut raw).await.unwrap();
     assert_eq!(cached, [false]);
 
@@ -897,7 +916,7 @@ async fn redis_keys_of_a_sale_share_one_hash_tag() {
     let keys: Vec<String> = ::redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut raw).await.unwrap();
     let tag = format!("{prefix}{{sale:{}}}:", sale.id);
     let others: Vec<_> = keys.iter().filter(|k| !k.starts_with(&tag)).collect();
-    assert_eq!(others, [&format!("{prefix}sales:open")]);
+    assert!(others.is_empty(), "keys outside the sale's slot: {others:?}");
     let per_sale: HashSet<_> = keys.iter().filter_map(|k| k.strip_prefix(&tag)).collect();
     for key in ["meta", "units", "keys", "pending", "board", "firsts", "names"] {
         assert!(per_sale.contains(key), "no {key} key in {keys:?}");
@@ -1037,4 +1056,56 @@ async fn redis_outage_is_unavailable_then_recovers() {
         }
     }
     shutdown.cancel();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis Cluster only
+
+/// Sales land on every shard (their hash tags spread over the slots), each sale's scripts run
+/// on its own master, and the change listener follows exactly the sales it is given over
+/// sharded pub/sub: a followed sale's change is heard, another's is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_spreads_sales_over_shards_and_follows_changes_sale_by_sale() {
+    let cluster = tokio::task::block_in_place(shared_cluster);
+    let prefix = fresh_prefix();
+    let hot = cluster_hot(&prefix).await;
+    let mut sales = Vec::new();
+    let mut shards = HashSet::new();
+    for _ in 0..12 {
+        let sale = active_sale(&hot, rules(10, 0, 5)).await;
+        buy(&hot, &sale, "a", "k1", 1, T0).await;
+        let meta = format!("{prefix}{{sale:{}}}:meta", sale.id);
+        let master = tokio::task::block_in_place(|| cluster.master_of(&meta).port);
+        shards.insert(master);
+        sales.push(sale);
+    }
+    assert_eq!(shards.len(), 3, "12 sales on {} shards of 3", shards.len());
+    for sale in &sales {
+        assert_eq!(view(&hot, sale).await.sold, 1);
+    }
+
+    let (sink, mut changes) = ears();
+    let (followed, other) = (&sales[0], &sales[1]);
+    sink.follow(&followed.id);
+    let shutdown = CancellationToken::new();
+    let listener = tokio::spawn(change_listener(&cluster.uri(), &prefix, Topology::Cluster, sink, shutdown.clone()));
+    // The subscription's confirmation: whoever follows the sale re-reads it.
+    hear(&mut changes, Heard::Changed(followed.id.clone()), &other.id).await;
+    buy(&hot, other, "b", "k1", 1, T0).await;
+    buy(&hot, followed, "b", "k1", 1, T0).await;
+    hear(&mut changes, Heard::Changed(followed.id.clone()), &other.id).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), listener).await.expect("listener stops on shutdown").unwrap();
+}
+
+/// Waits for `want`, failing on a change of `unfollowed`.
+async fn hear(changes: &mut tokio::sync::mpsc::UnboundedReceiver<Heard>, want: Heard, unfollowed: &SaleId) {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await;
+        match next.expect("heard in time").expect("listener alive") {
+            heard if heard == want => return,
+            Heard::Changed(sale) => assert_ne!(&sale, unfollowed, "a sale nobody follows was heard"),
+            Heard::Resubscribed => {}
+        }
+    }
 }

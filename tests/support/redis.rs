@@ -125,3 +125,184 @@ pub fn fresh_prefix() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     format!("t{}-{}:", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
+
+/// A free loopback port (the OS's pick; another process could take it before it is used, as
+/// with every port here).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().unwrap().port()
+}
+
+/// A Redis Cluster on loopback: three masters and three replicas, each a `redis-server` in
+/// cluster mode in its own directory, joined by `redis-cli --cluster create`. A short node
+/// timeout (1 s) makes a failover take seconds, not the default's fifteen.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts six nodes and creates the cluster; returns once every slot is served, every node
+    /// says the cluster is ok and every replica has synced with its master.
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| {
+                let bus = free_port().to_string();
+                RedisServer::start_on_with(
+                    free_port(),
+                    Arc::new(tempfile::tempdir().expect("temp dir")),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "1000",
+                        "--cluster-port",
+                        &bus,
+                    ],
+                )
+            })
+            .collect();
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = Command::new(redis_cli_binary())
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed:\n{}\n{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_healthy(Duration::from_secs(30));
+        cluster
+    }
+
+    /// The seed list flashsale takes (`--redis-uri`): every node.
+    pub fn uri(&self) -> String {
+        self.nodes.iter().map(|n| n.uri()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Waits until every live node says `cluster_state:ok`, each shard has one master and every
+    /// replica's link to its master is up.
+    pub fn wait_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let healthy = self.nodes.iter().all(|node| {
+                let info = node.command_text(&["CLUSTER", "INFO"]);
+                let replication = node.command_text(&["INFO", "replication"]);
+                info.contains("cluster_state:ok")
+                    && (replication.contains("role:master") || replication.contains("master_link_status:up"))
+            });
+            if healthy && self.masters().len() == 3 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the Redis Cluster did not become healthy");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The ports of the masters serving slots.
+    pub fn masters(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                let replication = n.command_text(&["INFO", "replication"]);
+                replication.contains("role:master") && n.owns_slots()
+            })
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// The node that is master of `key`'s slot now.
+    pub fn master_of(&self, key: &str) -> &RedisServer {
+        let slot: i64 = {
+            let mut conn = self.nodes[0].connection();
+            ::redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query(&mut conn).expect("CLUSTER KEYSLOT")
+        };
+        self.nodes
+            .iter()
+            .find(|n| n.command_text(&["INFO", "replication"]).contains("role:master") && n.serves_slot(slot))
+            .expect("a master for the slot")
+    }
+}
+
+impl RedisServer {
+    fn connection(&self) -> ::redis::Connection {
+        ::redis::Client::open(self.uri())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect to a test redis-server")
+    }
+
+    /// A command's reply as text (empty when the node does not answer: it was killed).
+    pub fn command_text(&self, args: &[&str]) -> String {
+        let Ok(mut conn) = ::redis::Client::open(self.uri())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_millis(500))
+        else {
+            return String::new();
+        };
+        let mut cmd = ::redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        match cmd.query::<::redis::Value>(&mut conn) {
+            Ok(::redis::Value::BulkString(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(::redis::Value::VerbatimString { text, .. }) => text,
+            Ok(::redis::Value::SimpleString(text)) => text,
+            _ => String::new(),
+        }
+    }
+
+    fn owns_slots(&self) -> bool {
+        let nodes = self.command_text(&["CLUSTER", "NODES"]);
+        nodes.lines().any(|line| line.contains("myself") && line.contains("master") && line.split(' ').count() > 8)
+    }
+
+    fn serves_slot(&self, slot: i64) -> bool {
+        let nodes = self.command_text(&["CLUSTER", "NODES"]);
+        let Some(me) = nodes.lines().find(|line| line.contains("myself")) else { return false };
+        me.split(' ').skip(8).any(|range| match range.split_once('-') {
+            Some((from, to)) => {
+                from.parse::<i64>().is_ok_and(|f| f <= slot) && to.parse::<i64>().is_ok_and(|t| slot <= t)
+            }
+            None => range.parse::<i64>() == Ok(slot),
+        })
+    }
+
+    /// Kills the server with SIGKILL: no shutdown, nothing flushed.
+    pub fn kill(&self) {
+        let info = self.command_text(&["INFO", "server"]);
+        let pid = info
+            .lines()
+            .find_map(|line| line.strip_prefix("process_id:"))
+            .expect("process_id in INFO server")
+            .trim()
+            .to_owned();
+        let killed = Command::new("kill").args(["-9", &pid]).status().expect("run kill");
+        assert!(killed.success(), "kill -9 {pid} failed");
+    }
+}
+
+fn redis_cli_binary() -> PathBuf {
+    let server = redis_server_binary();
+    let cli = server.with_file_name("redis-cli");
+    assert!(cli.is_file(), "redis-cli not found beside {}: install Debian's redis-tools", server.display());
+    cli
+}
+
+/// The Redis Cluster shared by every test of this process (each test takes a fresh key prefix).
+pub fn shared_cluster() -> &'static RedisCluster {
+    static SHARED: OnceLock<RedisCluster> = OnceLock::new();
+    SHARED.get_or_init(RedisCluster::start)
+}
+
+/// True when `FLASHSALE_TEST_REDIS=cluster`: production-backend tests then put the hot path on
+/// the shared Redis Cluster instead of one redis-server.
+pub fn on_cluster() -> bool {
+    std::env::var("FLASHSALE_TEST_REDIS").is_ok_and(|v| v == "cluster")
+}

@@ -344,23 +344,6 @@ impl HotStore for MemoryHot {
         Ok(())
     }
 
-    async fn open_sales(&self) -> Result<Vec<(SaleId, SaleRules, SaleStatus)>, HotError> {
-        let sales: Vec<_> = self
-            .sales
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(id, hot)| (id.clone(), hot.clone()))
-            .collect();
-        Ok(sales
-            .into_iter()
-            .filter_map(|(id, hot)| {
-                let state = hot.lock();
-                (state.status != SaleStatus::Ended).then(|| (id, state.rules, state.status))
-            })
-            .collect())
-    }
-
     async fn end_hold(&self, order: &OrderRecord, now: UnixMillis) -> Result<HoldSettled, HotError> {
         let sale = self.sale_or_refuse(&order.sale_id)?;
         let settled = {

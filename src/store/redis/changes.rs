@@ -1,9 +1,19 @@
 //! Change notifications between nodes: every script that changes a sale publishes on the sale's
 //! channel; each node runs one subscriber that turns messages into calls of its [`ChangeSink`]
 //! (its feeds then re-read the sale, coalesced as usual).
+//!
+//! On one instance the subscriber takes every sale's channel with one pattern (`PSUBSCRIBE`).
+//! In a Cluster, classic pub/sub would copy every message to every node of the cluster; sharded
+//! pub/sub keeps a sale's channel on its slot's shard instead, but has no patterns: the
+//! subscriber follows exactly the sales the sink names ([`ChangeSink::followed`], the sales this
+//! node's watchers watch), subscribing and unsubscribing as that set changes.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
+
+use ::redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
 
 use futures::StreamExt;
 use tokio::task::JoinHandle;
@@ -12,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::SaleId;
 
 use super::keys::change_channel;
+use super::{cluster_client, Topology};
 use crate::retry::Backoff;
 use crate::store::redact_uri as redact;
 use crate::store::ChangeSink;
@@ -26,8 +37,8 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
 const PING_EVERY: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Subscribes to the change channels of every sale under `key_prefix` at `uri` and tells `sink`
-/// of each message, until `shutdown`. After connecting, and again after every reconnection (a
+/// Subscribes to the change channels of every sale under `key_prefix` at `uri` (one instance;
+/// see [`change_listener`] for a Cluster) and tells `sink` of each message, until `shutdown`. After connecting, and again after every reconnection (a
 /// restarted Redis, a dropped connection), it tells `sink` it resubscribed, since messages
 /// published while it was not subscribed are lost. The sink runs on the listener's task: it
 /// should only mark feeds dirty (as `FeedHub::touch` does), never block.
@@ -37,20 +48,24 @@ pub fn spawn_change_listener(
     sink: Arc<dyn ChangeSink>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(change_listener(uri, key_prefix, sink, shutdown))
+    tokio::spawn(change_listener(uri, key_prefix, Topology::Single, sink, shutdown))
 }
 
-/// The listener of [`spawn_change_listener`], for the caller to spawn (the service tracks it
-/// with its other tasks).
+/// The listener of [`spawn_change_listener`] on `topology`, for the caller to spawn (the
+/// service tracks it with its other tasks).
 pub fn change_listener(
     uri: &str,
     key_prefix: &str,
+    topology: Topology,
     sink: Arc<dyn ChangeSink>,
     shutdown: CancellationToken,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
+) -> futures::future::BoxFuture<'static, ()> {
     let uri = uri.to_owned();
     let listener = Listener { prefix: key_prefix.to_owned(), sink };
-    async move {
+    if topology == Topology::Cluster {
+        return Box::pin(listener.follow_sharded(uri, shutdown));
+    }
+    Box::pin(async move {
         let client = match ::redis::Client::open(uri.as_str()) {
             Ok(client) => client,
             Err(error) => {
@@ -72,8 +87,11 @@ pub fn change_listener(
                 _ = tokio::time::sleep(backoff.next_pause()) => {}
             }
         }
-    }
+    })
 }
+
+/// How often a Cluster subscriber compares the sales it follows with the sink's.
+const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 
 struct Listener {
     prefix: String,
@@ -121,6 +139,91 @@ impl Listener {
         }
     }
 
+    /// Follows the sink's sales over sharded pub/sub in the Cluster seeded by `uri`, until
+    /// `shutdown`, reconnecting with a growing pause when the connection cannot be made.
+    async fn follow_sharded(self, uri: String, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
+        loop {
+            match self.follow_once(&uri, &shutdown, &mut backoff).await {
+                Ok(()) => return,
+                Err(error) => tracing::warn!(
+                    uri = %redact(&uri), error = format!("{error:#}"),
+                    "Redis Cluster change notifications interrupted; subscribing again"
+                ),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next_pause()) => {}
+            }
+        }
+    }
+
+    /// One Cluster connection (RESP3: subscriptions and commands share it). The client moves
+    /// each subscription to its slot's new master after a failover and subscribes again after a
+    /// lost connection; every confirmation, first or again, makes the sale's feeds re-read it,
+    /// so nothing published while a subscription was down stays unseen.
+    async fn follow_once(&self, uri: &str, shutdown: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<()> {
+        let (pushes, mut messages) = mpsc::unbounded_channel::<PushInfo>();
+        let client = cluster_client(uri)?.use_protocol(::redis::ProtocolVersion::RESP3).push_sender(pushes).build()?;
+        let mut conn = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            conn = tokio::time::timeout(SUBSCRIBE_TIMEOUT, client.get_async_connection()) => conn??,
+        };
+        backoff.reset();
+        self.sink.resubscribed();
+        let mut followed: HashSet<SaleId> = HashSet::new();
+        let mut tick = tokio::time::interval(FOLLOW_EVERY);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                push = messages.recv() => match push {
+                    Some(push) => self.pushed(push),
+                    None => anyhow::bail!("the Cluster connection closed"),
+                },
+                _ = tick.tick() => {
+                    let wanted: HashSet<SaleId> = self.sink.followed().into_iter().collect();
+                    // One sale per command: each channel is on its own sale's slot.
+                    for sale in wanted.difference(&followed).cloned().collect::<Vec<_>>() {
+                        let subscribe = conn.ssubscribe(change_channel(&self.prefix, &sale));
+                        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe).await {
+                            Ok(Ok(())) => {
+                                followed.insert(sale);
+                            }
+                            // Its shard is failing over: tried again at the next tick.
+                            outcome => tracing::debug!(%sale, ?outcome, "could not subscribe to a sale's changes yet"),
+                        }
+                    }
+                    for sale in followed.difference(&wanted).cloned().collect::<Vec<_>>() {
+                        let unsubscribe = conn.sunsubscribe(change_channel(&self.prefix, &sale));
+                        if let Ok(Ok(())) = tokio::time::timeout(SUBSCRIBE_TIMEOUT, unsubscribe).await {
+                            followed.remove(&sale);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A push from the Cluster connection: a message, a subscription confirmed (a first one, or
+    /// again after a reconnection or a failover), or a lost connection.
+    fn pushed(&self, push: PushInfo) {
+        let channel = || match push.data.first() {
+            Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes).ok().and_then(|c| self.sale_of(c)),
+            _ => None,
+        };
+        match push.kind {
+            PushKind::SMessage | PushKind::SSubscribe => {
+                if let Some(sale) = channel() {
+                    self.sink.changed(sale);
+                }
+            }
+            // Messages may be lost until the client subscribes again (its confirmations then
+            // touch each sale); meanwhile the feeds' own periodic refresh covers them.
+            PushKind::Disconnection => tracing::debug!("a Cluster connection dropped; subscriptions are renewed"),
+            _ => {}
+        }
+    }
+
     /// The glob matching every sale's channel under this prefix (the prefix's glob characters
     /// escaped).
     fn pattern(&self) -> String {
@@ -153,6 +256,9 @@ mod tests {
         impl ChangeSink for Nobody {
             fn changed(&self, _: SaleId) {}
             fn resubscribed(&self) {}
+            fn followed(&self) -> Vec<SaleId> {
+                Vec::new()
+            }
         }
         let listener = Listener { prefix: "fs*:".into(), sink: Arc::new(Nobody) };
         let sale = SaleId::parse("abc-1").unwrap();

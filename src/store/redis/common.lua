@@ -92,5 +92,5 @@ end
 
 -- The change is visible: a new version, published to every node.
 local function changed(channel)
-    redis.call('PUBLISH', channel, redis.call('HINCRBY', KEYS[1], 'version', 1))
+    redis.call(PUBLISH, channel, redis.call('HINCRBY', KEYS[1], 'version', 1))
 end

@@ -55,11 +55,6 @@ pub(super) fn change_channel(prefix: &str, sale: &SaleId) -> String {
     SaleKeys::new(prefix, sale).channel
 }
 
-/// The key listing open sales.
-pub(super) fn open_sales_key(prefix: &str) -> String {
-    format!("{prefix}sales:open")
-}
-
 /// The idempotency record's field: buyer ids never contain ':', so the split is unambiguous.
 pub(super) fn key_field(buyer: &UserId, key: &IdempotencyKey) -> String {
     format!("{buyer}:{}", key.as_str())

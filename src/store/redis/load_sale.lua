@@ -42,5 +42,5 @@ end
 for j = meta_at, meta_at + 2 * n_meta - 1, 2 do
     redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 1])
 end
-redis.call('PUBLISH', ARGV[1], redis.call('HGET', KEYS[1], 'version'))
+redis.call(PUBLISH, ARGV[1], redis.call('HGET', KEYS[1], 'version'))
 return {'LOADED'}

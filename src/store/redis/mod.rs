@@ -9,12 +9,25 @@
 //! | `restore_line` | 1: `restore_line.lua` |
 //! | `has_sale` | 1: `EXISTS` |
 //! | `in_flight` | 1: a `MULTI` pipeline (`HMGET` + `HVALS`) |
-//! | `load_sale` | 2: `SADD` to the open sales, then `load_sale.lua` |
-//! | `set_status` | 2: `set_status.lua`, then `SADD`/`SREM` of the open sales |
-//! | `forget_sale` | 1: a pipeline (`DEL` + `SREM`), two slots, not atomic |
-//! | `open_sales` | 2: `SMEMBERS`, then one `HMGET` per sale in one pipeline |
+//! | `load_sale` | 1: `load_sale.lua` |
+//! | `set_status` | 1: `set_status.lua` |
+//! | `forget_sale` | 1: `DEL` of the sale's keys |
 //!
 //! Each is sent once more if the connection broke under it (see `RedisHot::once_more`).
+//!
+//! # One instance or a Cluster
+//!
+//! [`connect_to`] takes one Redis (a `ConnectionManager`) or a Redis Cluster (the redis crate's
+//! cluster client, given any of its nodes as seeds). In a Cluster, every request names keys of
+//! one sale, so it goes to the master of that sale's slot; the client follows `MOVED` and `ASK`
+//! redirections, refreshes its slot map after a failover and retries meanwhile. Nothing here
+//! lists keys across sales: which sales are open is the record's to say (the scheduler and the
+//! reconciliation read it there), so no request ever spans two slots.
+//!
+//! Changes are published with `PUBLISH` on one instance and `SPUBLISH` (sharded pub/sub,
+//! Redis 7) in a Cluster, where a sale's channel lives on its own slot's shard and each node
+//! subscribes only to the sales its watchers follow (`changes.rs`). The scripts are the same
+//! text with that one word set before them ([`Scripts::new`]).
 //!
 //! # Key layout
 //!
@@ -34,7 +47,6 @@
 //! | `P{sale:ID}:holds` | hash | order id → the order (JSON), for durable HELD orders |
 //! | `P{sale:ID}:line` | sorted set | buyer id with score = their turn (`line_seq` when they joined): the waitlist, head first |
 //! | `P{sale:ID}:waiting` | hash | buyer id → their waitlist entry (JSON, `order.rs`) |
-//! | `Psales:open` | set | ids of loaded sales not ended, for the scheduler; a single key, only read or written by plain commands outside the scripts |
 //!
 //! Changes are published on the channel `P{sale:ID}:changes` (payload: the new version);
 //! [`spawn_change_listener`] turns them into callbacks on every node.
@@ -50,25 +62,27 @@ mod replies;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{RedisError, Script, ScriptInvocation, Value};
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClientBuilder;
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value};
 use anyhow::Context as _;
 use async_trait::async_trait;
 
 use crate::domain::{
-    shown_remaining, tally, LeaderboardEntry, OrderRecord, OrderStatus, ProductId, SaleId, SaleRecord, SaleRules,
-    SaleStatus, SaleView, UnixMillis, UserId, WaitlistEntry, WaitlistPlace, LEADERBOARD_MAX,
+    shown_remaining, tally, LeaderboardEntry, OrderRecord, OrderStatus, ProductId, SaleId, SaleRecord, SaleView,
+    UnixMillis, UserId, WaitlistEntry, WaitlistPlace, LEADERBOARD_MAX,
 };
 use crate::store::{
     redact_uri, Confirmed, Handed, HoldSettled, HotError, HotStore, JoinRequest, Reservation, ReserveRequest, Settled,
 };
 
 pub use changes::{change_listener, spawn_change_listener};
-use keys::{board_member, key_field, open_sales_key, parse_board_member, SaleKeys};
+use keys::{board_member, key_field, parse_board_member, SaleKeys};
 use order::{StoredEntry, StoredOrder};
 use replies::{
     array, expect_ok, int, item, join_refusal, malformed, money, optional_text, parse_reason, parse_status,
-    reason_code, reserve_refusal, text, unavailable, Meta, RULE_FIELDS, VIEW_FIELDS,
+    reason_code, reserve_refusal, text, unavailable, Meta, VIEW_FIELDS,
 };
 
 /// The layout of a sale's keys this code writes (`format` in its meta): the table above, the
@@ -87,8 +101,9 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 const RECONNECT_RETRIES: usize = 2;
 
 /// The scripts, one per operation, loaded from their own files. `Script` sends EVALSHA and, on
-/// NOSCRIPT (a restarted or flushed server), loads the script and runs it again.
-struct Scripts {
+/// NOSCRIPT (a restarted or flushed server, a replica promoted after a failover), loads the
+/// script (on every master of a Cluster) and runs it again.
+pub(super) struct Scripts {
     reserve: Script,
     confirm: Script,
     release: Script,
@@ -100,37 +115,117 @@ struct Scripts {
     join: Script,
     leave: Script,
     restore_line: Script,
+    pub(super) room_enter: Script,
+    pub(super) room_admit: Script,
+    pub(super) room_counts: Script,
 }
 
-/// A script with `common.lua` (the functions several share) before it.
-macro_rules! with_common {
-    ($file:literal) => {
-        Script::new(concat!(include_str!("common.lua"), include_str!($file)))
-    };
+impl Scripts {
+    /// Every script with `local PUBLISH = '<publish>'` before it: the command that publishes a
+    /// change (`PUBLISH`, or `SPUBLISH` in a Cluster).
+    fn new(publish: &str) -> Self {
+        let script = |parts: &[&str]| {
+            let mut text = format!("local PUBLISH = '{publish}'\n");
+            parts.iter().for_each(|part| text.push_str(part));
+            Script::new(&text)
+        };
+        let common = include_str!("common.lua");
+        let room = include_str!("queue_common.lua");
+        Self {
+            reserve: script(&[include_str!("reserve.lua")]),
+            confirm: script(&[common, include_str!("confirm.lua")]),
+            release: script(&[common, include_str!("release.lua")]),
+            settled: script(&[include_str!("settled.lua")]),
+            set_status: script(&[include_str!("set_status.lua")]),
+            load_sale: script(&[include_str!("load_sale.lua")]),
+            view: script(&[include_str!("view.lua")]),
+            end_hold: script(&[common, include_str!("end_hold.lua")]),
+            join: script(&[common, include_str!("join.lua")]),
+            leave: script(&[common, include_str!("leave.lua")]),
+            restore_line: script(&[common, include_str!("restore_line.lua")]),
+            room_enter: script(&[room, include_str!("queue_enter.lua")]),
+            room_admit: script(&[room, include_str!("queue_admit.lua")]),
+            room_counts: script(&[room, include_str!("queue_counts.lua")]),
+        }
+    }
 }
 
-static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    reserve: Script::new(include_str!("reserve.lua")),
-    confirm: with_common!("confirm.lua"),
-    release: with_common!("release.lua"),
-    settled: Script::new(include_str!("settled.lua")),
-    set_status: Script::new(include_str!("set_status.lua")),
-    load_sale: Script::new(include_str!("load_sale.lua")),
-    view: Script::new(include_str!("view.lua")),
-    end_hold: with_common!("end_hold.lua"),
-    join: with_common!("join.lua"),
-    leave: with_common!("leave.lua"),
-    restore_line: with_common!("restore_line.lua"),
-});
+static ONE_INSTANCE: LazyLock<Scripts> = LazyLock::new(|| Scripts::new("PUBLISH"));
+static SHARDED: LazyLock<Scripts> = LazyLock::new(|| Scripts::new("SPUBLISH"));
+
+/// One Redis or a Redis Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// One instance (with replicas or not): one connection.
+    Single,
+    /// A Redis Cluster: the cluster client, seeded with any of its nodes.
+    Cluster,
+}
+
+impl Topology {
+    /// A list of seed nodes (`redis://a:7000,redis://b:7001`) names a Cluster; one URI names
+    /// one instance unless `cluster` says otherwise.
+    pub fn of(uri: &str, cluster: bool) -> Self {
+        if cluster || uri.contains(',') {
+            Self::Cluster
+        } else {
+            Self::Single
+        }
+    }
+}
+
+/// The seed URIs of a comma-separated list.
+pub(super) fn seeds(uri: &str) -> Vec<String> {
+    uri.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+/// The connection to one instance or to a Cluster, used alike by every request.
+#[derive(Clone)]
+enum Connection {
+    /// One multiplexed connection that reconnects on its own; cloning it is cheap and every
+    /// clone pipelines over the same socket, so concurrent purchases do not queue for a pool.
+    Single(ConnectionManager),
+    /// One multiplexed connection per master (and replica), routed by slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
 
 /// The hot state of every sale, in Redis.
 #[derive(Clone)]
 pub struct RedisHot {
-    /// One multiplexed connection that reconnects on its own; cloning it is cheap and every
-    /// clone pipelines over the same socket, so concurrent purchases do not queue for a pool.
-    conn: ConnectionManager,
+    conn: Connection,
     /// Prepended to every key and channel (several deployments can share one Redis).
     prefix: Arc<str>,
+    /// The scripts as this topology publishes.
+    scripts: &'static Scripts,
+    topology: Topology,
 }
 
 /// What a script that gave units back answered, from its third element: the holds it reserved
@@ -169,32 +264,79 @@ fn place(items: &[Value]) -> Result<WaitlistPlace, HotError> {
     })
 }
 
-/// Connects to Redis at `uri` and checks it answers PING, within a few seconds. Keys and channels
-/// start with `key_prefix`, which must not contain `{` or `}`.
+/// Connects to Redis at `uri` ([`Topology::of`] the URI: a comma-separated list is a Cluster's
+/// seeds) and checks it answers PING, within a few seconds. Keys and channels start with
+/// `key_prefix`, which must not contain `{` or `}`.
 pub async fn connect(uri: &str, key_prefix: &str) -> anyhow::Result<RedisHot> {
+    connect_to(uri, key_prefix, Topology::of(uri, false)).await
+}
+
+/// [`connect`] with the topology given.
+pub async fn connect_to(uri: &str, key_prefix: &str, topology: Topology) -> anyhow::Result<RedisHot> {
     if key_prefix.contains(['{', '}']) {
         anyhow::bail!("the Redis key prefix {key_prefix:?} must not contain '{{' or '}}' (they would break the per-sale hash tags)");
     }
     let shown = redact_uri(uri);
-    let client = ::redis::Client::open(uri).with_context(|| format!("invalid Redis URI {shown}"))?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-        .set_number_of_retries(RECONNECT_RETRIES)
-        .set_max_delay(Duration::from_secs(1));
     let ready = async {
-        let mut conn = ConnectionManager::new_with_config(client, config).await?;
+        let mut conn = match topology {
+            Topology::Single => {
+                let client = ::redis::Client::open(uri).with_context(|| format!("invalid Redis URI {shown}"))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(RECONNECT_RETRIES)
+                    .set_max_delay(Duration::from_secs(1));
+                Connection::Single(ConnectionManager::new_with_config(client, config).await?)
+            }
+            Topology::Cluster => {
+                let client = cluster_client(uri).with_context(|| format!("invalid Redis Cluster seeds {shown}"))?;
+                Connection::Cluster(client.build()?.get_async_connection().await?)
+            }
+        };
         ::redis::cmd("PING").query_async::<String>(&mut conn).await?;
-        Ok::<_, RedisError>(conn)
+        Ok::<_, anyhow::Error>(conn)
     };
     let conn = tokio::time::timeout(STARTUP_TIMEOUT, ready)
         .await
         .map_err(|_| anyhow::anyhow!("Redis at {shown} did not answer PING within {STARTUP_TIMEOUT:?}"))?
         .with_context(|| format!("cannot reach Redis at {shown}"))?;
-    Ok(RedisHot { conn, prefix: key_prefix.into() })
+    let scripts = match topology {
+        Topology::Single => &*ONE_INSTANCE,
+        Topology::Cluster => &*SHARDED,
+    };
+    Ok(RedisHot { conn, prefix: key_prefix.into(), scripts, topology })
 }
 
+/// A Cluster client seeded with the URIs of `uri`. A request is retried through redirections
+/// and a failover for about as long as one to a single instance may wait
+/// ([`CLUSTER_RETRIES`] retries, waits growing to [`CLUSTER_MAX_WAIT_MS`]).
+pub(super) fn cluster_client(uri: &str) -> Result<ClusterClientBuilder, RedisError> {
+    let seeds = seeds(uri);
+    // Parsed here so that a bad seed is named now, not at the first request.
+    for seed in &seeds {
+        ::redis::IntoConnectionInfo::into_connection_info(seed.as_str())?;
+    }
+    Ok(ClusterClientBuilder::new(seeds)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT)
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(CLUSTER_MIN_WAIT_MS)
+        .max_retry_wait(CLUSTER_MAX_WAIT_MS))
+}
+
+/// Retries of a Cluster request: redirections (`MOVED`, `ASK`), `TRYAGAIN`, `CLUSTERDOWN` and a
+/// lost connection to a master each take one. A failover takes the cluster's node timeout plus
+/// an election, a few seconds: 12 retries waiting up to 500 ms each span it.
+const CLUSTER_RETRIES: u32 = 12;
+const CLUSTER_MIN_WAIT_MS: u64 = 50;
+const CLUSTER_MAX_WAIT_MS: u64 = 500;
+
 impl RedisHot {
+    /// Whether this store talks to a Cluster.
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+
     fn keys(&self, sale: &SaleId) -> SaleKeys {
         SaleKeys::new(&self.prefix, sale)
     }
@@ -227,7 +369,7 @@ impl RedisHot {
     /// takes as its own) and so are the plain commands.
     async fn once_more<T, F, Fut>(&self, send: F) -> Result<T, HotError>
     where
-        F: Fn(ConnectionManager) -> Fut,
+        F: Fn(Connection) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         match send(self.conn.clone()).await {
@@ -264,7 +406,7 @@ impl RedisHot {
     /// Where an order stands now.
     async fn settlement(&self, order: &OrderRecord) -> Result<Option<Settled>, HotError> {
         let keys = self.keys(&order.sale_id);
-        let mut invocation = keys.invoke(&SCRIPTS.settled);
+        let mut invocation = keys.invoke(&self.scripts.settled);
         invocation.arg(key_field(&order.buyer_id, &order.idempotency_key)).arg(order.id.as_str());
         let reply = self.run(&invocation).await?;
         expect_ok(&reply)?;
@@ -280,12 +422,6 @@ impl RedisHot {
 #[async_trait]
 impl HotStore for RedisHot {
     async fn load_sale(&self, sale: &SaleRecord, orders: &[OrderRecord]) -> Result<bool, HotError> {
-        if sale.status != SaleStatus::Ended {
-            // Listed before the sale is built: a sale listed but absent is skipped by
-            // `open_sales`, while a sale built but never listed would never be ended on time.
-            let _: i64 =
-                self.command(::redis::cmd("SADD").arg(open_sales_key(&self.prefix)).arg(sale.id.as_str())).await?;
-        }
         let tally = tally(orders);
         let (board, units, sold) = (&tally.board, &tally.units, tally.sold);
         let holds: Vec<&OrderRecord> = orders.iter().filter(|o| o.status == OrderStatus::Held).collect();
@@ -314,7 +450,7 @@ impl HotStore for RedisHot {
             ("format", FORMAT.to_owned()),
         ];
         let keys = self.keys(&sale.id);
-        let mut invocation = keys.invoke(&SCRIPTS.load_sale);
+        let mut invocation = keys.invoke(&self.scripts.load_sale);
         invocation
             .arg(&keys.channel)
             .arg(meta.len())
@@ -353,7 +489,7 @@ impl HotStore for RedisHot {
     async fn reserve(&self, request: &ReserveRequest) -> Result<Reservation, HotError> {
         let candidate = StoredOrder::requested(request).encode()?;
         let keys = self.keys(&request.sale_id);
-        let mut invocation = keys.invoke(&SCRIPTS.reserve);
+        let mut invocation = keys.invoke(&self.scripts.reserve);
         invocation
             .arg(request.buyer_id.as_str())
             .arg(key_field(&request.buyer_id, &request.idempotency_key))
@@ -383,7 +519,7 @@ impl HotStore for RedisHot {
 
     async fn confirm(&self, order: &OrderRecord) -> Result<Confirmed, HotError> {
         let keys = self.keys(&order.sale_id);
-        let mut invocation = keys.invoke(&SCRIPTS.confirm);
+        let mut invocation = keys.invoke(&self.scripts.confirm);
         invocation
             .arg(order.buyer_id.as_str())
             .arg(key_field(&order.buyer_id, &order.idempotency_key))
@@ -401,7 +537,7 @@ impl HotStore for RedisHot {
 
     async fn release(&self, order: &OrderRecord, now: UnixMillis) -> Result<Handed, HotError> {
         let keys = self.keys(&order.sale_id);
-        let mut invocation = keys.invoke(&SCRIPTS.release);
+        let mut invocation = keys.invoke(&self.scripts.release);
         invocation
             .arg(order.buyer_id.as_str())
             .arg(key_field(&order.buyer_id, &order.idempotency_key))
@@ -429,26 +565,19 @@ impl HotStore for RedisHot {
 
     async fn set_status(&self, sale: &SaleRecord) -> Result<(), HotError> {
         let keys = self.keys(&sale.id);
-        let mut invocation = keys.invoke(&SCRIPTS.set_status);
+        let mut invocation = keys.invoke(&self.scripts.set_status);
         invocation
             .arg(sale.status.as_str())
             .arg(reason_code(sale.end_reason))
             .arg(sale.ended_at.map(|t| t.0.to_string()).unwrap_or_default())
             .arg(sale.rules.start.0)
             .arg(&keys.channel);
-        expect_ok(&self.run(&invocation).await?)?;
-        // The list of open sales is its own key (another slot in a Cluster), so it is updated
-        // after the script; `open_sales` checks each listed sale's status, so a failure here
-        // leaves at most a stale entry, never a wrong answer.
-        let command = if sale.status == SaleStatus::Ended { "SREM" } else { "SADD" };
-        let _: i64 =
-            self.command(::redis::cmd(command).arg(open_sales_key(&self.prefix)).arg(sale.id.as_str())).await?;
-        Ok(())
+        expect_ok(&self.run(&invocation).await?)
     }
 
     async fn view(&self, sale: &SaleId) -> Result<Option<SaleView>, HotError> {
         let keys = self.keys(sale);
-        let mut invocation = keys.invoke(&SCRIPTS.view);
+        let mut invocation = keys.invoke(&self.scripts.view);
         invocation.arg(LEADERBOARD_MAX);
         for field in VIEW_FIELDS {
             invocation.arg(field);
@@ -515,34 +644,7 @@ impl HotStore for RedisHot {
 
     async fn forget_sale(&self, sale: &SaleId) -> Result<(), HotError> {
         let keys = self.keys(sale);
-        // Two slots (the sale's and the open-sales set): a plain pipeline, not a transaction.
-        self.pipeline(::redis::pipe().del(&keys.keys[..]).srem(open_sales_key(&self.prefix), sale.as_str())).await
-    }
-
-    async fn open_sales(&self) -> Result<Vec<(SaleId, SaleRules, SaleStatus)>, HotError> {
-        let listed: Vec<String> = self.command(::redis::cmd("SMEMBERS").arg(open_sales_key(&self.prefix))).await?;
-        let ids: Vec<SaleId> = listed.iter().filter_map(|raw| SaleId::parse(raw).ok()).collect();
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        // One HMGET per sale, each on its own slot, sent together.
-        let mut pipe = ::redis::pipe();
-        for id in &ids {
-            pipe.cmd("HMGET").arg(self.keys(id).meta()).arg(&RULE_FIELDS);
-        }
-        let metas: Vec<Vec<Value>> = self.pipeline(&pipe).await?;
-        let mut open = Vec::new();
-        for (id, values) in ids.into_iter().zip(&metas) {
-            if values.iter().all(|v| matches!(v, Value::Nil)) {
-                continue; // listed, not (or no longer) loaded
-            }
-            let meta = Meta::new(&RULE_FIELDS, values)?;
-            let status = parse_status(&meta.text("status")?)?;
-            if status != SaleStatus::Ended {
-                open.push((id, meta.rules()?, status));
-            }
-        }
-        Ok(open)
+        self.command(::redis::cmd("DEL").arg(&keys.keys[..])).await
     }
 
     async fn end_hold(&self, order: &OrderRecord, now: UnixMillis) -> Result<HoldSettled, HotError> {
@@ -550,7 +652,7 @@ impl HotStore for RedisHot {
             return Err(malformed("end_hold of an order still held"));
         }
         let keys = self.keys(&order.sale_id);
-        let mut invocation = keys.invoke(&SCRIPTS.end_hold);
+        let mut invocation = keys.invoke(&self.scripts.end_hold);
         invocation
             .arg(order.id.as_str())
             .arg(order.status.as_str())
@@ -566,7 +668,7 @@ impl HotStore for RedisHot {
     async fn join_waitlist(&self, request: &JoinRequest) -> Result<WaitlistPlace, HotError> {
         let keys = self.keys(&request.sale_id);
         let entry = &request.entry;
-        let mut invocation = keys.invoke(&SCRIPTS.join);
+        let mut invocation = keys.invoke(&self.scripts.join);
         invocation
             .arg(entry.buyer_id.as_str())
             .arg(entry.quantity)
@@ -583,7 +685,7 @@ impl HotStore for RedisHot {
 
     async fn leave_waitlist(&self, sale: &SaleId, buyer: &UserId, now: UnixMillis) -> Result<Option<Handed>, HotError> {
         let keys = self.keys(sale);
-        let mut invocation = keys.invoke(&SCRIPTS.leave);
+        let mut invocation = keys.invoke(&self.scripts.leave);
         invocation.arg(buyer.as_str()).arg(now.0).arg(&keys.channel);
         let reply = self.run(&invocation).await?;
         expect_ok(&reply)?;
@@ -598,7 +700,7 @@ impl HotStore for RedisHot {
             return Ok(Handed::default());
         }
         let keys = self.keys(sale);
-        let mut invocation = keys.invoke(&SCRIPTS.restore_line);
+        let mut invocation = keys.invoke(&self.scripts.restore_line);
         invocation.arg(now.0).arg(&keys.channel);
         for entry in line {
             invocation.arg(entry.buyer_id.as_str()).arg(StoredEntry::encode(entry)?);

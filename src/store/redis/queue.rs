@@ -1,5 +1,5 @@
 //! The waiting rooms in Redis: one script per step (`queue_enter.lua`, `queue_admit.lua`,
-//! `queue_counts.lua`, with `queue_common.lua` before each), plain commands for heartbeats and
+//! `queue_counts.lua`, with `queue_common.lua` before each; built in `mod.rs`), plain commands for heartbeats and
 //! purchases. Every key of a room carries the sale's hash tag, so a room lives in one slot.
 //!
 //! | key | type | holds |
@@ -11,8 +11,6 @@
 //! | `P{sale:ID}:q:admitted` | hash | buyer → `expiry:ticket` of their admission |
 //! | `P{sale:ID}:q:active` | sorted set | buyer → admission expiry, while it counts against the cap |
 
-use std::sync::LazyLock;
-
 use ::redis::{Script, Value};
 use async_trait::async_trait;
 
@@ -21,24 +19,6 @@ use super::replies::{int, item, malformed, text};
 use super::RedisHot;
 use crate::domain::{AdmitAsk, LineCounts, Place, SaleId, UnixMillis, UserId, PREQUEUE_SPAN};
 use crate::store::{EnterAsk, HotError, QueueStore};
-
-macro_rules! room_script {
-    ($file:literal) => {
-        Script::new(concat!(include_str!("queue_common.lua"), include_str!($file)))
-    };
-}
-
-struct RoomScripts {
-    enter: Script,
-    admit: Script,
-    counts: Script,
-}
-
-static ROOM: LazyLock<RoomScripts> = LazyLock::new(|| RoomScripts {
-    enter: room_script!("queue_enter.lua"),
-    admit: room_script!("queue_admit.lua"),
-    counts: room_script!("queue_counts.lua"),
-});
 
 /// How long a closed room's keys stay (late readers see its last counts).
 const CLOSED_ROOM_SECONDS: i64 = 3600;
@@ -75,7 +55,7 @@ impl QueueStore for RedisHot {
     async fn enter(&self, sale: &SaleId, ask: &EnterAsk) -> Result<Place, HotError> {
         let score = ask.prequeue_score.map(|s| s.to_string()).unwrap_or_default();
         let args = [ask.buyer.to_string(), ask.now.0.to_string(), score, PREQUEUE_SPAN.to_string()];
-        let reply = self.room(&ROOM.enter, sale, &args).await?;
+        let reply = self.room(&self.scripts.room_enter, sale, &args).await?;
         let number = |at| -> Result<u64, HotError> {
             u64::try_from(int(item(&reply, at)?)?).map_err(|_| malformed("a negative rank"))
         };
@@ -99,7 +79,7 @@ impl QueueStore for RedisHot {
             change_channel(self.key_prefix(), sale),
             ask.since.0.to_string(),
         ];
-        counts(self.room(&ROOM.admit, sale, &args).await?)
+        counts(self.room(&self.scripts.room_admit, sale, &args).await?)
     }
 
     async fn touch(&self, sale: &SaleId, buyers: &[UserId], now: UnixMillis) -> Result<(), HotError> {
@@ -122,7 +102,7 @@ impl QueueStore for RedisHot {
     }
 
     async fn counts(&self, sale: &SaleId) -> Result<LineCounts, HotError> {
-        counts(self.room(&ROOM.counts, sale, &[]).await?)
+        counts(self.room(&self.scripts.room_counts, sale, &[]).await?)
     }
 
     async fn close(&self, sale: &SaleId) -> Result<(), HotError> {

@@ -58,6 +58,6 @@ if dropped > 0 then
     redis.call('HINCRBY', KEYS[1], 'dropped', dropped)
 end
 if given > 0 or dropped > 0 then
-    redis.call('PUBLISH', ARGV[8], '0')
+    redis.call(PUBLISH, ARGV[8], '0')
 end
 return counts()

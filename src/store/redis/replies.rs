@@ -205,21 +205,6 @@ pub(super) const VIEW_FIELDS: [&str; 20] = [
     "queue",
 ];
 
-/// The meta fields `open_sales` reads, in order (the rules and the status).
-pub(super) const RULE_FIELDS: [&str; 11] = [
-    "allocated",
-    "per_user_limit",
-    "max_per_purchase",
-    "start",
-    "end",
-    "price",
-    "currency",
-    "status",
-    "product_id",
-    "hold_seconds",
-    "queue",
-];
-
 /// The meta field `queue`: `prequeue_seconds,admit_per_second,max_active_buyers,admission_seconds`
 /// (empty without a waiting room).
 pub(super) fn queue_field(queue: Option<QueueRules>) -> String {

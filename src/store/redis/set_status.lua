@@ -14,5 +14,5 @@ if ARGV[1] == 'ENDED' then
     redis.call('DEL', KEYS[9], KEYS[10])
 end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('PUBLISH', ARGV[5], version)
+redis.call(PUBLISH, ARGV[5], version)
 return {'OK'}
