@@ -48,6 +48,16 @@ fn cors() -> CorsLayer {
         .max_age(Duration::from_secs(24 * 3600))
 }
 
+/// The TLS identity of `files` (rustls, through tonic). Clients negotiate HTTP/2 (ALPN `h2`):
+/// gRPC clients, grpcurl and browsers (grpc-web over HTTPS) all do.
+fn tls_config(files: &crate::config::TlsFiles) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading the TLS file {}", path.display()))
+    };
+    let identity = tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?);
+    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
+}
+
 /// Opens the backends the settings name, then serves until `shutdown` is cancelled and drains
 /// for at most the grace period.
 pub async fn run(
@@ -119,18 +129,22 @@ pub async fn run_with(
         .layer(tonic_web::GrpcWebLayer::new())
         .merge(crate::web::router());
 
-    let grpc = Server::builder()
-        .accept_http1(true)
-        .layer(cors())
-        .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), {
+    let mut server = Server::builder();
+    if let Some(files) = &settings.tls {
+        server = server.tls_config(tls_config(files)?).context("setting up TLS")?;
+        tracing::info!(cert = %files.cert.display(), "serving over TLS");
+    }
+    let grpc = server.accept_http1(true).layer(cors()).add_routes(Routes::from(router)).serve_with_incoming_shutdown(
+        TcpListenerStream::new(listeners.grpc),
+        {
             let shutdown = shutdown.clone();
             let health = health.clone();
             async move {
                 shutdown.cancelled().await;
                 health.set_not_serving::<PurchaseServiceServer<PurchaseApi>>().await;
             }
-        });
+        },
+    );
 
     let metrics_server = async {
         let Some(listener) = listeners.metrics else { return Ok(()) };

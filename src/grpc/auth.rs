@@ -42,7 +42,7 @@ fn respond(session: crate::service::Session) -> Response<pb::AuthResponse> {
 #[tonic::async_trait]
 impl pb::auth_service_server::AuthService for AuthApi {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::AuthResponse>, Status> {
-        self.limits.login(request.remote_addr())?;
+        self.limits.login(self.limits.client_address(&request))?;
         let req = request.into_inner();
         let mut violations = Violations::default();
         let email = violations.check(Email::parse(&req.email));
@@ -53,7 +53,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
     }
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::AuthResponse>, Status> {
-        self.limits.login(request.remote_addr())?;
+        self.limits.login(self.limits.client_address(&request))?;
         let req = request.into_inner();
         // A malformed email or password cannot match an account: same answer as a wrong one.
         let (Ok(email), Ok(password)) = (Email::parse(&req.email), Password::parse(&req.password)) else {

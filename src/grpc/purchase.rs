@@ -43,7 +43,7 @@ pub struct PurchaseApi {
 impl pb::purchase_service_server::PurchaseService for PurchaseApi {
     async fn purchase(&self, request: Request<pb::PurchaseRequest>) -> Result<Response<pb::PurchaseResponse>, Status> {
         let caller = require_buyer(&request)?;
-        let peer = request.remote_addr();
+        let peer = self.limits.client_address(&request);
         let req = request.into_inner();
         let result = async {
             self.limits.purchase(&caller, peer)?;
@@ -125,7 +125,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         request: Request<pb::JoinWaitlistRequest>,
     ) -> Result<Response<pb::JoinWaitlistResponse>, Status> {
         let caller = require_buyer(&request)?;
-        let peer = request.remote_addr();
+        let peer = self.limits.client_address(&request);
         let req = request.into_inner();
         // Joining is as cheap for a client as a purchase: the same limits.
         self.limits.purchase(&caller, peer)?;

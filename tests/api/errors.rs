@@ -435,3 +435,66 @@ async fn an_unknown_method_is_unimplemented_and_named() {
         assert_eq!(error_metadata(&status, "method").as_deref(), Some(path));
     }
 }
+
+/// Five logins at once, the i-th with the headers `headers(i)`; how many were rate limited
+/// (the others are refused as bad credentials).
+async fn limited_logins(
+    app: &crate::helpers::TestApp,
+    headers: impl Fn(usize) -> Vec<(&'static str, String)>,
+) -> usize {
+    let attempts = (0..5).map(|i| {
+        let mut request = tonic::Request::new(pb::LoginRequest {
+            email: "nobody@example.com".into(),
+            password: "guessing-123".into(),
+        });
+        for (name, value) in headers(i) {
+            request.metadata_mut().append(name, value.parse().unwrap());
+        }
+        let mut auth = app.auth();
+        async move { auth.login(request).await }
+    });
+    let mut limited = 0;
+    for outcome in futures::future::join_all(attempts).await {
+        let status = outcome.expect_err("an unknown email never logs in");
+        if crate::helpers::reason(&status) == "RATE_LIMITED" {
+            limited += 1;
+        } else {
+            assert_refused(&status, Code::Unauthenticated, "BAD_CREDENTIALS");
+        }
+    }
+    limited
+}
+
+/// Behind a trusted proxy each forwarded client has its own per-address limit; from a peer that
+/// is not trusted, forwarded addresses are ignored: every attempt counts against the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_limits_follow_forwarded_addresses_only_from_trusted_proxies() {
+    let mut options = AppOptions::default();
+    options.settings.ip_logins_per_sec = 1;
+    options.settings.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    let behind_proxy = spawn_app_with(options).await;
+    // Five clients, one attempt each: none is limited.
+    let apart = limited_logins(&behind_proxy, |i| vec![("x-forwarded-for", format!("198.51.100.{}", 10 + i))]).await;
+    assert_eq!(apart, 0, "five forwarded clients were limited as one");
+    let envoy =
+        limited_logins(&behind_proxy, |i| vec![("x-envoy-external-address", format!("198.51.100.{}", 20 + i))]).await;
+    assert_eq!(envoy, 0, "five clients named by Envoy were limited as one");
+    // One client forging the start of the list: the proxy's own entry (rightmost) counts.
+    let forged = limited_logins(&behind_proxy, |i| {
+        vec![("x-forwarded-for", format!("203.0.113.{i}, 198.51.100.30, 127.0.0.1"))]
+    })
+    .await;
+    assert!(forged >= 1, "one client behind forged addresses escaped its limit");
+
+    let mut options = AppOptions::default();
+    options.settings.ip_logins_per_sec = 1;
+    let direct = spawn_app_with(options).await;
+    let spoofed = limited_logins(&direct, |i| {
+        vec![
+            ("x-forwarded-for", format!("198.51.100.{}", 40 + i)),
+            ("x-envoy-external-address", format!("198.51.100.{}", 50 + i)),
+        ]
+    })
+    .await;
+    assert!(spoofed >= 1, "an untrusted peer escaped its limit by naming other addresses");
+}

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::helpers::{spawn_app, timestamp, TestApp};
 
 /// The grpcurl binary: `$GRPCURL`, else `.tools/bin/grpcurl` (both set up by `scripts/test`).
-fn grpcurl_path() -> PathBuf {
+pub(crate) fn grpcurl_path() -> PathBuf {
     let path = match std::env::var_os("GRPCURL") {
         Some(path) => PathBuf::from(path),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/grpcurl"),

@@ -140,6 +140,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let metrics_addr = metrics.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let listeners = flashsale::server::Listeners { grpc, metrics: Some(metrics) };
+    let tls = settings.tls.is_some();
     let server = match options.wrap {
         None => tokio::spawn(flashsale::server::run(listeners, settings, clock, shutdown.clone())),
         Some(wrap) => {
@@ -148,8 +149,12 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         }
     };
 
-    let channel =
-        Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect to the test server");
+    let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
+    // A server on TLS refuses plain text: its tests make their own channels.
+    let channel = match tls {
+        false => endpoint.connect().await.expect("connect to the test server"),
+        true => endpoint.connect_lazy(),
+    };
     TestApp {
         addr,
         metrics_addr,

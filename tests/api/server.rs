@@ -280,3 +280,58 @@ async fn a_purchase_under_way_at_shutdown_is_durable_and_answered() {
         assert_eq!(mine.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), [order.id.as_str()]);
     }
 }
+
+/// With `--tls-cert`/`--tls-key` the port speaks TLS (a certificate made here, for localhost and
+/// 127.0.0.1): the Rust client and grpcurl trusting it are served; plain text is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_over_tls_to_the_rust_client_and_grpcurl() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let mut options = AppOptions::default();
+    options.settings.tls = Some(flashsale::config::TlsFiles { cert: cert.clone(), key });
+    let app = spawn_app_with(options).await;
+    let port = app.addr.port();
+
+    let client = flashsale_client::Client::connect_tls(format!("https://localhost:{port}"), made.cert.pem())
+        .await
+        .expect("a TLS connection trusting the certificate");
+    let request = pb::CreateProductRequest { name: "Lamp".into(), initial_inventory: 5, ..Default::default() };
+    let product = client
+        .admin()
+        .create_product(authed(request, &app.admin_token()))
+        .await
+        .expect("an admin call over TLS")
+        .into_inner();
+    assert_eq!(product.name, "Lamp");
+
+    // Plain text to a TLS port: no answer.
+    let plain = flashsale_client::Client::connect(format!("http://127.0.0.1:{port}")).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(plain) => plain.auth().login(pb::LoginRequest::default()).await.is_err(),
+    };
+    assert!(refused, "a plain-text client was served on the TLS port");
+
+    // grpcurl trusting the certificate: reflection lists the services, a call is answered.
+    let grpcurl = crate::grpcurl::grpcurl_path();
+    let ca = cert.display().to_string();
+    let target = format!("localhost:{port}");
+    let run = |args: Vec<String>| {
+        let grpcurl = grpcurl.clone();
+        tokio::task::spawn_blocking(move || std::process::Command::new(grpcurl).args(args).output().unwrap())
+    };
+    let listed = run(vec!["-cacert".into(), ca.clone(), target.clone(), "list".into()]).await.unwrap();
+    let services = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success() && services.contains("flashsale.v1.PurchaseService"), "{listed:?}");
+    let health = run(vec!["-cacert".into(), ca, target.clone(), "grpc.health.v1.Health/Check".into()]).await.unwrap();
+    assert!(String::from_utf8_lossy(&health.stdout).contains("SERVING"), "{health:?}");
+    // Without trusting it, grpcurl refuses the unknown certificate; in plain text it gets nothing.
+    let untrusted = run(vec![target.clone(), "list".into()]).await.unwrap();
+    assert!(!untrusted.status.success(), "grpcurl trusted a certificate nobody vouched for");
+    let plaintext =
+        run(vec!["-plaintext".into(), "-max-time".into(), "5".into(), target, "list".into()]).await.unwrap();
+    assert!(!plaintext.status.success(), "grpcurl was served in plain text on the TLS port");
+}

@@ -24,7 +24,7 @@
 use std::time::Duration;
 
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -158,6 +158,15 @@ impl Client {
     /// Connects to `addr` (e.g. `http://localhost:50051`).
     pub async fn connect(addr: impl Into<String>) -> Result<Self, Error> {
         let channel = Endpoint::from_shared(addr.into())?.connect().await?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// Connects over TLS to `addr` (e.g. `https://shop.example:50051`), trusting the
+    /// certificates of `ca_pem` (PEM: the server's certificate authority, or its self-signed
+    /// certificate). The server's name in `addr` must match its certificate.
+    pub async fn connect_tls(addr: impl Into<String>, ca_pem: impl AsRef<[u8]>) -> Result<Self, Error> {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+        let channel = Endpoint::from_shared(addr.into())?.tls_config(tls)?.connect().await?;
         Ok(Self::from_channel(channel))
     }
 
