@@ -238,6 +238,9 @@ pub struct App {
     /// Sales whose hot state this node is rebuilding after the record refused an oversell: one
     /// rebuild at a time per sale, however many purchases were refused meanwhile.
     rebuilding: std::sync::Mutex<std::collections::HashSet<SaleId>>,
+    /// The open sales as the scheduler last read them from the record (std Mutex: swapped
+    /// whole), for the live gauges: a scrape reads no record.
+    open_sales: std::sync::Mutex<Vec<SaleId>>,
 }
 
 /// `flashsale_settlements_total{outcome,by}`: reservations confirmed or released by the purchase
@@ -297,6 +300,7 @@ impl App {
             reported: Default::default(),
             drift_suspects: Default::default(),
             rebuilding: Default::default(),
+            open_sales: Default::default(),
         });
         // Start-up work is not a request: nothing cancels it but the process ending, and after a
         // crash the next start does it again from the record.
@@ -321,14 +325,12 @@ impl App {
     /// `flashsale_units_in_flight{sale}` (reserved, not settled yet), `flashsale_units_held`,
     /// `flashsale_units_confirmed`, `flashsale_units_remaining` and `flashsale_waitlist_length`;
     /// 0 for sales reported before that are no longer open. Called when metrics are scraped:
-    /// nothing on the purchase path.
+    /// nothing on the purchase path. The open sales are those the scheduler last read from the
+    /// record (at most a few seconds old, at once for sales created on this node).
     pub async fn report_live_metrics(&self) {
-        let open = match self.records.open_sales().await {
-            Ok(open) => open,
-            Err(error) => return tracing::debug!(error = ?error, "no live metrics this time"),
-        };
+        let open = self.open_sales.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut now_open = std::collections::HashSet::new();
-        for sale in open.into_iter().map(|s| s.id) {
+        for sale in open {
             if let Ok(Some(view)) = self.hot.view(&sale).await {
                 let gauges = [
                     view.in_flight as f64,

@@ -18,13 +18,14 @@ pub(super) async fn run(app: Arc<App>) {
         let now = app.clock.now();
         // The record says which sales are open (a Redis Cluster has no key listing sales across
         // slots); a status the hot state has not caught up with yet is the reconciliation's.
-        let sales = match app.records.open_sales().await {
+        let sales: Vec<_> = match app.records.open_sales().await {
             Ok(sales) => sales.into_iter().map(|s| (s.id, s.rules, s.status)).collect(),
             Err(error) => {
                 tracing::warn!(error = ?error, "scheduler could not list sales");
                 Vec::new()
             }
         };
+        *app.open_sales.lock().unwrap_or_else(|e| e.into_inner()) = sales.iter().map(|s| s.0.clone()).collect();
         let mut next = None;
         for (id, rules, status) in sales {
             let result = match rules.due_transition(status, now) {

@@ -564,11 +564,9 @@ async fn the_line_outlives_a_restart() {
     app.stop().await.unwrap();
     if production_backends() {
         // The hot state lost with Redis: the restarted node rebuilds it from the record.
-        let mut redis = ::redis::Client::open(settings.redis_uri.clone().unwrap())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let uri = settings.redis_uri.clone().unwrap();
+        let topology = flashsale::store::redis::Topology::of(&uri, settings.redis_cluster);
+        let mut redis = flashsale::store::redis::Connection::open(&uri, topology).await.unwrap();
         let keys: Vec<String> =
             ::redis::cmd("KEYS").arg(format!("{}*", settings.redis_key_prefix)).query_async(&mut redis).await.unwrap();
         assert!(!keys.is_empty());

@@ -20,6 +20,7 @@ mod orders;
 mod purchases;
 mod queue;
 mod record_contract;
+mod redis_cluster;
 #[path = "../support/redis.rs"]
 mod redis_support;
 mod server;

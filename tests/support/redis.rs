@@ -187,11 +187,12 @@ impl RedisCluster {
     }
 
     /// Waits until every live node says `cluster_state:ok`, each shard has one master and every
-    /// replica's link to its master is up.
+    /// replica's link to its master is up (a killed node is left out).
     pub fn wait_healthy(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            let healthy = self.nodes.iter().all(|node| {
+            let live = self.nodes.iter().filter(|node| node.command_text(&["PING"]) == "PONG");
+            let healthy = live.into_iter().all(|node| {
                 let info = node.command_text(&["CLUSTER", "INFO"]);
                 let replication = node.command_text(&["INFO", "replication"]);
                 info.contains("cluster_state:ok")
@@ -240,9 +241,8 @@ impl RedisServer {
 
     /// A command's reply as text (empty when the node does not answer: it was killed).
     pub fn command_text(&self, args: &[&str]) -> String {
-        let Ok(mut conn) = ::redis::Client::open(self.uri())
-            .unwrap()
-            .get_connection_with_timeout(Duration::from_millis(500))
+        let Ok(mut conn) =
+            ::redis::Client::open(self.uri()).unwrap().get_connection_with_timeout(Duration::from_millis(500))
         else {
             return String::new();
         };

@@ -179,14 +179,38 @@ pub(super) fn seeds(uri: &str) -> Vec<String> {
     uri.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
-/// The connection to one instance or to a Cluster, used alike by every request.
+/// The connection to one instance or to a Cluster, used alike by every request (and by tools
+/// and tests that read the keys themselves).
 #[derive(Clone)]
-enum Connection {
+pub enum Connection {
     /// One multiplexed connection that reconnects on its own; cloning it is cheap and every
     /// clone pipelines over the same socket, so concurrent purchases do not queue for a pool.
     Single(ConnectionManager),
     /// One multiplexed connection per master (and replica), routed by slot.
     Cluster(ClusterConnection),
+}
+
+impl Connection {
+    /// A connection to Redis at `uri` as `topology` says, with the timeouts and retries every
+    /// request of the hot path has.
+    pub async fn open(uri: &str, topology: Topology) -> anyhow::Result<Self> {
+        let shown = redact_uri(uri);
+        Ok(match topology {
+            Topology::Single => {
+                let client = ::redis::Client::open(uri).with_context(|| format!("invalid Redis URI {shown}"))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(RECONNECT_RETRIES)
+                    .set_max_delay(Duration::from_secs(1));
+                Self::Single(ConnectionManager::new_with_config(client, config).await?)
+            }
+            Topology::Cluster => {
+                let client = cluster_client(uri).with_context(|| format!("invalid Redis Cluster seeds {shown}"))?;
+                Self::Cluster(client.build()?.get_async_connection().await?)
+            }
+        })
+    }
 }
 
 impl ConnectionLike for Connection {
@@ -278,21 +302,7 @@ pub async fn connect_to(uri: &str, key_prefix: &str, topology: Topology) -> anyh
     }
     let shown = redact_uri(uri);
     let ready = async {
-        let mut conn = match topology {
-            Topology::Single => {
-                let client = ::redis::Client::open(uri).with_context(|| format!("invalid Redis URI {shown}"))?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                    .set_number_of_retries(RECONNECT_RETRIES)
-                    .set_max_delay(Duration::from_secs(1));
-                Connection::Single(ConnectionManager::new_with_config(client, config).await?)
-            }
-            Topology::Cluster => {
-                let client = cluster_client(uri).with_context(|| format!("invalid Redis Cluster seeds {shown}"))?;
-                Connection::Cluster(client.build()?.get_async_connection().await?)
-            }
-        };
+        let mut conn = Connection::open(uri, topology).await?;
         ::redis::cmd("PING").query_async::<String>(&mut conn).await?;
         Ok::<_, anyhow::Error>(conn)
     };
