@@ -863,7 +863,10 @@ async fn status_changes_start_and_end_sales(backend: Backend) {
     active.end_reason = Some(EndReason::ByAdmin);
     active.ended_at = Some(UnixMillis(T0 + 7));
     hot.set_status(&active).await.unwrap();
-    assert_eq!(refusal(hot, &request(&active, "c", "k1", 1, T0 + 8)).await, PurchaseRefusal::Ended { reason: EndReason::ByAdmin });
+    assert_eq!(
+        refusal(hot, &request(&active, "c", "k1", 1, T0 + 8)).await,
+        PurchaseRefusal::Ended { reason: EndReason::ByAdmin }
+    );
     let gone = view(hot, &active).await;
     assert_eq!(
         (gone.status, gone.end_reason, gone.ended_at, gone.sold, gone.remaining),
