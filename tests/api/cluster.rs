@@ -73,12 +73,16 @@ struct Backends {
 }
 
 impl Backends {
-    /// The process's shared servers, with a key prefix and a database of its own.
+    /// The process's shared servers (the shared Redis Cluster with `FLASHSALE_TEST_REDIS=cluster`:
+    /// the nodes take its seed list), with a key prefix and a database of its own.
     fn shared() -> Self {
-        let redis = tokio::task::block_in_place(redis_support::shared_redis);
+        let redis_uri = match redis_support::on_cluster() {
+            true => tokio::task::block_in_place(redis_support::shared_cluster).uri(),
+            false => tokio::task::block_in_place(redis_support::shared_redis).uri(),
+        };
         let mongo = tokio::task::block_in_place(mongo_support::shared);
         Self {
-            redis_uri: redis.uri(),
+            redis_uri,
             prefix: redis_support::fresh_prefix(),
             mongo_uri: mongo.uri(),
             database: mongo_support::fresh_database("cluster"),
@@ -95,10 +99,15 @@ impl Backends {
         }
     }
 
+    /// A connection to the nodes' Redis (one instance or the Cluster).
+    async fn redis(&self) -> flashsale::store::redis::Connection {
+        let topology = flashsale::store::redis::Topology::of(&self.redis_uri, false);
+        flashsale::store::redis::Connection::open(&self.redis_uri, topology).await.expect("connect to Redis")
+    }
+
     /// Ids of a sale's reservations in flight, read from Redis (see `store/redis/mod.rs`).
     async fn pending(&self, sale_id: &str) -> redis::RedisResult<Vec<String>> {
-        let client = redis::Client::open(self.redis_uri.as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = self.redis().await;
         redis::cmd("HKEYS").arg(format!("{}{{sale:{sale_id}}}:pending", self.prefix)).query_async(&mut conn).await
     }
 
@@ -1271,8 +1280,7 @@ async fn a_reconciliation_rebuild_keeps_versions_growing() {
     let before = read_until(&mut watch, "sold 3", |s| s.sold == 3).await.pop().unwrap();
 
     // Drift: Redis now claims 7 sold; the record says 3.
-    let client = redis::Client::open(backends.redis_uri.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = backends.redis().await;
     let meta = format!("{}{{sale:{}}}:meta", backends.prefix, sale.id);
     redis::cmd("HSET")
         .arg(&meta)
