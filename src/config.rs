@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the API (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a token signed with the server's secret (for the first admin, or for rehearsals).
     Token(TokenArgs),
     /// Write a sale's orders to a file (CSV or JSON lines) through the paged ListSaleOrders.

@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Some(Command::Token(args)) => token(args),
             Some(Command::Export(args)) => flashsale::export::run(args).await,
-            Some(Command::Serve(args)) => serve(args).await,
+            Some(Command::Serve(args)) => serve(*args).await,
             None => serve(cli.serve).await,
         }
     })

@@ -71,8 +71,13 @@ impl OrderFilter {
 
 /// `uri` with any `user:password@` replaced by `***@`, for messages and logs (Redis and
 /// MongoDB URIs alike; only the authority is looked at, so a password holding '@' or a path
-/// holding '@' shows nothing it should not).
+/// holding '@' shows nothing it should not). A comma-separated list (a Redis Cluster's seeds)
+/// is redacted URI by URI.
 pub fn redact_uri(uri: &str) -> String {
+    uri.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(uri: &str) -> String {
     let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
         return uri.to_owned();
     };
@@ -422,5 +427,6 @@ mod tests {
         );
         assert_eq!(redact_uri("mongodb://127.0.0.1:27017/?w=majority"), "mongodb://127.0.0.1:27017/?w=majority");
         assert_eq!(redact_uri("not a uri"), "not a uri");
+        assert_eq!(redact_uri("redis://:pw1@a:7000,redis://:pw2@b:7001/"), "redis://***@a:7000,redis://***@b:7001/");
     }
 }

@@ -15,7 +15,7 @@ use crate::redis_support::RedisCluster;
 /// What one buyer of the rush was told in the end.
 enum Told {
     /// An acknowledged order.
-    Bought(pb::Order),
+    Bought(Box<pb::Order>),
     /// Sold out, or the sale ended.
     Refused(String),
 }
@@ -27,7 +27,7 @@ async fn buy_until_answered(app: &TestApp, token: &str, sale: &str, key: &str, b
         match app.buy(token, sale, 1, key).await {
             Ok(response) => {
                 bought.fetch_add(1, Ordering::Relaxed);
-                return Told::Bought(response.order.expect("an order"));
+                return Told::Bought(Box::new(response.order.expect("an order")));
             }
             Err(status)
                 if matches!(
@@ -92,7 +92,7 @@ async fn a_master_killed_mid_rush_loses_no_order_and_sells_exactly_the_allocatio
         told.insert(id, answer);
     }
     let acknowledged: Vec<&pb::Order> =
-        told.values().filter_map(|t| if let Told::Bought(order) = t { Some(order) } else { None }).collect();
+        told.values().filter_map(|t| if let Told::Bought(order) = t { Some(order.as_ref()) } else { None }).collect();
     for answer in told.values() {
         if let Told::Refused(why) = answer {
             assert!(why == "SOLD_OUT" || why == "SALE_ENDED", "a buyer was refused with {why}");
