@@ -173,7 +173,7 @@ mod tests {
 
     #[test]
     fn a_trusted_proxy_names_the_rightmost_untrusted_hop() {
-        let limits = limits(&["10.0.0.0/8", "192.0.2.1"]);
+        let limits = limits(&["10.0.0.0/8", "192.0.2.1/32"]);
         // The client forged the first hop; the proxies appended the rest.
         let chain = from("10.0.0.2", &[("x-forwarded-for", "6.6.6.6, 198.51.100.4, 192.0.2.1")]);
         assert_eq!(limits.client_address(&chain), ip("198.51.100.4"));
