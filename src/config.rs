@@ -359,3 +359,16 @@ fn parse_proxy(text: &str) -> Result<ipnet::IpNet, String> {
         .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
         .map_err(|_| format!("{text:?} is neither an IP address nor a CIDR block"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_blocks() {
+        assert_eq!(parse_proxy(" 10.0.0.7 "), Ok("10.0.0.7/32".parse().unwrap()));
+        assert_eq!(parse_proxy("172.28.0.0/24"), Ok("172.28.0.0/24".parse().unwrap()));
+        assert_eq!(parse_proxy("::1"), Ok("::1/128".parse().unwrap()));
+        assert!(parse_proxy("envoy").is_err());
+    }
+}
