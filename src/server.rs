@@ -49,13 +49,15 @@ fn cors() -> CorsLayer {
 }
 
 /// The TLS identity of `files` (rustls, through tonic). Clients negotiate HTTP/2 (ALPN `h2`):
-/// gRPC clients, grpcurl and browsers (grpc-web over HTTPS) all do.
+/// gRPC clients, grpcurl and browsers (grpc-web over HTTPS) all do; a client that offers only
+/// `http/1.1` is refused (plain text serves HTTP/1.1 grpc-web as before).
 fn tls_config(files: &crate::config::TlsFiles) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).with_context(|| format!("reading the TLS file {}", path.display()))
     };
     let identity = tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?);
-    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
+    // A connection that never finishes its handshake is closed instead of kept for ever.
+    Ok(tonic::transport::ServerTlsConfig::new().identity(identity).timeout(Duration::from_secs(10)))
 }
 
 /// Opens the backends the settings name, then serves until `shutdown` is cancelled and drains

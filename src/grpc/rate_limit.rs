@@ -128,7 +128,8 @@ impl RateLimits {
 /// (`203.0.113.7`, `[2001:db8::1]:443`, `203.0.113.7:5000`).
 fn parse_hop(hop: &str) -> Option<IpAddr> {
     let hop = hop.trim();
-    hop.parse::<IpAddr>()
+    let bare = hop.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(hop);
+    bare.parse::<IpAddr>()
         .ok()
         .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
         .map(|ip| ip.to_canonical())
@@ -195,5 +196,7 @@ mod tests {
         let limits = limits(&["10.0.0.0/8"]);
         let mapped = from("[::ffff:10.0.0.2]", &[("x-forwarded-for", "198.51.100.8")]);
         assert_eq!(limits.client_address(&mapped), ip("198.51.100.8"));
+        let bracketed = from("10.0.0.2", &[("x-forwarded-for", "[2001:db8::7]")]);
+        assert_eq!(limits.client_address(&bracketed), ip("2001:db8::7"));
     }
 }

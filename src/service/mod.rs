@@ -235,9 +235,9 @@ pub struct App {
     /// what differed (hot sold, hot held, record sold, record held): the same difference again
     /// the next round is drift (std Mutex: reconciliation's bookkeeping).
     drift_suspects: std::sync::Mutex<std::collections::HashMap<SaleId, (i64, i64, i64, i64)>>,
-    /// Sales whose hot state this node is rebuilding after the record refused an oversell: one
-    /// rebuild at a time per sale, however many purchases were refused meanwhile.
-    rebuilding: std::sync::Mutex<std::collections::HashSet<SaleId>>,
+    /// Sales this node is checking after the record refused an oversell: one check at a time
+    /// per sale, however many purchases were refused meanwhile.
+    healing: std::sync::Mutex<std::collections::HashSet<SaleId>>,
     /// The open sales as the scheduler last read them from the record (std Mutex: swapped
     /// whole), for the live gauges: a scrape reads no record.
     open_sales: std::sync::Mutex<Vec<SaleId>>,
@@ -299,7 +299,7 @@ impl App {
             metrics: Settlements::register(),
             reported: Default::default(),
             drift_suspects: Default::default(),
-            rebuilding: Default::default(),
+            healing: Default::default(),
             open_sales: Default::default(),
         });
         // Start-up work is not a request: nothing cancels it but the process ending, and after a

@@ -221,32 +221,27 @@ impl App {
 
     /// The hot state counted units the record has sold: it lost writes (a Redis failover
     /// promoted a replica that had not received them, or an old append-only file came back).
-    /// If the record has every unit confirmed the sale ends as sold out; otherwise the sale's hot
-    /// state is rebuilt from the record, now rather than when reconciliation next finds the sale
-    /// quiet (a rush may never leave it quiet). In a task of its own, so that no caller can stop
-    /// it between the drop and the rebuild; one at a time per sale on this node.
+    /// If the record has every unit confirmed, the sale ends SOLD_OUT now, in a task of its own
+    /// (one at a time per sale on this node), instead of refusing buyers one by one until the
+    /// rush is over. Otherwise (holds may still come back) reconciliation rebuilds the hot state
+    /// from the record once the sale is quiet: a rebuild under live reservations would forget
+    /// their buyers' units and let them past the per-buyer limit with another key.
     fn heal_oversold(self: &Arc<Self>, sale: &SaleId) {
-        if !self.rebuilding.lock().unwrap_or_else(|e| e.into_inner()).insert(sale.clone()) {
+        if !self.healing.lock().unwrap_or_else(|e| e.into_inner()).insert(sale.clone()) {
             return;
         }
         let (app, sale) = (self.clone(), sale.clone());
         self.tasks.spawn(async move {
-            let healed = async {
-                let record = app.records.get_sale(&sale).await?.ok_or(ServiceError::SaleNotFound)?;
-                if crate::domain::all_confirmed(record.rules.allocated, record.sold, record.held) {
+            match app.records.get_sale(&sale).await {
+                Ok(Some(record)) if crate::domain::all_confirmed(record.rules.allocated, record.sold, record.held) => {
+                    tracing::warn!(%sale, "every unit is durably sold: ending the sale the hot state kept open");
                     app.end_sold_out(&sale).await;
-                } else {
-                    tracing::warn!(%sale, sold = record.sold, "rebuilding the hot state from the record");
-                    app.hot.forget_sale(&sale).await?;
-                    app.load_sale(&sale).await?;
+                    app.feeds.touch(&sale);
                 }
-                app.feeds.touch(&sale);
-                Ok::<_, ServiceError>(())
-            };
-            if let Err(error) = healed.await {
-                tracing::warn!(%sale, error = ?error, "could not heal the hot state now; reconciliation will");
+                Ok(_) => tracing::warn!(%sale, "the hot state drifted from the record: reconciliation rebuilds it when the sale is quiet"),
+                Err(error) => tracing::warn!(%sale, error = ?error, "could not read the record; reconciliation heals the sale"),
             }
-            app.rebuilding.lock().unwrap_or_else(|e| e.into_inner()).remove(&sale);
+            app.healing.lock().unwrap_or_else(|e| e.into_inner()).remove(&sale);
         });
     }
 

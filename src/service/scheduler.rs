@@ -19,13 +19,17 @@ pub(super) async fn run(app: Arc<App>) {
         // The record says which sales are open (a Redis Cluster has no key listing sales across
         // slots); a status the hot state has not caught up with yet is the reconciliation's.
         let sales: Vec<_> = match app.records.open_sales().await {
-            Ok(sales) => sales.into_iter().map(|s| (s.id, s.rules, s.status)).collect(),
+            Ok(sales) => {
+                let sales: Vec<_> = sales.into_iter().map(|s| (s.id, s.rules, s.status)).collect();
+                // The gauges' list; kept as it was when the record cannot be read.
+                *app.open_sales.lock().unwrap_or_else(|e| e.into_inner()) = sales.iter().map(|s| s.0.clone()).collect();
+                sales
+            }
             Err(error) => {
                 tracing::warn!(error = ?error, "scheduler could not list sales");
                 Vec::new()
             }
         };
-        *app.open_sales.lock().unwrap_or_else(|e| e.into_inner()) = sales.iter().map(|s| s.0.clone()).collect();
         let mut next = None;
         for (id, rules, status) in sales {
             let result = match rules.due_transition(status, now) {

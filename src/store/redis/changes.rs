@@ -90,6 +90,15 @@ pub fn change_listener(
     })
 }
 
+/// What a push asks of the Cluster subscriber.
+enum Pushed {
+    Nothing,
+    /// The subscription to this sale's changes ended (asked, or its slot moved).
+    Unsubscribed(SaleId),
+    /// A node connection dropped: subscriptions on it are gone until a new client takes them.
+    Dropped,
+}
+
 /// How often a Cluster subscriber compares the sales it follows with the sink's.
 const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 
@@ -158,10 +167,12 @@ impl Listener {
         }
     }
 
-    /// One Cluster connection (RESP3: subscriptions and commands share it). The client moves
-    /// each subscription to its slot's new master after a failover and subscribes again after a
-    /// lost connection; every confirmation, first or again, makes the sale's feeds re-read it,
-    /// so nothing published while a subscription was down stays unseen.
+    /// One Cluster connection (RESP3: subscriptions and commands share it), until shutdown
+    /// (`Ok`) or until one of its node connections drops or a subscription fails (`Err`): the
+    /// caller then starts over with a new client, which reads the slot map afresh (a failover
+    /// moved a shard's slots to its promoted replica) and subscribes to every followed sale
+    /// again. Every confirmation makes the sale's feeds re-read it, and a new connection makes
+    /// every feed re-read, so nothing published while a subscription was down stays unseen.
     async fn follow_once(&self, uri: &str, shutdown: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<()> {
         let (pushes, mut messages) = mpsc::unbounded_channel::<PushInfo>();
         let client = cluster_client(uri)?.use_protocol(::redis::ProtocolVersion::RESP3).push_sender(pushes).build()?;
@@ -176,8 +187,13 @@ impl Listener {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                push = messages.recv() => match push {
-                    Some(push) => self.pushed(push),
+                push = messages.recv() => match push.map(|push| self.pushed(push)) {
+                    Some(Pushed::Nothing) => {}
+                    // The server ended a subscription (its slot moved): taken again next tick.
+                    Some(Pushed::Unsubscribed(sale)) => {
+                        followed.remove(&sale);
+                    }
+                    Some(Pushed::Dropped) => anyhow::bail!("a connection to a node of the Cluster dropped"),
                     None => anyhow::bail!("the Cluster connection closed"),
                 },
                 _ = tick.tick() => {
@@ -189,8 +205,8 @@ impl Listener {
                             Ok(Ok(())) => {
                                 followed.insert(sale);
                             }
-                            // Its shard is failing over: tried again at the next tick.
-                            outcome => tracing::debug!(%sale, ?outcome, "could not subscribe to a sale's changes yet"),
+                            // Its shard is failing over, or the slot map is stale: start over.
+                            outcome => anyhow::bail!("could not subscribe to the changes of sale {sale}: {outcome:?}"),
                         }
                     }
                     for sale in followed.difference(&wanted).cloned().collect::<Vec<_>>() {
@@ -204,9 +220,9 @@ impl Listener {
         }
     }
 
-    /// A push from the Cluster connection: a message, a subscription confirmed (a first one, or
-    /// again after a reconnection or a failover), or a lost connection.
-    fn pushed(&self, push: PushInfo) {
+    /// A push from the Cluster connection: a message, a subscription confirmed or ended, or a
+    /// lost connection.
+    fn pushed(&self, push: PushInfo) -> Pushed {
         let channel = || match push.data.first() {
             Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes).ok().and_then(|c| self.sale_of(c)),
             _ => None,
@@ -216,11 +232,11 @@ impl Listener {
                 if let Some(sale) = channel() {
                     self.sink.changed(sale);
                 }
+                Pushed::Nothing
             }
-            // Messages may be lost until the client subscribes again (its confirmations then
-            // touch each sale); meanwhile the feeds' own periodic refresh covers them.
-            PushKind::Disconnection => tracing::debug!("a Cluster connection dropped; subscriptions are renewed"),
-            _ => {}
+            PushKind::SUnsubscribe => channel().map_or(Pushed::Nothing, Pushed::Unsubscribed),
+            PushKind::Disconnection => Pushed::Dropped,
+            _ => Pushed::Nothing,
         }
     }
 

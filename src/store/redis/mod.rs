@@ -317,9 +317,10 @@ pub async fn connect_to(uri: &str, key_prefix: &str, topology: Topology) -> anyh
     Ok(RedisHot { conn, prefix: key_prefix.into(), scripts, topology })
 }
 
-/// A Cluster client seeded with the URIs of `uri`. A request is retried through redirections
-/// and a failover for about as long as one to a single instance may wait
-/// ([`CLUSTER_RETRIES`] retries, waits growing to [`CLUSTER_MAX_WAIT_MS`]).
+/// A Cluster client seeded with the URIs of `uri`. A request follows redirections and is
+/// retried ([`CLUSTER_RETRIES`] times, waits growing to [`CLUSTER_MAX_WAIT_MS`]) within
+/// [`RESPONSE_TIMEOUT`] in all: a failover longer than that (the cluster's node timeout plus an
+/// election) answers `BACKEND_UNAVAILABLE` meanwhile, and buyers retry with the same key.
 pub(super) fn cluster_client(uri: &str) -> Result<ClusterClientBuilder, RedisError> {
     let seeds = seeds(uri);
     // Parsed here so that a bad seed is named now, not at the first request.
@@ -335,8 +336,7 @@ pub(super) fn cluster_client(uri: &str) -> Result<ClusterClientBuilder, RedisErr
 }
 
 /// Retries of a Cluster request: redirections (`MOVED`, `ASK`), `TRYAGAIN`, `CLUSTERDOWN` and a
-/// lost connection to a master each take one. A failover takes the cluster's node timeout plus
-/// an election, a few seconds: 12 retries waiting up to 500 ms each span it.
+/// lost connection to a master each take one.
 const CLUSTER_RETRIES: u32 = 12;
 const CLUSTER_MIN_WAIT_MS: u64 = 50;
 const CLUSTER_MAX_WAIT_MS: u64 = 500;
