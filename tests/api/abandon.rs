@@ -317,21 +317,27 @@ async fn half_the_callers_give_up_and_the_sale_still_sells_exactly_its_allocatio
     assert_eq!(live.status, pb::SaleStatus::Active as i32);
     assert_eq!(live.sold + live.remaining, live.allocated, "nothing in flight: {live:?}");
 
-    // Patient buyers: buy until the sale says it has nothing left.
+    // Patient buyers: buy until the sale says it has nothing left. Like any client they try a
+    // key again when the backends were too slow to answer (BACKEND_UNAVAILABLE: the MongoDB
+    // test server is shared by every test of the process).
     let patient: Vec<Vec<pb::Order>> = futures::stream::iter(0..40)
         .map(|b| {
             let token = app.buyer_token(&format!("patient-{b}"), "Patient");
             let (app, sale_id) = (&app, sale.id.clone());
             async move {
                 let mut orders = Vec::new();
-                for n in 0.. {
-                    match app.buy(&token, &sale_id, 1, &format!("pat-{b}-{n}")).await {
+                let mut unavailable = 0;
+                loop {
+                    match app.buy(&token, &sale_id, 1, &format!("pat-{b}-{}", orders.len())).await {
                         Ok(response) => orders.push(response.order.unwrap()),
                         Err(status) if is_sold_out(&status) => return orders,
+                        Err(status) if status.code() == tonic::Code::Unavailable && unavailable < 20 => {
+                            unavailable += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                         Err(status) => panic!("a patient buyer was refused: {status:?}"),
                     }
                 }
-                orders
             }
         })
         .buffer_unordered(40)

@@ -50,7 +50,8 @@ async fn buy_until_answered(app: &TestApp, token: &str, sale: &str, key: &str, b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_mid_rush_loses_no_order_and_sells_exactly_the_allocation() {
     let cluster = Arc::new(tokio::task::block_in_place(RedisCluster::start));
-    let mongo = tokio::task::block_in_place(crate::mongo_support::shared);
+    // A MongoDB test server of its own: the rush would slow every other test's commits.
+    let mongo = tokio::task::block_in_place(|| crate::mongo_support::MongoTestServer::start(None));
     let mut options = AppOptions::default();
     options.settings.redis_uri = Some(cluster.uri());
     options.settings.redis_cluster = true;
