@@ -38,8 +38,9 @@ const PING_EVERY: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Subscribes to the change channels of every sale under `key_prefix` at `uri` (one instance;
-/// see [`change_listener`] for a Cluster) and tells `sink` of each message, until `shutdown`. After connecting, and again after every reconnection (a
-/// restarted Redis, a dropped connection), it tells `sink` it resubscribed, since messages
+/// see [`change_listener`] for a Cluster) and tells `sink` of each message, until `shutdown`.
+/// After connecting, and again after every reconnection (a restarted Redis, a dropped
+/// connection), it tells `sink` it resubscribed, since messages
 /// published while it was not subscribed are lost. The sink runs on the listener's task: it
 /// should only mark feeds dirty (as `FeedHub::touch` does), never block.
 pub fn spawn_change_listener(
@@ -59,27 +60,32 @@ pub fn change_listener(
     topology: Topology,
     sink: Arc<dyn ChangeSink>,
     shutdown: CancellationToken,
-) -> futures::future::BoxFuture<'static, ()> {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let uri = uri.to_owned();
     let listener = Listener { prefix: key_prefix.to_owned(), sink };
-    if topology == Topology::Cluster {
-        return Box::pin(listener.follow_sharded(uri, shutdown));
-    }
-    Box::pin(async move {
-        let client = match ::redis::Client::open(uri.as_str()) {
-            Ok(client) => client,
-            Err(error) => {
-                tracing::error!(uri = %redact(&uri), error = %error, "invalid Redis URI; no change notifications");
-                return;
-            }
+    async move {
+        // One instance: one client for every subscription, its URI checked once.
+        let single = match topology {
+            Topology::Cluster => None,
+            Topology::Single => match ::redis::Client::open(uri.as_str()) {
+                Ok(client) => Some(client),
+                Err(error) => {
+                    tracing::error!(uri = %redact(&uri), error = %error, "invalid Redis URI; no change notifications");
+                    return;
+                }
+            },
         };
         let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
-            match listener.listen(&client, &shutdown, &mut backoff).await {
+            let attempt = match &single {
+                Some(client) => listener.listen(client, &shutdown, &mut backoff).await,
+                None => listener.follow_sharded(&uri, &shutdown, &mut backoff).await,
+            };
+            match attempt {
                 Ok(()) => return,
                 Err(error) => tracing::warn!(
-                    uri = %redact(&uri), error = format!("{error:#}"),
-                    "Redis change notifications interrupted; resubscribing"
+                    uri = %redact(&uri), ?topology, error = format!("{error:#}"),
+                    "Redis change notifications interrupted; subscribing again"
                 ),
             }
             tokio::select! {
@@ -87,7 +93,7 @@ pub fn change_listener(
                 _ = tokio::time::sleep(backoff.next_pause()) => {}
             }
         }
-    })
+    }
 }
 
 /// What a push asks of the Cluster subscriber.
@@ -148,32 +154,18 @@ impl Listener {
         }
     }
 
-    /// Follows the sink's sales over sharded pub/sub in the Cluster seeded by `uri`, until
-    /// `shutdown`, reconnecting with a growing pause when the connection cannot be made.
-    async fn follow_sharded(self, uri: String, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
-        loop {
-            match self.follow_once(&uri, &shutdown, &mut backoff).await {
-                Ok(()) => return,
-                Err(error) => tracing::warn!(
-                    uri = %redact(&uri), error = format!("{error:#}"),
-                    "Redis Cluster change notifications interrupted; subscribing again"
-                ),
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next_pause()) => {}
-            }
-        }
-    }
-
     /// One Cluster connection (RESP3: subscriptions and commands share it), until shutdown
     /// (`Ok`) or until one of its node connections drops or a subscription fails (`Err`): the
     /// caller then starts over with a new client, which reads the slot map afresh (a failover
     /// moved a shard's slots to its promoted replica) and subscribes to every followed sale
     /// again. Every confirmation makes the sale's feeds re-read it, and a new connection makes
     /// every feed re-read, so nothing published while a subscription was down stays unseen.
-    async fn follow_once(&self, uri: &str, shutdown: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<()> {
+    async fn follow_sharded(
+        &self,
+        uri: &str,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> anyhow::Result<()> {
         let (pushes, mut messages) = mpsc::unbounded_channel::<PushInfo>();
         let client = cluster_client(uri)?.use_protocol(::redis::ProtocolVersion::RESP3).push_sender(pushes).build()?;
         let mut conn = tokio::select! {

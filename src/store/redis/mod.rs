@@ -174,11 +174,6 @@ impl Topology {
     }
 }
 
-/// The seed URIs of a comma-separated list.
-pub(super) fn seeds(uri: &str) -> Vec<String> {
-    uri.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
-}
-
 /// The connection to one instance or to a Cluster, used alike by every request (and by tools
 /// and tests that read the keys themselves).
 #[derive(Clone)]
@@ -249,7 +244,6 @@ pub struct RedisHot {
     prefix: Arc<str>,
     /// The scripts as this topology publishes.
     scripts: &'static Scripts,
-    topology: Topology,
 }
 
 /// What a script that gave units back answered, from its third element: the holds it reserved
@@ -314,7 +308,7 @@ pub async fn connect_to(uri: &str, key_prefix: &str, topology: Topology) -> anyh
         Topology::Single => &*ONE_INSTANCE,
         Topology::Cluster => &*SHARDED,
     };
-    Ok(RedisHot { conn, prefix: key_prefix.into(), scripts, topology })
+    Ok(RedisHot { conn, prefix: key_prefix.into(), scripts })
 }
 
 /// A Cluster client seeded with the URIs of `uri`. A request follows redirections and is
@@ -322,10 +316,10 @@ pub async fn connect_to(uri: &str, key_prefix: &str, topology: Topology) -> anyh
 /// [`RESPONSE_TIMEOUT`] in all: a failover longer than that (the cluster's node timeout plus an
 /// election) answers `BACKEND_UNAVAILABLE` meanwhile, and buyers retry with the same key.
 pub(super) fn cluster_client(uri: &str) -> Result<ClusterClientBuilder, RedisError> {
-    let seeds = seeds(uri);
+    let seeds: Vec<&str> = uri.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     // Parsed here so that a bad seed is named now, not at the first request.
     for seed in &seeds {
-        ::redis::IntoConnectionInfo::into_connection_info(seed.as_str())?;
+        ::redis::IntoConnectionInfo::into_connection_info(*seed)?;
     }
     Ok(ClusterClientBuilder::new(seeds)
         .connection_timeout(CONNECT_TIMEOUT)
@@ -342,11 +336,6 @@ const CLUSTER_MIN_WAIT_MS: u64 = 50;
 const CLUSTER_MAX_WAIT_MS: u64 = 500;
 
 impl RedisHot {
-    /// Whether this store talks to a Cluster.
-    pub fn topology(&self) -> Topology {
-        self.topology
-    }
-
     fn keys(&self, sale: &SaleId) -> SaleKeys {
         SaleKeys::new(&self.prefix, sale)
     }
