@@ -158,22 +158,11 @@ async fn flush_holds(
         return false;
     }
     metrics::histogram!("flashsale_commit_batch_hold_ends").record(holds.len() as f64);
-    let wrote = match records.end_holds(holds).await {
-        Ok(outcomes) => {
-            for (reply, outcome) in replies.drain(..).zip(outcomes) {
-                let _ = reply.send(Ok(outcome));
-            }
-            true
-        }
-        Err(error) => {
-            tracing::error!(error = ?error, holds = holds.len(), "a batch of hold ends failed; nothing of it was written");
-            let shared = Arc::new(error);
-            for reply in replies.drain(..) {
-                let _ = reply.send(Err(StoreError::Unavailable(Box::new(SharedError(shared.clone())))));
-            }
-            false
-        }
-    };
+    let outcome = records.end_holds(holds).await;
+    if let Err(error) = &outcome {
+        tracing::error!(error = ?error, holds = holds.len(), "a batch of hold ends failed; nothing of it was written");
+    }
+    let wrote = answer(replies, outcome);
     holds.clear();
     wrote
 }
@@ -191,7 +180,18 @@ async fn flush(
     let started = std::time::Instant::now();
     let committed = records.commit_orders(orders).await;
     metrics::histogram!("flashsale_commit_seconds").record(started.elapsed().as_secs_f64());
-    let wrote = match committed {
+    if let Err(error) = &committed {
+        tracing::error!(error = ?error, orders = orders.len(), "order batch failed; nothing of it was written");
+    }
+    let wrote = answer(replies, committed);
+    orders.clear();
+    wrote
+}
+
+/// Answers each waiting reply with its outcome, or every one with the batch's error (shared);
+/// true when the batch was written.
+fn answer<T>(replies: &mut Vec<Reply<T>>, outcome: Result<Vec<T>, StoreError>) -> bool {
+    match outcome {
         Ok(outcomes) => {
             for (reply, outcome) in replies.drain(..).zip(outcomes) {
                 let _ = reply.send(Ok(outcome));
@@ -199,16 +199,13 @@ async fn flush(
             true
         }
         Err(error) => {
-            tracing::error!(error = ?error, orders = orders.len(), "order batch failed; nothing of it was written");
             let shared = Arc::new(error);
             for reply in replies.drain(..) {
                 let _ = reply.send(Err(StoreError::Unavailable(Box::new(SharedError(shared.clone())))));
             }
             false
         }
-    };
-    orders.clear();
-    wrote
+    }
 }
 
 /// One batch failure reported to every purchase of the batch.
