@@ -353,7 +353,7 @@ pub struct TlsFiles {
 }
 
 /// A trusted proxy: an address (one host) or a CIDR block.
-fn parse_proxy(text: &str) -> Result<ipnet::IpNet, String> {
+pub(crate) fn parse_proxy(text: &str) -> Result<ipnet::IpNet, String> {
     let text = text.trim();
     text.parse::<ipnet::IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))

@@ -4,8 +4,9 @@
 //! The address is the TCP peer's, unless the peer is a trusted proxy (`--trusted-proxies`):
 //! then it is the rightmost address of `x-forwarded-for` that is not a trusted proxy (each
 //! proxy appends the address it received from, so everything left of the first untrusted hop
-//! may be forged by the client), else Envoy's `x-envoy-external-address`. A peer that is not
-//! trusted cannot name another address: its headers are never read.
+//! may be forged by the client), else Envoy's `x-envoy-external-address`, else the leftmost
+//! trusted hop. A peer that is not trusted cannot name another address: its headers are never
+//! read.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -70,23 +71,21 @@ impl RateLimits {
             .flat_map(|value| value.split(','))
             .collect::<Vec<_>>();
         // Rightmost first: the nearest hop, written by the trusted proxy itself.
-        let from_chain =
-            forwarded.iter().rev().map(|hop| parse_hop(hop)).find(|hop| !hop.is_some_and(|ip| self.is_trusted(ip)));
-        match from_chain {
-            // An untrusted hop: the client as far as trusted proxies can tell. A hop that is
-            // not an address (garbage, `unknown`) ends the chain: the trusted hop to its right
-            // is all that is known.
-            Some(Some(client)) => Some(client),
-            Some(None) => forwarded.iter().rev().map_while(|hop| parse_hop(hop)).last().or(Some(peer)),
-            // Every hop is a trusted proxy (or there is none): Envoy's header, else the
-            // leftmost trusted hop, else the peer.
-            None => headers
-                .get("x-envoy-external-address")
-                .and_then(|value| value.to_str().ok())
-                .and_then(parse_hop)
-                .or_else(|| forwarded.first().and_then(|hop| parse_hop(hop)))
-                .or(Some(peer)),
+        let mut nearest_proxy = None;
+        for hop in forwarded.iter().rev() {
+            match parse_hop(hop) {
+                Some(ip) if self.is_trusted(ip) => nearest_proxy = Some(ip),
+                // The first untrusted hop: the client as far as trusted proxies can tell.
+                Some(ip) => return Some(ip),
+                // Not an address (garbage, `unknown`): the trusted hop to its right is all
+                // that is known.
+                None => return nearest_proxy.or(Some(peer)),
+            }
         }
+        // Every hop is a trusted proxy (or there is none): Envoy's header, else the leftmost
+        // trusted hop, else the peer.
+        let envoy = headers.get("x-envoy-external-address").and_then(|value| value.to_str().ok()).and_then(parse_hop);
+        envoy.or(nearest_proxy).or(Some(peer))
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -138,10 +137,13 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse_proxy;
 
     fn limits(trusted: &[&str]) -> RateLimits {
-        let settings =
-            Settings { trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(), ..Settings::default() };
+        let settings = Settings {
+            trusted_proxies: trusted.iter().map(|t| parse_proxy(t).unwrap()).collect(),
+            ..Settings::default()
+        };
         RateLimits::new(&settings)
     }
 
@@ -174,7 +176,7 @@ mod tests {
 
     #[test]
     fn a_trusted_proxy_names_the_rightmost_untrusted_hop() {
-        let limits = limits(&["10.0.0.0/8", "192.0.2.1/32"]);
+        let limits = limits(&["10.0.0.0/8", "192.0.2.1"]);
         // The client forged the first hop; the proxies appended the rest.
         let chain = from("10.0.0.2", &[("x-forwarded-for", "6.6.6.6, 198.51.100.4, 192.0.2.1")]);
         assert_eq!(limits.client_address(&chain), ip("198.51.100.4"));
