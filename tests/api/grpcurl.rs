@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::helpers::{spawn_app, timestamp, TestApp};
 
 /// The grpcurl binary: `$GRPCURL`, else `.tools/bin/grpcurl` (both set up by `scripts/test`).
-pub(crate) fn grpcurl_path() -> PathBuf {
+fn grpcurl_path() -> PathBuf {
     let path = match std::env::var_os("GRPCURL") {
         Some(path) => PathBuf::from(path),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/grpcurl"),
@@ -22,14 +22,14 @@ pub(crate) fn grpcurl_path() -> PathBuf {
     path
 }
 
-struct Outcome {
-    success: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Outcome {
+    pub(crate) success: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// Runs grpcurl with `args` (off the async runtime, which serves the test server).
-async fn grpcurl(args: Vec<String>) -> Outcome {
+pub(crate) async fn grpcurl(args: Vec<String>) -> Outcome {
     let path = grpcurl_path();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(&path).args(&args).output().unwrap_or_else(|e| panic!("run {}: {e}", path.display()))

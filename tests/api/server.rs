@@ -316,22 +316,16 @@ async fn serves_over_tls_to_the_rust_client_and_grpcurl() {
     assert!(refused, "a plain-text client was served on the TLS port");
 
     // grpcurl trusting the certificate: reflection lists the services, a call is answered.
-    let grpcurl = crate::grpcurl::grpcurl_path();
+    use crate::grpcurl::grpcurl;
     let ca = cert.display().to_string();
     let target = format!("localhost:{port}");
-    let run = |args: Vec<String>| {
-        let grpcurl = grpcurl.clone();
-        tokio::task::spawn_blocking(move || std::process::Command::new(grpcurl).args(args).output().unwrap())
-    };
-    let listed = run(vec!["-cacert".into(), ca.clone(), target.clone(), "list".into()]).await.unwrap();
-    let services = String::from_utf8_lossy(&listed.stdout);
-    assert!(listed.status.success() && services.contains("flashsale.v1.PurchaseService"), "{listed:?}");
-    let health = run(vec!["-cacert".into(), ca, target.clone(), "grpc.health.v1.Health/Check".into()]).await.unwrap();
-    assert!(String::from_utf8_lossy(&health.stdout).contains("SERVING"), "{health:?}");
+    let listed = grpcurl(vec!["-cacert".into(), ca.clone(), target.clone(), "list".into()]).await;
+    assert!(listed.success && listed.stdout.contains("flashsale.v1.PurchaseService"), "{}", listed.stderr);
+    let health = grpcurl(vec!["-cacert".into(), ca, target.clone(), "grpc.health.v1.Health/Check".into()]).await;
+    assert!(health.stdout.contains("SERVING"), "{}", health.stderr);
     // Without trusting it, grpcurl refuses the unknown certificate; in plain text it gets nothing.
-    let untrusted = run(vec![target.clone(), "list".into()]).await.unwrap();
-    assert!(!untrusted.status.success(), "grpcurl trusted a certificate nobody vouched for");
-    let plaintext =
-        run(vec!["-plaintext".into(), "-max-time".into(), "5".into(), target, "list".into()]).await.unwrap();
-    assert!(!plaintext.status.success(), "grpcurl was served in plain text on the TLS port");
+    let untrusted = grpcurl(vec![target.clone(), "list".into()]).await;
+    assert!(!untrusted.success, "grpcurl trusted a certificate nobody vouched for");
+    let plaintext = grpcurl(vec!["-plaintext".into(), "-max-time".into(), "5".into(), target, "list".into()]).await;
+    assert!(!plaintext.success, "grpcurl was served in plain text on the TLS port");
 }

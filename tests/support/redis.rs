@@ -208,14 +208,7 @@ impl RedisCluster {
 
     /// The ports of the masters serving slots.
     pub fn masters(&self) -> Vec<u16> {
-        self.nodes
-            .iter()
-            .filter(|n| {
-                let replication = n.command_text(&["INFO", "replication"]);
-                replication.contains("role:master") && n.owns_slots()
-            })
-            .map(|n| n.port)
-            .collect()
+        self.nodes.iter().filter(|n| !n.served_slots().is_empty()).map(|n| n.port).collect()
     }
 
     /// The node that is master of `key`'s slot now.
@@ -226,7 +219,7 @@ impl RedisCluster {
         };
         self.nodes
             .iter()
-            .find(|n| n.command_text(&["INFO", "replication"]).contains("role:master") && n.serves_slot(slot))
+            .find(|n| n.served_slots().iter().any(|(from, to)| (*from..=*to).contains(&slot)))
             .expect("a master for the slot")
     }
 }
@@ -258,20 +251,23 @@ impl RedisServer {
         }
     }
 
-    fn owns_slots(&self) -> bool {
+    /// The slot ranges this node serves as a master, from its own line of `CLUSTER NODES`
+    /// (none for a replica, or a node that does not answer).
+    fn served_slots(&self) -> Vec<(i64, i64)> {
         let nodes = self.command_text(&["CLUSTER", "NODES"]);
-        nodes.lines().any(|line| line.contains("myself") && line.contains("master") && line.split(' ').count() > 8)
-    }
-
-    fn serves_slot(&self, slot: i64) -> bool {
-        let nodes = self.command_text(&["CLUSTER", "NODES"]);
-        let Some(me) = nodes.lines().find(|line| line.contains("myself")) else { return false };
-        me.split(' ').skip(8).any(|range| match range.split_once('-') {
-            Some((from, to)) => {
-                from.parse::<i64>().is_ok_and(|f| f <= slot) && to.parse::<i64>().is_ok_and(|t| slot <= t)
-            }
-            None => range.parse::<i64>() == Ok(slot),
-        })
+        let Some(me) = nodes.lines().find(|line| line.contains("myself")) else { return Vec::new() };
+        let fields: Vec<&str> = me.split(' ').collect();
+        if !fields.get(2).is_some_and(|flags| flags.contains("master")) {
+            return Vec::new();
+        }
+        let bound = |text: &str| text.parse::<i64>().ok();
+        fields[8.min(fields.len())..]
+            .iter()
+            .filter_map(|range| match range.split_once('-') {
+                Some((from, to)) => Some((bound(from)?, bound(to)?)),
+                None => bound(range).map(|slot| (slot, slot)),
+            })
+            .collect()
     }
 
     /// Kills the server with SIGKILL: no shutdown, nothing flushed.
